@@ -1,0 +1,20 @@
+"""omnifuse: multimodal fusion into a shared Mixture-of-Experts decoder.
+
+The public API is imported lazily so that ``import omnifuse`` stays cheap (no torch import until used).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["OmniModel", "Predictor", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "OmniModel":
+        from omnifuse.tasks.model import OmniModel
+
+        return OmniModel
+    if name == "Predictor":
+        from omnifuse.tasks.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'omnifuse' has no attribute {name!r}")

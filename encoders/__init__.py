@@ -1,0 +1,5 @@
+"""One encoder per modality; each returns a TokenSequence."""
+
+from omnifuse.encoders.base import TokenSequence
+
+__all__ = ["TokenSequence"]

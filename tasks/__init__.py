@@ -1,0 +1,1 @@
+"""Tasks: OmniModel, LightningModules, metrics, constrained decoding, prediction writer, the omnifuse CLI."""

@@ -1,0 +1,1 @@
+"""JSON-Schema-constrained decoding: schema compiler, incremental recogniser, token masks."""
