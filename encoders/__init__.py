@@ -1,5 +1,64 @@
-"""One encoder per modality; each returns a TokenSequence."""
+"""One encoder per modality; each returns a TokenSequence.
 
-from omnifuse.encoders.base import TokenSequence
+Every encoder is an ``Encoder`` (``nn.Module``) with ``modality`` (``"image"`` | ``"audio"`` | ``"text"``),
+``out_dim``, ``num_tokens(...)`` and a registry name (``build_encoder(name, **kwargs)``; ``list_encoders()``):
 
-__all__ = ["TokenSequence"]
+- ``timm_image`` :class:`TimmImageEncoder`, ``open_clip_image`` :class:`OpenClipImageEncoder`:
+  ``forward(images (B, 3, H, W) in [0, 1])``
+- ``audio`` :class:`AudioEncoder`, ``timm_audio`` :class:`TimmAudioEncoder`: ``forward(wave (B, S), wave_mask (B, S))``
+- ``text`` :class:`TextEncoder`, ``open_clip_text`` :class:`OpenClipTextEncoder`: ``forward(ids (B, T), mask (B, T))``
+
+The encoder classes are imported lazily (first attribute access or ``build_encoder``), so importing this package
+does not import timm, open_clip or torchaudio.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from omnifuse.encoders.base import Encoder, TokenSequence
+from omnifuse.encoders.registry import build_encoder, get_encoder_class, list_encoders, register_encoder
+
+if TYPE_CHECKING:
+    from omnifuse.encoders.audio import AudioEncoder
+    from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment
+    from omnifuse.encoders.audio_timm import TimmAudioEncoder
+    from omnifuse.encoders.image_open_clip import OpenClipImageEncoder
+    from omnifuse.encoders.image_timm import TimmImageEncoder
+    from omnifuse.encoders.text import TextEncoder
+    from omnifuse.encoders.text_open_clip import OpenClipTextEncoder
+
+_LAZY = {
+    "AudioEncoder": "omnifuse.encoders.audio",
+    "LogMelFrontend": "omnifuse.encoders.audio_frontend",
+    "OpenClipImageEncoder": "omnifuse.encoders.image_open_clip",
+    "OpenClipTextEncoder": "omnifuse.encoders.text_open_clip",
+    "SpecAugment": "omnifuse.encoders.audio_frontend",
+    "TextEncoder": "omnifuse.encoders.text",
+    "TimmAudioEncoder": "omnifuse.encoders.audio_timm",
+    "TimmImageEncoder": "omnifuse.encoders.image_timm",
+}
+
+__all__ = [
+    "AudioEncoder",
+    "Encoder",
+    "LogMelFrontend",
+    "OpenClipImageEncoder",
+    "OpenClipTextEncoder",
+    "SpecAugment",
+    "TextEncoder",
+    "TimmAudioEncoder",
+    "TimmImageEncoder",
+    "TokenSequence",
+    "build_encoder",
+    "get_encoder_class",
+    "list_encoders",
+    "register_encoder",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'omnifuse.encoders' has no attribute {name!r}")

@@ -1,0 +1,126 @@
+"""ModalityFusion: per-modality token sequences -> one FusedMemory for the decoder's cross-attention."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from omnifuse.encoders.base import TokenSequence
+from omnifuse.fusion.attention import CrossModalBlock, build_attention_masks
+from omnifuse.fusion.embedding import ModalityEmbedding
+from omnifuse.fusion.gate import ModalityGate, modality_dropout
+from omnifuse.fusion.types import FusedMemory
+
+
+def _zero_where_not(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, N, D) with positions where ``mask`` (B, N) is False set to exactly 0 (NaN-safe)."""
+    return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class ModalityFusion(nn.Module):
+    """Project, cross-attend and gate the modalities of a batch into a ``FusedMemory``.
+
+    Args:
+        d_model: width of the fused memory (the decoder's cross-attention input).
+        in_dims: encoder ``out_dim`` per modality; a modality missing here can never be passed in.
+        modalities: the modality order, i.e. the columns of ``present`` and of ``modality_weights``.
+        n_layers, n_heads, ffn_mult, dropout: cross-modal block stack (``n_layers=0``: projection + gate only).
+        modality_dropout: training only; drop each present modality of a sample with this probability, never all.
+        max_positions: most tokens one modality may bring (size of its learned position table).
+
+    Memory layout, along N: ``[null] + [tokens of modalities[0]] + [tokens of modalities[1]] + ...``, where only the
+    modalities found in ``sequences`` have a block. The null token is a learned vector, always attendable, so no
+    memory row is ever fully masked (a sample with no modality at all still yields finite outputs; the decoder can
+    cross-attend without special cases). Tokens that are padding, or of a modality a sample lacks, have mask False
+    and are exactly 0. Token values of modality m are scaled by ``weight[b, m] * n_present[b]`` (1 when the gate is
+    uniform), so the gate decides how strongly each modality speaks to the decoder; a decoder that LayerNorms the
+    memory per token before its K/V projections undoes part of that scaling.
+
+    A modality counts as present for a sample when ``present[b, m]`` is True *and* its sequence has at least one
+    valid token for that sample (e.g. a clip too short for a single audio token counts as absent).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        in_dims: Mapping[str, int],
+        modalities: Sequence[str] = ("image", "audio", "text"),
+        n_layers: int = 2,
+        n_heads: int = 4,
+        ffn_mult: int = 4,
+        dropout: float = 0.0,
+        modality_dropout: float = 0.0,
+        max_positions: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.modalities = tuple(modalities)
+        unknown = set(in_dims) - set(self.modalities)
+        if unknown:
+            raise ValueError(f"in_dims has modalities {sorted(unknown)} not in modalities={self.modalities}")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        self.d_model = d_model
+        self.modality_dropout = modality_dropout
+        self.embed = nn.ModuleDict({m: ModalityEmbedding(int(d), d_model, max_positions) for m, d in in_dims.items()})
+        self.null_token = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.blocks = nn.ModuleList([CrossModalBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
+        self.norm = nn.LayerNorm(d_model)
+        self.gate = ModalityGate(d_model, len(self.modalities))
+
+    def forward(self, sequences: Mapping[str, TokenSequence], present: torch.Tensor) -> FusedMemory:
+        """``sequences``: modality -> TokenSequence (B, N_m, in_dim) (modalities no sample has may be omitted);
+        ``present`` (B, M) bool -> FusedMemory(tokens (B, 1 + sum N_m, d_model), mask, modality_weights (B, M))."""
+        for name in sequences:
+            if name not in self.embed:
+                raise ValueError(f"no input projection for modality {name!r}; in_dims has {sorted(self.embed)}")
+        present = present.bool()
+        B, M = present.shape
+        if present.shape[1] != len(self.modalities):
+            raise ValueError(f"present has {M} columns, expected {len(self.modalities)} ({self.modalities})")
+        names = [m for m in self.modalities if m in sequences]
+        cols = [self.modalities.index(m) for m in names]
+
+        # Effective presence: flagged present and at least one valid token; then modality dropout (training).
+        has_tokens = torch.zeros_like(present)
+        for name, col in zip(names, cols):
+            has_tokens[:, col] = sequences[name].mask.bool().any(dim=-1)
+        present = present & has_tokens  # (B, M)
+        if self.training and self.modality_dropout > 0:
+            present = modality_dropout(present, self.modality_dropout)
+
+        # Embed each modality; padding / absent positions are zeroed first so their content cannot matter.
+        device = self.null_token.device
+        parts = [self.null_token.to(device).expand(B, 1, -1)]  # (B, 1, D)
+        valids = [torch.ones(B, 1, dtype=torch.bool, device=device)]
+        segments = [torch.full((1,), -1, dtype=torch.long, device=device)]
+        for name, col in zip(names, cols):
+            seq = sequences[name]
+            valid = seq.mask.bool() & present[:, col, None]  # (B, N_m)
+            parts.append(self.embed[name](_zero_where_not(seq.tokens, valid)))  # (B, N_m, D)
+            valids.append(valid)
+            segments.append(torch.full((valid.shape[1],), col, dtype=torch.long, device=device))
+        x = torch.cat(parts, dim=1)  # (B, N, D), N = 1 + sum N_m
+        valid = torch.cat(valids, dim=1)  # (B, N)
+        segment = torch.cat(segments)  # (N,)
+
+        cross_mask, self_mask = build_attention_masks(segment, valid)  # (B, 1, N, N) each
+        for block in self.blocks:
+            x = block(x, cross_mask, self_mask)
+        x = self.norm(x)  # (B, N, D)
+
+        # Gate from masked-mean summaries of each modality block.
+        summaries = x.new_zeros(B, M, self.d_model)  # (B, M, D), zeros for modalities not in `sequences`
+        for col in cols:
+            in_block = (segment == col)[None, :] & valid  # (B, N)
+            total = _zero_where_not(x, in_block).sum(dim=1)  # (B, D)
+            summaries[:, col] = total / in_block.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)
+        weights = self.gate(summaries, present)  # (B, M) fp32
+
+        # Scale each modality block by weight * number of present modalities; the null token keeps scale 1.
+        n_present = present.sum(dim=-1, keepdim=True).to(weights.dtype)  # (B, 1)
+        scale_per_modality = torch.cat([torch.ones(B, 1, device=device), weights * n_present], dim=1)  # (B, 1 + M)
+        scale = scale_per_modality[:, segment + 1]  # (B, N): column 0 = null, column 1 + m = modality m
+        tokens = _zero_where_not(x * scale[..., None].to(x.dtype), valid)
+        return FusedMemory(tokens, valid, weights)

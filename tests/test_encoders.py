@@ -1,0 +1,253 @@
+"""Encoders: the shared invariant over every registered encoder, masking, freezing, local weights, references."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import timm
+import torch
+import torchaudio
+from torch.testing import assert_close
+
+from omnifuse.encoders import (
+    LogMelFrontend,
+    OpenClipImageEncoder,
+    OpenClipTextEncoder,
+    TimmImageEncoder,
+    TokenSequence,
+    build_encoder,
+    list_encoders,
+)
+from omnifuse.encoders.layers import TransformerBlock
+
+# Tiny open_clip configs (random init): override the named model's towers through create_model kwargs.
+OC_VISION = dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32)
+OC_TEXT = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+OC_TINY = dict(model_name="ViT-S-32", embed_dim=32, vision_cfg=OC_VISION, text_cfg=OC_TEXT)
+
+# One tiny configuration per registered encoder; a new registration must add one (checked below).
+TINY = {
+    "timm_image": dict(model_name="resnet10t", feature_level=-3),
+    "open_clip_image": OC_TINY,
+    "audio": dict(n_mels=32, d_model=32, n_layers=1, n_heads=2, conv_channels=8),
+    "timm_audio": dict(model_name="test_vit", n_mels=32, max_frames=64),
+    "text": dict(d_model=32, n_layers=1, n_heads=2, max_len=64),
+    "open_clip_text": OC_TINY,
+}
+FREEZABLE = ["timm_image", "open_clip_image", "timm_audio", "open_clip_text"]
+
+B = 3
+AUDIO_LENGTHS = [4000, 2000, 0]  # last sample: no audio
+TEXT_LENGTHS = [12, 5, 0]  # last sample: no text
+
+
+def _lengths_mask(lengths: list[int], width: int) -> torch.Tensor:
+    return torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # (B, width)
+
+
+def make_inputs(modality: str, junk: bool = False) -> tuple[torch.Tensor, ...]:
+    """Encoder inputs for a small batch; ``junk=True`` puts different random values under every padding position."""
+    g = torch.Generator().manual_seed(1 if junk else 0)
+    if modality == "image":
+        return (torch.rand(B, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+    if modality == "audio":
+        mask = _lengths_mask(AUDIO_LENGTHS, 4000)
+        wave = 0.1 * torch.randn(B, 4000, generator=torch.Generator().manual_seed(0))
+        junk_wave = 3.0 * torch.randn(B, 4000, generator=g) if junk else torch.zeros(B, 4000)
+        return (torch.where(mask, wave, junk_wave), mask)
+    mask = _lengths_mask(TEXT_LENGTHS, 12)
+    ids = torch.randint(97, 123, (B, 12), generator=torch.Generator().manual_seed(0))  # a..z bytes
+    junk_ids = torch.randint(0, 262, (B, 12), generator=g) if junk else torch.full((B, 12), 256)
+    return (torch.where(mask, ids, junk_ids), mask)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def encoder_name(request) -> str:
+    return request.param
+
+
+def test_every_registered_encoder_has_a_tiny_config():
+    assert sorted(TINY) == list_encoders()
+
+
+def test_unknown_encoder_lists_known_names():
+    with pytest.raises(ValueError, match="known encoders: audio, open_clip_image"):
+        build_encoder("no_such_encoder")
+
+
+def test_encoder_invariant(encoder_name):
+    """Shapes, masks, dtype, zeros under the mask, num_tokens, and gradients to every trainable parameter."""
+    enc = build_encoder(encoder_name, **TINY[encoder_name]).train()
+    assert enc.registry_name == encoder_name
+    assert enc.spec["class_path"] == f"{type(enc).__module__}.{type(enc).__qualname__}"  # base Encoder records it
+    inputs = make_inputs(enc.modality)
+    out = enc(*inputs)
+    assert isinstance(out, TokenSequence)
+    tokens, mask = out
+    assert tokens.dtype == torch.float32 and mask.dtype == torch.bool
+    assert tokens.dim() == 3 and tokens.shape[0] == B and tokens.shape[2] == enc.out_dim
+    assert mask.shape == tokens.shape[:2]
+    assert torch.isfinite(tokens).all()
+    assert (tokens[~mask] == 0).all()
+    if enc.modality == "image":
+        assert mask.all() and tokens.shape[1] == enc.num_tokens(32)
+    elif enc.modality == "audio":
+        assert tokens.shape[1] == enc.num_tokens(4000)
+        assert mask[0].sum() > mask[1].sum() > 0 and not mask[2].any()
+    elif encoder_name == "text":
+        assert tokens.shape[1] == enc.num_tokens(12) and mask.sum(-1).tolist() == TEXT_LENGTHS
+    else:  # open_clip_text re-tokenises: [SOT] bpe [EOT]
+        texts = [bytes(row[:n].tolist()).decode() for row, n in zip(inputs[0], TEXT_LENGTHS)]
+        assert mask.sum(-1).tolist() == [enc.num_tokens(texts[0]), enc.num_tokens(texts[1]), 0]
+
+    tokens.square().mean().backward()
+    trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", FREEZABLE)
+def test_freeze(name):
+    enc = build_encoder(name, **TINY[name], freeze=True).train()
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert not any(m.training for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    out = enc(*make_inputs(enc.modality))
+    assert not out.tokens.requires_grad
+
+
+@pytest.mark.parametrize("name", ["audio", "timm_audio", "text", "open_clip_text"])
+def test_padding_values_do_not_change_any_output_bit(name):
+    enc = build_encoder(name, **TINY[name]).eval()
+    clean, junk = make_inputs(enc.modality), make_inputs(enc.modality, junk=True)
+    assert not torch.equal(clean[0], junk[0])
+    with torch.no_grad():
+        a, b = enc(*clean), enc(*junk)
+    assert_close(a.tokens, b.tokens, rtol=0, atol=0)
+    assert torch.equal(a.mask, b.mask)
+
+
+@pytest.mark.parametrize("name", ["audio", "timm_audio", "text"])
+def test_sample_alone_equals_sample_in_padded_batch(name):
+    """A clip's valid tokens do not depend on how much padding its batch adds."""
+    enc = build_encoder(name, **TINY[name]).eval()
+    batch = make_inputs(enc.modality)
+    n = (AUDIO_LENGTHS if enc.modality == "audio" else TEXT_LENGTHS)[1]
+    with torch.no_grad():
+        full = enc(*batch)
+        alone = enc(batch[0][1:2, :n], batch[1][1:2, :n])
+    valid = full.mask[1]
+    assert alone.mask[0].sum() == valid.sum()
+    assert_close(alone.tokens[0][alone.mask[0]], full.tokens[1][valid])
+
+
+def test_spec_augment_only_in_training():
+    enc = build_encoder("audio", **TINY["audio"])
+    wave, mask = make_inputs("audio")
+    with torch.no_grad():
+        spec, _ = enc.frontend(wave, mask)
+        enc.eval()
+        assert torch.equal(enc.spec_augment(spec), spec)
+        enc.train()
+        assert not torch.equal(enc.spec_augment(spec), spec)
+
+
+def test_log_mel_matches_torchaudio_reference():
+    """Unpadded clip: zero-padded centred STFT -> mel -> dB (top_db 80) -> per-clip standardisation."""
+    front = LogMelFrontend(sample_rate=16000, n_mels=40, hop_length=160, win_length=400)
+    wave = 0.1 * torch.randn(1, 3200)
+    ref = torchaudio.transforms.MelSpectrogram(
+        16000, n_fft=400, win_length=400, hop_length=160, n_mels=40, center=True, pad_mode="constant"
+    )(wave)
+    ref = torchaudio.transforms.AmplitudeToDB("power", top_db=80.0)(ref)
+    ref = (ref - ref.mean()) / torch.sqrt(ref.var(unbiased=False) + 1e-5)
+    spec, frame_mask = front(wave, torch.ones_like(wave, dtype=torch.bool))
+    assert frame_mask.all() and spec.shape == ref.shape == (1, 40, 3200 // 160 + 1)
+    assert_close(spec, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_transformer_block_matches_plain_reference():
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 2).eval()
+    x = torch.randn(2, 5, 16)
+    key_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+
+    h = block.norm1(x)
+    q, k, v = block.attn.qkv(h).view(2, 5, 3, 2, 8).permute(2, 0, 3, 1, 4)  # (B, h, N, hs)
+    scores = (q @ k.transpose(-1, -2)) / 8**0.5
+    scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    att = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 16)
+    y = x + block.attn.out(att)
+    ref = y + block.ffn(block.norm2(y))
+    assert_close(block(x, key_mask), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_feature_level_and_resize():
+    cnn = TimmImageEncoder("resnet10t", feature_level=-3)  # easy-VQA 64x64 -> 8x8 tokens
+    assert cnn.num_tokens(64) == 64 and cnn(torch.rand(1, 3, 64, 64)).tokens.shape == (1, 64, cnn.out_dim)
+    vit = TimmImageEncoder("test_vit", img_size=32)  # fixed-size model: inputs are resized to 32x32
+    assert vit.normalize.size == (32, 32)
+    assert vit(torch.rand(2, 3, 64, 64)).tokens.shape == (2, vit.num_tokens(64), vit.out_dim)
+
+
+def test_pretrained_must_be_a_local_file(tmp_path):
+    with pytest.raises(ValueError, match="local weights file"):
+        TimmImageEncoder("resnet10t", pretrained=True)
+    with pytest.raises(FileNotFoundError):
+        OpenClipImageEncoder(**OC_TINY, pretrained=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="unknown timm model"):
+        TimmImageEncoder("not_a_timm_model")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_local_weights_reproduce_the_original_model(tmp_path, suffix):
+    torch.manual_seed(0)
+    original = timm.create_model("resnet10t", pretrained=False).eval()
+    path = tmp_path / f"resnet10t{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(original.state_dict(), str(path))
+    else:
+        torch.save(original.state_dict(), path)
+    enc = TimmImageEncoder("resnet10t", pretrained=str(path)).eval()
+    images = torch.rand(2, 3, 64, 64)
+    cfg = timm.data.resolve_data_config({}, model=original)
+    x = (images - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = original.forward_features(x).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        out = enc(images)
+    assert_close(out.tokens, ref)
+
+
+def test_open_clip_local_weights_reproduce_the_original_model(tmp_path):
+    torch.manual_seed(0)
+    kwargs = {k: v for k, v in OC_TINY.items() if k != "model_name"}
+    original = open_clip.create_model("ViT-S-32", pretrained=None, pretrained_text=False, **kwargs).eval()
+    path = tmp_path / "clip.pt"
+    torch.save(original.state_dict(), path)
+
+    # Visual tower: tokens = ln_post of the patch tokens, as open_clip's own output_tokens path returns them.
+    image_enc = OpenClipImageEncoder(**OC_TINY, pretrained=str(path)).eval()
+    images = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    original.visual.output_tokens = True
+    with torch.no_grad():
+        _, ref_tokens = original.visual((images - mean) / std)
+        assert_close(image_enc(images).tokens, ref_tokens)
+
+    # Text tower: the EOT token, projected, is open_clip's own text embedding.
+    text_enc = OpenClipTextEncoder(**OC_TINY, pretrained=str(path)).eval()
+    texts = ["what colour is the shape?", "a small red circle on the left"]
+    ids = torch.full((2, 40), 256)
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    for row, text in enumerate(texts):
+        ids[row, : len(text)] = torch.tensor(list(text.encode()))
+        mask[row, : len(text)] = True
+    with torch.no_grad():
+        out = text_enc(ids, mask)
+        ref = original.encode_text(open_clip.get_tokenizer("ViT-S-32")(texts))
+        eot = out.mask.sum(-1) - 1
+        pooled = out.tokens[torch.arange(2), eot] @ original.text_projection
+    assert_close(pooled, ref)

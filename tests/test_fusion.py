@@ -1,0 +1,162 @@
+"""Fusion: attention masks, gate, modality dropout, bit-exact masking, and per-sample batch independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from omnifuse.encoders import TokenSequence
+from omnifuse.fusion import FusedMemory, ModalityFusion, ModalityGate, build_attention_masks, modality_dropout
+
+MODALITIES = ("image", "audio", "text")
+IN_DIMS = dict(image=16, audio=8, text=12)
+WIDTHS = dict(image=5, audio=7, text=6)
+# Per sample: valid tokens of each modality (0 = none) and which modalities the batch flags as present.
+LENGTHS = dict(image=[5, 5, 5, 5, 5], audio=[7, 3, 0, 2, 4], text=[6, 6, 2, 0, 1])
+PRESENT = torch.tensor([[1, 1, 1], [0, 1, 1], [1, 0, 1], [0, 0, 0], [1, 1, 0]], dtype=torch.bool)
+B = PRESENT.shape[0]
+
+
+def make_fusion(**kwargs) -> ModalityFusion:
+    torch.manual_seed(0)
+    return ModalityFusion(32, IN_DIMS, MODALITIES, n_layers=2, n_heads=2, **kwargs).eval()
+
+
+def make_sequences(junk: bool = False) -> dict[str, TokenSequence]:
+    """Encoder outputs; ``junk=True`` changes every value that is padding or belongs to an absent modality."""
+    g = torch.Generator().manual_seed(0)
+    junk_g = torch.Generator().manual_seed(123)
+    seqs = {}
+    for col, name in enumerate(MODALITIES):
+        mask = torch.arange(WIDTHS[name])[None, :] < torch.tensor(LENGTHS[name])[:, None]  # (B, N)
+        tokens = torch.randn(B, WIDTHS[name], IN_DIMS[name], generator=g)
+        if junk:
+            used = mask & PRESENT[:, col, None]
+            tokens = torch.where(used[..., None], tokens, 100 * torch.randn(tokens.shape, generator=junk_g))
+        seqs[name] = TokenSequence(tokens, mask)
+    return seqs
+
+
+def test_attention_masks_match_loop_reference():
+    segment = torch.tensor([-1, 0, 0, 1, 2, 2])
+    valid = torch.tensor([[1, 1, 0, 1, 1, 0], [1, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    cross, self_ = build_attention_masks(segment, valid)
+    for b in range(2):
+        for q in range(6):
+            for k in range(6):
+                null = segment[k] < 0
+                assert cross[b, 0, q, k] == (null or (valid[b, k] and segment[q] != segment[k]))
+                assert self_[b, 0, q, k] == (null or (valid[b, k] and segment[q] == segment[k]))
+
+
+def test_gate_matches_masked_softmax_reference():
+    torch.manual_seed(0)
+    gate = ModalityGate(8, 3)
+    summaries = torch.randn(B, 3, 8)
+    weights = gate(summaries, PRESENT)
+    logits = gate.score(summaries).squeeze(-1) + gate.bias
+    for b in range(B):
+        idx = PRESENT[b].nonzero().flatten()
+        ref = torch.zeros(3)
+        if len(idx):
+            ref[idx] = torch.softmax(logits[b, idx], dim=0)
+        assert_close(weights[b], ref)
+
+
+def test_fusion_output_shapes_and_gate_weights():
+    fusion = make_fusion()
+    out = fusion(make_sequences(), PRESENT)
+    assert isinstance(out, FusedMemory)
+    n = 1 + sum(WIDTHS.values())
+    assert out.tokens.shape == (B, n, 32) and out.mask.shape == (B, n) and out.modality_weights.shape == (B, 3)
+    assert torch.isfinite(out.tokens).all()
+    assert (out.tokens[~out.mask] == 0).all()
+    # Present = flagged and at least one valid token.
+    effective = PRESENT & torch.stack([torch.tensor(LENGTHS[m]) > 0 for m in MODALITIES], dim=1)
+    w = out.modality_weights
+    assert (w[~effective] == 0).all()  # exactly 0
+    assert (w[effective] > 0).all()
+    has_any = effective.any(-1)
+    assert_close(w[has_any].sum(-1), torch.ones(int(has_any.sum())))
+    assert (w[~has_any] == 0).all()
+    # The null token is always attendable: a sample with no modality still has one valid memory slot.
+    assert out.mask[:, 0].all() and out.mask[3].sum() == 1
+    # Valid memory slots: exactly the valid tokens of effectively present modalities, plus the null token.
+    expected = 1 + sum(torch.tensor(LENGTHS[m]) * effective[:, c] for c, m in enumerate(MODALITIES))
+    assert out.mask.sum(-1).tolist() == expected.tolist()
+
+
+def test_padding_and_absent_modalities_do_not_change_any_output_bit():
+    fusion = make_fusion()
+    with torch.no_grad():
+        a = fusion(make_sequences(), PRESENT)
+        b = fusion(make_sequences(junk=True), PRESENT)
+    for x, y in zip(a, b):
+        assert_close(x, y, rtol=0, atol=0)
+
+
+def test_mixed_batch_equals_each_sample_alone():
+    fusion = make_fusion()
+    seqs = make_sequences()
+    with torch.no_grad():
+        batch = fusion(seqs, PRESENT)
+        for b in range(B):
+            alone_seqs = {
+                m: TokenSequence(s.tokens[b : b + 1], s.mask[b : b + 1])
+                for c, (m, s) in enumerate(seqs.items())
+                if PRESENT[b, c]  # a modality this sample lacks is simply not passed
+            }
+            alone = fusion(alone_seqs, PRESENT[b : b + 1])
+            assert_close(alone.modality_weights[0], batch.modality_weights[b])
+            assert_close(alone.tokens[0][alone.mask[0]], batch.tokens[b][batch.mask[b]], rtol=1e-5, atol=1e-5)
+
+
+def test_omitted_modality_and_validation():
+    fusion = make_fusion()
+    seqs = make_sequences()
+    present = PRESENT.clone()
+    present[:, 1] = False
+    out = fusion({"image": seqs["image"], "text": seqs["text"]}, present)
+    assert out.tokens.shape[1] == 1 + WIDTHS["image"] + WIDTHS["text"]
+    assert (out.modality_weights[:, 1] == 0).all()
+    with pytest.raises(ValueError, match="no input projection"):
+        fusion({"smell": seqs["image"]}, PRESENT)
+    with pytest.raises(ValueError, match="columns"):
+        fusion(seqs, PRESENT[:, :2])
+
+
+def test_gradients_reach_every_fusion_parameter():
+    fusion = make_fusion().train()
+    out = fusion(make_sequences(), PRESENT)
+    (out.tokens.square().mean() + out.modality_weights[:, 0].sum()).backward()
+    missing = [n for n, p in fusion.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+def test_modality_dropout_never_drops_everything():
+    torch.manual_seed(0)
+    present = torch.ones(4000, 3, dtype=torch.bool)
+    present[:1000, 2] = False
+    present[1000:1500] = torch.tensor([True, False, False])
+    present[1500:1600] = False
+    kept = modality_dropout(present, 0.5)
+    assert not (kept & ~present).any()  # only drops
+    assert kept[present.any(-1)].any(-1).all()  # never all of a sample's modalities
+    assert not kept[1500:1600].any()
+    assert kept[1000:1500, 0].all()  # a single modality is never dropped
+    # Three present modalities: P(kept) = (1 - p) + p^3 / 3 (the rescue of an all-dropped sample).
+    rate = kept[1600:].float().mean().item()
+    assert abs(rate - (0.5 + 0.125 / 3)) < 0.02
+    assert torch.equal(modality_dropout(present, 0.0), present)
+
+
+def test_modality_dropout_only_in_training():
+    fusion = make_fusion(modality_dropout=0.9)
+    seqs = make_sequences()
+    with torch.no_grad():
+        eval_w = fusion(seqs, PRESENT).modality_weights
+        train_w = fusion.train()(seqs, PRESENT).modality_weights
+    assert (eval_w > 0).sum() > (train_w > 0).sum()
+    has_any = (eval_w > 0).any(-1)
+    assert ((train_w > 0).any(-1) == has_any).all()  # dropout never empties a sample
