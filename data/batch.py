@@ -49,6 +49,21 @@ class MultimodalBatch:
             moved[f.name] = value
         return MultimodalBatch(**moved)
 
+    def select(self, index: list[int]) -> MultimodalBatch:
+        """The sub-batch of rows ``index`` (in that order); ``failed`` stays with the original batch."""
+        rows = torch.as_tensor(index, dtype=torch.long)
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "failed":
+                value = []
+            elif isinstance(value, torch.Tensor):
+                value = value.index_select(0, rows.to(value.device))
+            elif isinstance(value, list) and len(value) == len(self.ids):
+                value = [value[i] for i in index]
+            picked[f.name] = value
+        return MultimodalBatch(**picked)
+
     def has(self, modality: str) -> bool:
         """True when at least one sample carries ``modality``."""
         return bool(self.present[:, MODALITIES.index(modality)].any())

@@ -1,0 +1,193 @@
+"""``MultimodalDataModule``: manifests -> DataLoaders of ``MultimodalBatch`` for Lightning (and LightningCLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from omnifuse.data.collate import Collator
+from omnifuse.data.dataset import ManifestDataset
+from omnifuse.data.tokenizer import ByteTokenizer
+
+PREPARERS: tuple[str, ...] = ("easyvqa",)
+
+
+class MultimodalDataModule(L.LightningDataModule):
+    """Train / val / test / predict manifests (JSONL) loaded by ``ManifestDataset`` and collated by ``Collator``.
+
+    Train, val and test data are strict (a bad record raises ``RecordError`` naming it); predict data is forgiving
+    (bad records reach the prediction writer through ``batch.failed``).
+
+    Args:
+        train_manifest: JSONL manifest for training (None: no training data).
+        val_manifest: JSONL manifest for validation.
+        test_manifest: JSONL manifest for testing.
+        predict_manifest: JSONL manifest for batch inference (targets optional).
+        batch_size: training batch size.
+        eval_batch_size: batch size for val / test / predict (default: ``batch_size``).
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        image_size: images are resized to ``image_size x image_size`` (bilinear).
+        sample_rate: audio is resampled to this rate in Hz.
+        max_audio_seconds: audio is cut to this many seconds.
+        max_text_len: text (question / prompt) is cut to this many tokens.
+        max_target_len: target sequences (task token + bytes + eos) are cut to this many tokens.
+        prepare: name of a dataset builder (``"easyvqa"``) run by ``prepare_data`` when a manifest file is missing.
+        prepare_dir: output folder of that builder.
+        prepare_parts: parts to build (easy-VQA: ``vqa``, ``spoken``, ``caption``, ``json``); default: the parts whose
+            manifests are missing, told from their file names (``caption_train.jsonl`` -> ``caption``).
+        prepare_limit_images: build from only the first N images of each official split (quick runs and tests).
+        limit_train: use a deterministic random subset of this many training records.
+        limit_val: the same for validation.
+        limit_test: the same for test.
+        seed: seed of those subsets and of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        train_manifest: str | None = None,
+        val_manifest: str | None = None,
+        test_manifest: str | None = None,
+        predict_manifest: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int = 64,
+        sample_rate: int = 16000,
+        max_audio_seconds: float = 8.0,
+        max_text_len: int = 256,
+        max_target_len: int = 512,
+        prepare: str | None = None,
+        prepare_dir: str = "datasets/easyvqa",
+        prepare_parts: list[str] | None = None,
+        prepare_limit_images: int | None = None,
+        limit_train: int | None = None,
+        limit_val: int | None = None,
+        limit_test: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if prepare is not None and prepare not in PREPARERS:
+            raise ValueError(f"unknown dataset builder {prepare!r}; known builders: {', '.join(PREPARERS)}")
+        self.save_hyperparameters()
+        self.train_manifest = train_manifest
+        self.val_manifest = val_manifest
+        self.test_manifest = test_manifest
+        self.predict_manifest = predict_manifest
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.sample_rate = sample_rate
+        self.max_audio_seconds = max_audio_seconds
+        self.prepare = prepare
+        self.prepare_dir = prepare_dir
+        self.prepare_parts = prepare_parts
+        self.prepare_limit_images = prepare_limit_images
+        self.limits = {"train": limit_train, "val": limit_val, "test": limit_test}
+        self.seed = seed
+        self.tokenizer = ByteTokenizer()
+        self.collator = Collator(self.tokenizer, max_text_len=max_text_len, max_target_len=max_target_len)
+        # Ids the prediction writer already wrote in an earlier, interrupted run (set by JsonlPredictionWriter).
+        self.skip_predict_ids: set[str] = set()
+        self.datasets: dict[str, ManifestDataset] = {}
+
+    # ---------------------------------------------------------------------------------------------------- building
+
+    def _manifests(self) -> list[str]:
+        return [m for m in (self.train_manifest, self.val_manifest, self.test_manifest, self.predict_manifest) if m]
+
+    def _parts_for(self, missing: list[str]) -> list[str]:
+        from omnifuse.data.easyvqa import PARTS
+
+        if self.prepare_parts:
+            return list(self.prepare_parts)
+        parts = {Path(m).name.split("_", 1)[0] for m in missing}
+        return [p for p in PARTS if p in parts] or list(PARTS)
+
+    def prepare_data(self) -> None:
+        """Build missing manifests with the configured builder (Lightning calls this on one process per node)."""
+        missing = [m for m in self._manifests() if not Path(m).is_file()]
+        if not missing or self.prepare is None:
+            return
+        from omnifuse.data.easyvqa import prepare_easyvqa
+
+        prepare_easyvqa(
+            self.prepare_dir,
+            parts=self._parts_for(missing),
+            seed=self.seed,
+            limit_images=self.prepare_limit_images,
+        )
+
+    def _dataset(self, split: str, manifest: str | None) -> ManifestDataset | None:
+        if manifest is None:
+            return None
+        if not Path(manifest).is_file():
+            hint = "" if self.prepare else " (set prepare='easyvqa' to build easy-VQA manifests)"
+            raise FileNotFoundError(f"{split} manifest not found: {manifest!r}{hint}")
+        return ManifestDataset(
+            manifest,
+            mode="predict" if split == "predict" else "fit",
+            image_size=self.image_size,
+            sample_rate=self.sample_rate,
+            max_audio_seconds=self.max_audio_seconds,
+            limit=self.limits.get(split),
+            seed=self.seed,
+            skip_ids=self.skip_predict_ids if split == "predict" else (),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets ``stage`` needs (fit: train + val; validate: val; test: test; predict: predict)."""
+        wanted = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("predict",),
+            None: ("train", "val", "test", "predict"),
+        }[stage]
+        manifests = {
+            "train": self.train_manifest,
+            "val": self.val_manifest,
+            "test": self.test_manifest,
+            "predict": self.predict_manifest,
+        }
+        for split in wanted:
+            # Predict is rebuilt every time: skip_predict_ids may have changed since the last call (resumed jobs).
+            if split in self.datasets and split != "predict":
+                continue
+            dataset = self._dataset(split, manifests[split])
+            if dataset is not None:
+                self.datasets[split] = dataset
+        if stage == "fit" and "train" not in self.datasets:
+            raise ValueError("fit needs a train_manifest")
+
+    # -------------------------------------------------------------------------------------------------- loaders
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"no {split} data: set {split}_manifest (and call setup)")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=self.collator,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # An empty list tells Lightning there is no validation loop.
+        return self._loader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,183 @@
+"""``ManifestDataset``: a JSONL manifest as a map-style dataset of loaded ``Sample`` objects.
+
+Two modes:
+
+- ``fit`` (training, validation, test): every record must be valid and carry a target. The manifest is validated
+  when the dataset is built, so a bad line fails before the first step, and a file that fails to decode later raises
+  ``RecordError`` naming the record and field.
+- ``predict`` (batch inference): nothing is fatal. An invalid record or an undecodable file becomes a failed sample
+  (``Sample.error``) that the collator reports in ``batch.failed`` as ``(id, reason)``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from omnifuse.data.loaders import DEFAULT_MAX_PIXELS, LoadError, decode_image, load_audio
+from omnifuse.data.records import Record, RecordError, read_manifest
+from omnifuse.data.sample import Sample
+
+MODES: tuple[str, ...] = ("fit", "predict")
+
+
+class ImageCache:
+    """A bounded LRU of decoded uint8 images, keyed by path.
+
+    Many records share one image (easy-VQA: ~10 questions per image), so decoding each once per worker saves most of
+    the loading time. uint8 keeps a 64x64 image at 12 KiB; the bound is in bytes so a large ``image_size`` cannot grow
+    the cache past it. Each DataLoader worker process holds its own copy.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Path, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Path) -> torch.Tensor | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Path, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old.numel() * old.element_size()
+        self._items[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, evicted = self._items.popitem(last=False)
+            self.bytes -= evicted.numel() * evicted.element_size()
+
+
+def subsample(n: int, limit: int | None, seed: int) -> list[int]:
+    """Indices of a deterministic random subset of ``range(n)`` of size ``limit`` (all when None), in file order."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+class ManifestDataset(Dataset):
+    """Records of a manifest (or an in-memory list of records) loaded into ``Sample`` objects.
+
+    Args:
+        manifest: path to a JSONL manifest, or a sequence of ``Record`` / ``RecordError`` (e.g. from ``read_manifest``).
+        mode: ``"fit"`` (bad records raise ``RecordError``) or ``"predict"`` (bad records become failed samples).
+        image_size: images are resized to ``image_size x image_size`` (bilinear) so a batch stacks; None keeps sizes.
+        sample_rate: audio is resampled to this rate (Hz).
+        max_audio_seconds: audio is cut to this length (None: no cap).
+        max_image_pixels: decompression-bomb guard, checked from the header before decoding.
+        image_cache_mb: bound of the per-process cache of decoded images (0 disables it).
+        limit: keep a deterministic random subset of this many records (quick runs); None keeps all.
+        seed: seed of that subset.
+        skip_ids: ids to leave out (a resumed prediction job skips what it already wrote).
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path | Sequence[Record | RecordError],
+        mode: str = "fit",
+        image_size: int | None = 64,
+        sample_rate: int = 16000,
+        max_audio_seconds: float | None = 8.0,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        image_cache_mb: float = 64.0,
+        limit: int | None = None,
+        seed: int = 0,
+        skip_ids: Iterable[str] = (),
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; known modes: {', '.join(MODES)}")
+        self.mode = mode
+        self.manifest = Path(manifest) if isinstance(manifest, (str, Path)) else None
+        if self.manifest is not None:
+            items = read_manifest(self.manifest, require_target=mode == "fit")
+        else:
+            items = list(manifest)
+            if mode == "fit":
+                for item in items:
+                    if isinstance(item, Record) and item.target is None:
+                        raise RecordError(item.id, "target", "missing target (required for training and evaluation)")
+        skip = set(skip_ids)
+        if skip:
+            items = [it for it in items if (it.id if isinstance(it, Record) else it.record_id) not in skip]
+        self.items: list[Record | RecordError] = [items[i] for i in subsample(len(items), limit, seed)]
+        self.errors = [it for it in self.items if isinstance(it, RecordError)]
+        if mode == "fit" and self.errors:
+            first = self.errors[0]
+            if len(self.errors) == 1:
+                raise first
+            where = f" in {str(self.manifest)!r}" if self.manifest is not None else ""
+            more = f"{first.reason} (and {len(self.errors) - 1} more invalid record(s){where})"
+            raise RecordError(first.record_id, first.field, more)
+        self.image_size = image_size
+        self.sample_rate = sample_rate
+        self.max_audio_seconds = max_audio_seconds
+        self.max_image_pixels = max_image_pixels
+        self.cache = ImageCache(int(image_cache_mb * 2**20))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.id if isinstance(it, Record) else it.record_id for it in self.items]
+
+    @property
+    def records(self) -> list[Record]:
+        return [it for it in self.items if isinstance(it, Record)]
+
+    def __getitem__(self, index: int) -> Sample:
+        item = self.items[index]
+        if isinstance(item, RecordError):  # only reachable in predict mode
+            return Sample.failed(item.record_id, item.detail)
+        try:
+            return self._load(item)
+        except RecordError as e:
+            if self.mode == "fit":
+                raise
+            return Sample.failed(item.id, e.detail, task=item.task)
+
+    def _load(self, record: Record) -> Sample:
+        image = audio = None
+        if record.image is not None:
+            try:
+                image = self._image(record.image)
+            except (LoadError, OSError) as e:
+                raise RecordError(record.id, "image", str(e)) from e
+        if record.audio is not None:
+            try:
+                audio = load_audio(record.audio, self.sample_rate, self.max_audio_seconds)
+            except (LoadError, OSError) as e:
+                raise RecordError(record.id, "audio", str(e)) from e
+        return Sample(
+            id=record.id,
+            task=record.task,
+            image=image,
+            audio=audio,
+            text=record.text,
+            target=record.target,
+            schema=record.schema,
+            meta=record.meta,
+        )
+
+    def _image(self, path: Path) -> torch.Tensor:
+        pixels = self.cache.get(path)
+        if pixels is None:
+            pixels = decode_image(path, self.image_size, self.max_image_pixels)  # (3, H, W) uint8
+            self.cache.put(path, pixels)
+        return pixels.float().div_(255.0)  # (3, H, W) float32 in [0, 1]

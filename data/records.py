@@ -1,0 +1,237 @@
+"""Records: one JSONL manifest line -> a validated ``Record``; ``RecordError`` names the record, the field, the reason.
+
+A manifest is a JSONL file; each line is an object::
+
+    {"id": "q17", "task": "vqa", "image": "images/12.png", "text": "what color is the shape?", "target": "red"}
+
+Keys: ``id`` (non-empty string, unique in the manifest), ``task`` (one of ``TASKS``), optional ``image`` / ``audio``
+(paths, relative to the manifest's folder; they may not leave it), optional ``text``, ``target`` (a string, or any
+JSON value for task ``json``; required when training), optional ``schema`` (task ``json`` only: an inline JSON Schema
+object or a path to a ``.json`` file) and ``meta`` (an object). Any other key (``answers``, ``view`` ...) is kept in
+``Record.meta``. At least one of ``image`` / ``audio`` / ``text`` must be present.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omnifuse.data.tokenizer import TASKS
+
+# Text and string targets larger than this are refused: a 50 MB "question" is a broken record, and it would otherwise
+# be tokenised into a 50M-long sequence before truncation.
+MAX_TEXT_BYTES = 1_000_000
+# JSON Schema files are small; a bigger one is almost certainly the wrong file.
+MAX_SCHEMA_BYTES = 1_000_000
+
+INPUT_FIELDS: tuple[str, ...] = ("image", "audio", "text")
+KNOWN_KEYS = frozenset({"id", "task", "image", "audio", "text", "target", "schema", "meta"})
+
+
+class RecordError(Exception):
+    """A record that cannot be used: ``str(err)`` reads ``record 'q17': field 'image': <reason>``."""
+
+    def __init__(self, record_id: str, field: str, reason: str) -> None:
+        self.record_id = record_id
+        self.field = field
+        self.reason = reason
+        super().__init__(f"record {record_id!r}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        """The message without the record id: ``field 'image': <reason>`` (what batch.failed carries)."""
+        return f"field {self.field!r}: {self.reason}"
+
+    def __reduce__(self):  # keep the three attributes when pickled across DataLoader worker processes
+        return (type(self), (self.record_id, self.field, self.reason))
+
+
+@dataclass
+class Record:
+    """One validated manifest entry; paths are absolute and exist, ``schema`` is loaded."""
+
+    id: str
+    task: str
+    image: Path | None = None
+    audio: Path | None = None
+    text: str | None = None
+    target: Any = None
+    schema: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def resolve_path(value: Any, root: Path, record_id: str, field_name: str, cache: dict[str, Path] | None = None) -> Path:
+    """Resolve a manifest path against ``root``; refuse escapes (``..``, absolute paths, symlinks) and missing files.
+
+    ``cache`` maps path strings already accepted under this ``root`` to their result (many records share an image).
+    """
+    if cache is not None and isinstance(value, str) and value in cache:
+        return cache[value]
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError(record_id, field_name, f"must be a non-empty path string, got {_describe(value)}")
+    if "\x00" in value:
+        raise RecordError(record_id, field_name, "path contains a NUL byte")
+    root = root.resolve()
+    # An absolute path is accepted only when it lies inside root; resolve() follows symlinks, so a link that points
+    # outside the manifest folder is refused like a literal ``../``.
+    resolved = (root / value).resolve()
+    if not resolved.is_relative_to(root):
+        raise RecordError(record_id, field_name, f"path {value!r} escapes the manifest folder {str(root)!r}")
+    if not resolved.exists():
+        raise RecordError(record_id, field_name, f"file not found: {value!r}")
+    if not resolved.is_file():
+        raise RecordError(record_id, field_name, f"not a regular file: {value!r}")
+    if cache is not None:
+        cache[value] = resolved
+    return resolved
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    return type(value).__name__
+
+
+def _check_text(value: Any, record_id: str, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise RecordError(record_id, field_name, f"must be a string, got {_describe(value)}")
+    # len(str) <= bytes <= 4 * len(str): the cheap character count settles most cases without encoding 50 MB.
+    size = len(value) if len(value) > MAX_TEXT_BYTES else len(value.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise RecordError(record_id, field_name, f"too large ({size:,} bytes; the limit is {MAX_TEXT_BYTES:,})")
+    return value
+
+
+def load_schema(value: Any, root: Path, record_id: str, cache: dict[Path, dict] | None = None) -> dict:
+    """An inline schema object, or a path to a JSON file (resolved like any manifest path) holding one."""
+    if isinstance(value, dict):
+        return value
+    path = resolve_path(value, root, record_id, "schema")
+    if cache is not None and path in cache:
+        return cache[path]
+    size = path.stat().st_size
+    if size > MAX_SCHEMA_BYTES:
+        raise RecordError(record_id, "schema", f"schema file too large ({size:,} bytes)")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(record_id, "schema", f"schema file {value!r} is not valid JSON ({e})") from None
+    if not isinstance(schema, dict):
+        raise RecordError(record_id, "schema", f"schema file {value!r} must hold a JSON object")
+    if cache is not None:
+        cache[path] = schema
+    return schema
+
+
+def parse_record(
+    raw: Any,
+    root: str | Path,
+    *,
+    require_target: bool,
+    line_no: int | None = None,
+    schema_cache: dict[Path, dict] | None = None,
+    path_cache: dict[str, Path] | None = None,
+) -> Record:
+    """Validate one raw manifest entry and return a ``Record``; raise ``RecordError`` on the first problem.
+
+    ``root`` is the folder paths resolve against (the manifest's folder). ``require_target`` is True for training and
+    evaluation data, False for inference. ``line_no`` names the record in errors raised before its id is known. The
+    caches (filled by ``read_manifest``) let records that share a file skip its checks; they must belong to ``root``.
+    """
+    root = Path(root)
+    fallback_id = f"line {line_no}" if line_no is not None else "<unknown>"
+    if not isinstance(raw, dict):
+        raise RecordError(fallback_id, "<record>", f"must be a JSON object, got {type(raw).__name__}")
+
+    rid = raw.get("id")
+    if not isinstance(rid, str) or not rid.strip():
+        raise RecordError(fallback_id, "id", f"must be a non-empty string, got {_describe(rid)}")
+    if len(rid) > 1000:
+        raise RecordError(rid[:40] + "...", "id", f"too long ({len(rid)} characters)")
+
+    task = raw.get("task")
+    if task not in TASKS:
+        raise RecordError(rid, "task", f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+
+    image = resolve_path(raw["image"], root, rid, "image", path_cache) if raw.get("image") is not None else None
+    audio = resolve_path(raw["audio"], root, rid, "audio", path_cache) if raw.get("audio") is not None else None
+    text = _check_text(raw["text"], rid, "text") if raw.get("text") is not None else None
+    if text is not None and not text.strip():
+        # A present-but-empty text would reach the text encoder as a sequence with no tokens at all.
+        raise RecordError(rid, "text", "is empty (leave the field out when a record has no text)")
+    if image is None and audio is None and text is None:
+        # The model needs at least one input to attend to; a record without any is a manifest mistake.
+        raise RecordError(rid, "image", "record has no input: give at least one of 'image', 'audio', 'text'")
+
+    target = raw.get("target")
+    if target is None:
+        if require_target:
+            raise RecordError(rid, "target", "missing target (required for training and evaluation)")
+    elif task == "json":
+        # Any JSON value is a valid structured target; only its size is bounded.
+        size = len(json.dumps(target, ensure_ascii=False).encode("utf-8"))
+        if size > MAX_TEXT_BYTES:
+            raise RecordError(rid, "target", f"too large ({size:,} bytes; the limit is {MAX_TEXT_BYTES:,})")
+    else:
+        target = _check_text(target, rid, "target")
+
+    schema = None
+    if raw.get("schema") is not None:
+        if task != "json":
+            raise RecordError(rid, "schema", f"a schema is only used by task 'json', not {task!r}")
+        schema = load_schema(raw["schema"], root, rid, schema_cache)
+
+    meta = raw.get("meta", {})
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise RecordError(rid, "meta", f"must be a JSON object, got {type(meta).__name__}")
+    meta = dict(meta)
+    meta.update({k: v for k, v in raw.items() if k not in KNOWN_KEYS})
+    return Record(id=rid, task=task, image=image, audio=audio, text=text, target=target, schema=schema, meta=meta)
+
+
+def read_manifest(path: str | Path, *, require_target: bool = True) -> list[Record | RecordError]:
+    """Parse a JSONL manifest: one entry per non-blank line, a ``Record`` or the ``RecordError`` that line raised.
+
+    A line that is not valid JSON yields ``RecordError('line N', '<json>', ...)``; a repeated id yields an error for
+    the later occurrence. A missing manifest file raises ``FileNotFoundError`` (that is not a record's fault).
+    """
+    path = Path(path)
+    root = path.resolve().parent
+    out: list[Record | RecordError] = []
+    first_line: dict[str, int] = {}
+    schema_cache: dict[Path, dict] = {}
+    path_cache: dict[str, Path] = {}
+    with path.open("rb") as fh:
+        for line_no, raw_line in enumerate(fh, start=1):
+            if not raw_line.strip():
+                continue
+            try:
+                raw = json.loads(raw_line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                out.append(RecordError(f"line {line_no}", "<json>", f"line is not valid UTF-8 ({e.reason})"))
+                continue
+            except json.JSONDecodeError as e:
+                out.append(RecordError(f"line {line_no}", "<json>", f"invalid JSON: {e.msg} at column {e.colno}"))
+                continue
+            try:
+                record = parse_record(
+                    raw,
+                    root,
+                    require_target=require_target,
+                    line_no=line_no,
+                    schema_cache=schema_cache,
+                    path_cache=path_cache,
+                )
+            except RecordError as e:
+                out.append(e)
+                continue
+            if record.id in first_line:
+                out.append(RecordError(record.id, "id", f"duplicate id (first seen on line {first_line[record.id]})"))
+                continue
+            first_line[record.id] = line_no
+            out.append(record)
+    return out
