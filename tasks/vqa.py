@@ -6,7 +6,6 @@ from omnifuse.data.batch import MultimodalBatch
 from omnifuse.tasks.metrics import VQAAccuracy
 from omnifuse.tasks.module import OmniTask
 
-
 SINGLE_ANSWER_ANNOTATORS = 10
 
 
@@ -21,12 +20,12 @@ class VQATask(OmniTask):
         self._accuracy = VQAAccuracy()
 
     def update_metrics(self, predictions: list[str], batch: MultimodalBatch) -> None:
-        # A record may carry all human answers in meta["answers"]. A single-answer dataset (easy-VQA) counts its one
-        # answer as given by all 10 annotators: the official leave-one-out formula scores a lone reference 0 always.
-        references = [
-            (meta.get("answers") if meta else None) or [target] * SINGLE_ANSWER_ANNOTATORS
-            for meta, target in zip(batch.meta, batch.targets)
-        ]
+        # A record may carry all human answers in meta["answers"]. A single answer (easy-VQA) counts as given by all
+        # 10 annotators: the official leave-one-out formula would score a lone reference 0 whatever the prediction.
+        references = []
+        for meta, target in zip(batch.meta, batch.targets):
+            answers = list((meta or {}).get("answers") or [target])
+            references.append(answers * SINGLE_ANSWER_ANNOTATORS if len(answers) == 1 else answers)
         self._accuracy.update(predictions, references)
 
     def compute_metrics(self) -> dict[str, float]:

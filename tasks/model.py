@@ -1,0 +1,242 @@
+"""OmniModel: encoders + fusion + MoE decoder, with safetensors save/load and generation.
+
+This is the one place where the packages meet: ``data`` types in, ``encoders`` -> ``fusion`` -> ``moe_core`` out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from omnifuse.data.batch import MODALITIES, MultimodalBatch
+from omnifuse.data.tokenizer import ByteTokenizer
+from omnifuse.encoders.base import Encoder
+from omnifuse.fusion import FusedMemory, ModalityFusion
+from omnifuse.moe_core import DecoderOutput, MoEDecoder, MoEDecoderConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FusionConfig:
+    """Hyper-parameters of the fusion layer; its width and input dims come from the decoder and encoders."""
+
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.0
+    modality_dropout: float = 0.0
+
+
+@dataclass
+class Generation:
+    """What ``OmniModel.generate`` returns for a batch."""
+
+    texts: list[str]
+    tokens: torch.Tensor  # (B, L) generated ids after the task token, right-padded
+    modality_weights: torch.Tensor  # (B, M)
+    expert_counts: torch.Tensor  # (B, n_moe_layers, E)
+
+
+def build_module(spec: dict[str, Any]) -> nn.Module:
+    """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}`` (the LightningCLI spec shape)."""
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"a module spec needs a 'class_path' (and optional 'init_args'); got {spec!r}")
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import class_path {spec['class_path']!r}: {err}") from None
+    return cls(**spec.get("init_args", {}))
+
+
+def _as_encoder(value: Encoder | dict | None, modality: str) -> Encoder | None:
+    if value is None:
+        return None
+    encoder = build_module(value) if isinstance(value, dict) else value
+    if getattr(encoder, "modality", None) != modality:
+        raise ValueError(
+            f"{modality}_encoder must encode {modality!r}, got {type(encoder).__name__} "
+            f"(modality={getattr(encoder, 'modality', None)!r})"
+        )
+    return encoder
+
+
+def _as_dataclass(value, cls):
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)
+    return value
+
+
+class OmniModel(nn.Module):
+    """Image/audio/text encoders -> cross-modal fusion with per-sample modality weights -> shared MoE decoder.
+
+    Any encoder may be ``None``; a sample whose modality has no encoder is treated as not having that modality.
+    """
+
+    def __init__(
+        self,
+        image_encoder: Encoder | dict | None = None,
+        audio_encoder: Encoder | dict | None = None,
+        text_encoder: Encoder | dict | None = None,
+        fusion: FusionConfig | dict | None = None,
+        decoder: MoEDecoderConfig | dict | None = None,
+    ) -> None:
+        super().__init__()
+        given = {
+            "image": _as_encoder(image_encoder, "image"),
+            "audio": _as_encoder(audio_encoder, "audio"),
+            "text": _as_encoder(text_encoder, "text"),
+        }
+        self.encoders = nn.ModuleDict({m: enc for m, enc in given.items() if enc is not None})
+        if not self.encoders:
+            raise ValueError("OmniModel needs at least one encoder (image_encoder, audio_encoder or text_encoder)")
+        self.fusion_config = _as_dataclass(fusion, FusionConfig)
+        self.decoder_config = _as_dataclass(decoder, MoEDecoderConfig)
+        self.tokenizer = ByteTokenizer()
+        if self.decoder_config.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"decoder.vocab_size={self.decoder_config.vocab_size} does not match the tokenizer's "
+                f"{self.tokenizer.vocab_size}"
+            )
+        d_memory = self.decoder_config.d_memory or self.decoder_config.d_model
+        self.fusion = ModalityFusion(
+            d_model=d_memory,
+            in_dims={m: enc.out_dim for m, enc in self.encoders.items()},
+            modalities=MODALITIES,
+            **asdict(self.fusion_config),
+        )
+        self.decoder = MoEDecoder(self.decoder_config)
+        # Which modality columns this model can see at all: (M,) bool buffer, not a parameter.
+        self.register_buffer(
+            "has_encoder", torch.tensor([m in self.encoders for m in MODALITIES], dtype=torch.bool), persistent=False
+        )
+
+    # ------------------------------------------------------------------ forward
+
+    def encode(self, batch: MultimodalBatch) -> FusedMemory:
+        """Run the encoders of the modalities present in the batch and fuse them."""
+        sequences = {}
+        for modality, encoder in self.encoders.items():
+            if not batch.has(modality):
+                continue
+            if modality == "image":
+                sequences[modality] = encoder(batch.image)
+            elif modality == "audio":
+                sequences[modality] = encoder(batch.audio, batch.audio_mask)
+            else:
+                sequences[modality] = encoder(batch.text, batch.text_mask)
+        present = batch.present & self.has_encoder  # (B, M)
+        return self.fusion(sequences, present)
+
+    def forward(self, batch: MultimodalBatch) -> tuple[DecoderOutput, FusedMemory]:
+        """Teacher-forced pass: the decoder reads ``target_ids[:, :-1]`` and predicts ``target_ids[:, 1:]``."""
+        if batch.target_ids is None:
+            raise ValueError(f"batch {batch.ids[:3]}... has no targets; use generate() for inference")
+        memory = self.encode(batch)
+        output = self.decoder(
+            batch.target_ids[:, :-1], memory.tokens, memory.mask, attention_mask=batch.target_mask[:, :-1]
+        )
+        return output, memory
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: MultimodalBatch,
+        max_new_tokens: int = 32,
+        strategy: str = "greedy",
+        logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        **kwargs,
+    ) -> Generation:
+        """Generate each sample's answer, starting from its task token; stops per sequence at ``<eos>``."""
+        memory = self.encode(batch)
+        prompt = torch.tensor([[self.tokenizer.task_id(t)] for t in batch.tasks], device=memory.tokens.device)
+        out = self.decoder.generate(
+            memory.tokens,
+            memory.mask,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            eos_id=self.tokenizer.eos_id,
+            strategy=strategy,
+            logits_processor=logits_processor,
+            **kwargs,
+        )
+        return Generation(
+            texts=self.tokenizer.decode_batch(out.tokens),
+            tokens=out.tokens,
+            modality_weights=memory.modality_weights,
+            expert_counts=out.expert_counts,
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def config(self) -> dict[str, Any]:
+        """A JSON-serialisable description from which ``from_config`` rebuilds this architecture."""
+        return {
+            "format_version": FORMAT_VERSION,
+            **{f"{m}_encoder": (self.encoders[m].spec if m in self.encoders else None) for m in MODALITIES},
+            "fusion": asdict(self.fusion_config),
+            "decoder": asdict(self.decoder_config),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OmniModel:
+        config = dict(config)
+        config.pop("format_version", None)
+        for m in MODALITIES:
+            spec = config.get(f"{m}_encoder")
+            if spec is not None and "pretrained" in spec.get("init_args", {}):
+                # Weights come from model.safetensors; do not read the original pretrained file again.
+                spec = {**spec, "init_args": {**spec["init_args"], "pretrained": False}}
+                config[f"{m}_encoder"] = spec
+        known = {f.name for f in dataclasses.fields(MoEDecoderConfig)}
+        config["decoder"] = {k: v for k, v in config.get("decoder", {}).items() if k in known}
+        return cls(**config)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (no pickle) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, default=str) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "omnifuse": str(FORMAT_VERSION)})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> OmniModel:
+        """Load a ``save_pretrained`` folder, or a Lightning ``.ckpt`` written by an omnifuse task."""
+        path = Path(path)
+        if path.is_dir():
+            config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+            for f in (config_file, weights_file):
+                if not f.is_file():
+                    raise FileNotFoundError(f"{path} is not an omnifuse model folder: {f.name} is missing")
+            model = cls.from_config(json.loads(config_file.read_text()))
+            model.load_state_dict(load_file(str(weights_file), device=str(map_location)))
+            return model
+        if path.suffix == ".ckpt":
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+            config = checkpoint.get("omnifuse_model_config")
+            if config is None:
+                raise ValueError(f"{path} was not written by an omnifuse task (no 'omnifuse_model_config')")
+            model = cls.from_config(config)
+            prefix = "model."
+            state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            model.load_state_dict(state)
+            return model
+        raise FileNotFoundError(f"{path}: expected a save_pretrained folder or a .ckpt file")

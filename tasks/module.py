@@ -1,0 +1,277 @@
+"""The task LightningModules: one base that trains and evaluates an OmniModel, small per-task parts on top.
+
+Training is the same for every task: teacher-forced cross-entropy on the target tokens plus the router losses (and the
+optional multi-token-prediction loss). Tasks differ in how they generate (beam search for captions, a JSON Schema
+logits mask for structured output) and in what they measure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from omnifuse.data.batch import MODALITIES, MultimodalBatch
+from omnifuse.encoders.base import Encoder
+from omnifuse.moe_core import MoEDecoderConfig
+from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+
+
+@dataclass
+class GenerationConfig:
+    """How the task generates during evaluation and prediction."""
+
+    max_new_tokens: int = 32
+    strategy: str = "greedy"  # greedy | sample | beam
+    num_beams: int = 4
+    length_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+class OmniTask(L.LightningModule):
+    """Base task: an ``OmniModel`` trained with teacher forcing, evaluated by generation.
+
+    Encoders are injected (``class_path`` / ``init_args`` in YAML); fusion, decoder, optimiser and generation settings
+    are plain dataclasses so a config file spells out every knob.
+    """
+
+    task: str = ""
+    #: metric that ModelCheckpoint should monitor, and whether higher is better
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+    def __init__(
+        self,
+        image_encoder: Encoder | None = None,
+        audio_encoder: Encoder | None = None,
+        text_encoder: Encoder | None = None,
+        fusion: FusionConfig | None = None,
+        decoder: MoEDecoderConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        generation: GenerationConfig | None = None,
+        eval_generate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = OmniModel(image_encoder, audio_encoder, text_encoder, fusion=fusion, decoder=decoder)
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.generation_config = generation or GenerationConfig()
+        self.eval_generate = eval_generate
+        self.save_hyperparameters(ignore=["image_encoder", "audio_encoder", "text_encoder"])
+        # Store encoders as specs (never as pickled modules) so load_from_checkpoint can rebuild them.
+        for m in MODALITIES:
+            enc = self.model.encoders[m] if m in self.model.encoders else None  # noqa: SIM401 (ModuleDict has no .get)
+            self.hparams[f"{m}_encoder"] = enc.spec if enc is not None else None
+        self.reset_metrics()
+
+    # ------------------------------------------------------------------ per-task parts (overridden)
+
+    def reset_metrics(self) -> None:
+        """Clear the accumulated evaluation state."""
+
+    def update_metrics(self, predictions: list[str], batch: MultimodalBatch) -> None:
+        """Accumulate one batch of generated texts against ``batch.targets``."""
+
+    def compute_metrics(self) -> dict[str, float]:
+        """Metrics over everything accumulated since ``reset_metrics``."""
+        return {}
+
+    def generation_kwargs(self, batch: MultimodalBatch) -> dict[str, Any]:
+        """Keyword arguments for ``OmniModel.generate`` (strategy, logits processor...)."""
+        g = self.generation_config
+        kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "strategy": g.strategy}
+        if g.strategy == "beam":
+            kwargs.update(num_beams=g.num_beams, length_penalty=g.length_penalty)
+        elif g.strategy == "sample":
+            kwargs.update(temperature=g.temperature, top_p=g.top_p)
+        if any(schema is not None for schema in batch.schemas):
+            # Records that carry a JSON Schema are decoded under it; the others in the batch pass through untouched.
+            from omnifuse.tasks.structured import JsonSchemaLogitsProcessor
+
+            tokenizer = self.model.tokenizer
+            kwargs["logits_processor"] = JsonSchemaLogitsProcessor(
+                schemas=list(batch.schemas),
+                token_bytes=tokenizer.token_bytes,
+                vocab_size=tokenizer.vocab_size,
+                eos_id=tokenizer.eos_id,
+                max_new_tokens=g.max_new_tokens,
+                prompt_len=1,
+                num_beams=g.num_beams if g.strategy == "beam" else 1,
+            )
+        return kwargs
+
+    def format_prediction(self, text: str, batch: MultimodalBatch, row: int) -> Any:
+        """Turn a generated text into the value written to predictions.jsonl."""
+        return text
+
+    # ------------------------------------------------------------------ training
+
+    def _losses(self, batch: MultimodalBatch) -> tuple[dict[str, torch.Tensor], Any, Any]:
+        output, memory = self.model(batch)
+        labels = batch.target_ids[:, 1:].masked_fill(~batch.target_mask[:, 1:], IGNORE_INDEX)  # (B, T-1)
+        ce = F.cross_entropy(output.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        losses = {"ce": ce, "router": output.router_loss}
+        if output.mtp_logits is not None and labels.shape[1] > 1:
+            # MTP position t predicts token t+2, i.e. labels[:, t+1].
+            mtp = F.cross_entropy(
+                output.mtp_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+            )
+            losses["mtp"] = self.model.decoder_config.mtp_loss_coef * mtp
+        losses["loss"] = sum(losses.values())
+        return losses, output, memory
+
+    def training_step(self, batch: MultimodalBatch, batch_idx: int) -> torch.Tensor:
+        losses, output, memory = self._losses(batch)
+        bs = len(batch)
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        for name in ("ce", "router", "mtp"):
+            if name in losses:
+                self.log(f"train/{name}", losses[name], batch_size=bs)
+        for i, stats in enumerate(output.router_stats):
+            self.log(f"router/layer{i}_max_over_mean", float(stats.max_over_mean), batch_size=bs)
+        self._log_modality_weights("train", memory.modality_weights, batch, bs)
+        return losses["loss"]
+
+    def _log_modality_weights(self, stage: str, weights: torch.Tensor, batch: MultimodalBatch, bs: int) -> None:
+        # Mean weight per modality over the samples that have it (an absent modality has weight 0 by construction).
+        for m, name in enumerate(MODALITIES):
+            has = batch.present[:, m]
+            if has.any():
+                self.log(f"{stage}/weight_{name}", weights[has, m].float().mean(), batch_size=int(has.sum()))
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # DeepSeek-V3 auxiliary-loss-free balancing: nudge the routing biases once per optimizer step.
+        self.model.decoder.update_router_biases()
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_config
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # No weight decay on norms, biases and embeddings (1-D tensors and embedding tables).
+            (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
+        warmup = min(cfg.warmup_steps, max(total - 1, 0))
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _eval_step(self, stage: str, batch: MultimodalBatch) -> None:
+        if len(batch) == 0:
+            return
+        losses, _, memory = self._losses(batch)
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=len(batch), sync_dist=True)
+        self._log_modality_weights(stage, memory.modality_weights, batch, len(batch))
+        if self.eval_generate:
+            generation = self.generate(batch)
+            self.update_metrics(generation.texts, batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        if self.eval_generate:
+            for name, value in self.compute_metrics().items():
+                self.log(f"{stage}/{name}", value, prog_bar=stage == "val", sync_dist=True)
+        self.reset_metrics()
+
+    def on_validation_epoch_start(self) -> None:
+        self.reset_metrics()
+
+    def validation_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_metrics()
+
+    def test_step(self, batch: MultimodalBatch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ inference
+
+    def generate(self, batch: MultimodalBatch) -> Generation:
+        return self.model.generate(batch, **self.generation_kwargs(batch))
+
+    def predict_step(self, batch: MultimodalBatch, batch_idx: int) -> dict[str, list[dict]]:
+        """Predictions for the good records and (id, reason) for the bad ones; the writer persists both."""
+        errors = [{"id": rid, "error": reason} for rid, reason in batch.failed]
+        batch, schema_errors = self._drop_unusable_schemas(batch)
+        errors += schema_errors
+        predictions: list[dict] = []
+        if len(batch):
+            generation = self.generate(batch)
+            weights = generation.modality_weights.float().cpu()
+            counts = generation.expert_counts.cpu()
+            for row, rid in enumerate(batch.ids):
+                predictions.append(
+                    {
+                        "id": rid,
+                        "task": batch.tasks[row],
+                        "prediction": self.format_prediction(generation.texts[row], batch, row),
+                        "modality_weights": {
+                            m: round(float(weights[row, i]), 6) for i, m in enumerate(MODALITIES) if batch.present[row, i]
+                        },
+                        # Per MoE layer: {expert index: number of generated tokens it processed}.
+                        "experts": [
+                            {str(e): int(c) for e, c in enumerate(layer.tolist()) if c} for layer in counts[row]
+                        ],
+                    }
+                )
+        return {"predictions": predictions, "errors": errors}
+
+    @staticmethod
+    def _drop_unusable_schemas(batch: MultimodalBatch) -> tuple[MultimodalBatch, list[dict]]:
+        """Rows whose schema cannot be enforced (unsupported keyword, invalid schema) become errors, not crashes."""
+        if not any(schema is not None for schema in batch.schemas):
+            return batch, []
+        from omnifuse.tasks.structured import SchemaError, compile_schema
+
+        keep, errors = [], []
+        for row, schema in enumerate(batch.schemas):
+            try:
+                if schema is not None:
+                    compile_schema(schema)
+                keep.append(row)
+            except SchemaError as err:
+                errors.append({"id": batch.ids[row], "error": f"field 'schema': {err}"})
+        return (batch if len(keep) == len(batch) else batch.select(keep)), errors
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets OmniModel.from_pretrained(<file>.ckpt) rebuild the architecture without the training config.
+        checkpoint["omnifuse_model_config"] = self.model.config()

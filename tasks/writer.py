@@ -1,0 +1,95 @@
+"""Batch inference output: predictions.jsonl and errors.jsonl, written as each batch finishes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+PREDICTIONS_FILE = "predictions.jsonl"
+ERRORS_FILE = "errors.jsonl"
+
+
+def read_done_ids(output_dir: str | Path) -> set[str]:
+    """Ids already present in an output folder's predictions or errors (for resuming a killed job)."""
+    done: set[str] = set()
+    for name in (PREDICTIONS_FILE, ERRORS_FILE):
+        path = Path(output_dir) / name
+        if not path.is_file():
+            continue
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    done.add(json.loads(line)["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by a kill: its id is simply predicted again
+    return done
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Appends each batch's predictions and errors as JSON lines, flushed per batch.
+
+    Every input id ends up in exactly one of the two files. With ``resume=True`` (default) a restarted job on the
+    same folder skips the ids already written (the data module is told which) and loses none; with ``resume=False``
+    the files are started afresh. In multi-process prediction each rank writes its own pair of files
+    (``predictions.rank1.jsonl`` ...) so no two processes append to one file.
+    """
+
+    def __init__(self, output_dir: str = "outputs/predict", resume: bool = True) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.resume = resume
+        self.counts = {"predictions": 0, "errors": 0, "skipped": 0}
+
+    def _path(self, trainer: L.Trainer, name: str) -> Path:
+        if trainer.world_size > 1 and trainer.global_rank > 0:
+            stem, ext = name.rsplit(".", 1)
+            name = f"{stem}.rank{trainer.global_rank}.{ext}"
+        return self.output_dir / name
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.counts = {"predictions": 0, "errors": 0, "skipped": 0}
+        if self.resume:
+            done = read_done_ids(self.output_dir)
+            datamodule = trainer.datamodule
+            if done and datamodule is not None and hasattr(datamodule, "skip_predict_ids"):
+                datamodule.skip_predict_ids = done
+                self.counts["skipped"] = len(done)
+        else:
+            for name in (PREDICTIONS_FILE, ERRORS_FILE):
+                self._path(trainer, name).unlink(missing_ok=True)
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: dict[str, list[dict[str, Any]]],
+        batch_indices,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        for key, name in (("predictions", PREDICTIONS_FILE), ("errors", ERRORS_FILE)):
+            rows = prediction.get(key) or []
+            if not rows:
+                continue
+            with self._path(trainer, name).open("a", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.flush()
+            self.counts[key] += len(rows)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            c = self.counts
+            print(
+                f"omnifuse predict: {c['predictions']} predictions, {c['errors']} errors"
+                + (f", {c['skipped']} already done (resumed)" if c["skipped"] else "")
+                + f" -> {self.output_dir}"
+            )

@@ -1,0 +1,143 @@
+"""End to end through the `omnifuse` CLI: fit a tiny model, predict over a manifest that holds bad records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from omnifuse.data.collate import Collator
+from omnifuse.data.dataset import ManifestDataset
+from omnifuse.data.easyvqa import prepare_easyvqa
+from omnifuse.tasks.cli import cli_main, main
+from omnifuse.tasks.model import OmniModel
+
+TINY = str(Path(__file__).parent / "configs" / "tiny_vqa.yaml")
+
+
+@pytest.fixture(scope="module")
+def easyvqa_small(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("easyvqa")
+    prepare_easyvqa(root, parts=("vqa",), limit_images=12)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, easyvqa_small) -> Path:
+    """Fit the tiny config for a few steps; returns the run folder holding checkpoints/last.ckpt."""
+    run = tmp_path_factory.mktemp("run")
+    cli_main(
+        [
+            "fit",
+            "--config", TINY,
+            "--data.train_manifest", str(easyvqa_small / "vqa_train.jsonl"),
+            "--data.val_manifest", str(easyvqa_small / "vqa_val.jsonl"),
+            "--trainer.default_root_dir", str(run),
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={run / 'checkpoints'}",
+            "--trainer.callbacks.save_last=true",
+            "--trainer.limit_val_batches=1",
+        ]
+    )
+    return run
+
+
+def _bad_manifest(root: Path, good: Path, n_good: int = 10) -> tuple[Path, list[str]]:
+    """Copy some good records and add records that fail in different ways; returns the manifest and all ids."""
+    lines = good.read_text().splitlines()[:n_good]
+    (root / "broken.png").write_text("not an image")
+    bad = [
+        {"id": "bad-missing-image", "task": "vqa", "image": "images/nope.png", "text": "what shape?"},
+        {"id": "bad-escape", "task": "vqa", "image": "../../etc/passwd", "text": "what shape?"},
+        {"id": "bad-not-png", "task": "vqa", "image": "broken.png", "text": "what shape?"},
+        {"id": "bad-task", "task": "dance", "text": "what shape?"},
+    ]
+    manifest = root / "predict.jsonl"
+    manifest.write_text("\n".join(lines + [json.dumps(b) for b in bad] + ["{not json"]) + "\n")
+    ids = [json.loads(x)["id"] for x in lines] + [b["id"] for b in bad] + ["line 15"]
+    return manifest, ids
+
+
+def test_fit_writes_checkpoint_and_predict_accounts_for_every_id(trained, easyvqa_small, tmp_path):
+    last = trained / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    manifest, ids = _bad_manifest(easyvqa_small, easyvqa_small / "vqa_test.jsonl")
+    out = tmp_path / "pred"
+    cli_main(
+        [
+            "predict",
+            "--config", TINY,
+            "--data.predict_manifest", str(manifest),
+            "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
+            f"--trainer.callbacks.output_dir={out}",
+            "--ckpt_path", str(last),
+        ]
+    )
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    written = [p["id"] for p in preds] + [e["id"] for e in errors]
+    assert sorted(written) == sorted(ids)  # every id exactly once, in one of the two files
+    assert {e["id"] for e in errors} == {i for i in ids if i.startswith(("bad-", "line "))}
+    by_id = {e["id"]: e["error"] for e in errors}
+    assert "image" in by_id["bad-missing-image"] and "task" in by_id["bad-task"]
+    for p in preds:
+        assert set(p["modality_weights"]) == {"image", "text"}
+        assert sum(p["modality_weights"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert len(p["experts"]) == 1  # one MoE layer (the first of the two decoder layers is dense)
+        assert isinstance(p["prediction"], str)
+
+
+def _generate(model: OmniModel, records_manifest: Path, batch_size: int) -> list[str]:
+    dataset = ManifestDataset(records_manifest, mode="predict", image_size=32)
+    collate = Collator()
+    texts = []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        texts += model.generate(batch, max_new_tokens=8).texts
+    return texts
+
+
+def test_export_from_pretrained_gives_identical_predictions(trained, easyvqa_small, tmp_path):
+    last = trained / "checkpoints" / "last.ckpt"
+    assert main(["export", str(last), "--out", str(tmp_path / "export")]) == 0
+    from_ckpt = OmniModel.from_pretrained(last).eval()
+    reloaded = OmniModel.from_pretrained(tmp_path / "export").eval()
+    for (name, a), (_, b) in zip(from_ckpt.state_dict().items(), reloaded.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    manifest = easyvqa_small / "vqa_test.jsonl"
+    assert _generate(from_ckpt, manifest, 8) == _generate(reloaded, manifest, 8)
+    # Pickle-free: the folder holds exactly a JSON config and safetensors weights.
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_batched_predictions_equal_one_at_a_time(trained, easyvqa_small):
+    model = OmniModel.from_pretrained(trained / "checkpoints" / "last.ckpt").eval()
+    manifest = easyvqa_small / "vqa_test.jsonl"
+    assert _generate(model, manifest, 16) == _generate(model, manifest, 1)
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", TINY, "--print_config"])
+    printed = capsys.readouterr().out
+    assert "omnifuse.encoders.TimmImageEncoder" in printed and "n_routed_experts: 4" in printed
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed)
+    # The printed config is complete: feeding it back prints the same config again.
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(saved), "--print_config"])
+    assert capsys.readouterr().out == printed
+    config = yaml.safe_load(printed)
+    for key in ("ckpt_path", "weights_only"):  # `fit` arguments, not part of the model/data/trainer config
+        config.pop(key, None)
+    saved.write_text(yaml.safe_dump(config))
+    cli = cli_main(["--config", str(saved)], run=False)
+    assert cli.model.model.decoder_config.n_routed_experts == 4
+
+
+def test_prepare_subcommand(tmp_path):
+    assert main(["prepare", "easyvqa", "--out", str(tmp_path), "--parts", "vqa", "--limit-images", "3"]) == 0
+    assert (tmp_path / "vqa_test.jsonl").is_file()
