@@ -8,7 +8,6 @@ logits mask for structured output) and in what they measure.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -18,33 +17,13 @@ import torch.nn.functional as F
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import Encoder
 from omnifuse.moe_core import MoEDecoderConfig
+from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
+from omnifuse.tasks.finetune import enable_ddp_unused_parameters, setup_finetuning
+from omnifuse.tasks.lora import LoRAConfig
 from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
+from omnifuse.tasks.predict import generation_kwargs, predict_batch
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class OptimizerConfig:
-    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``."""
-
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-
-
-@dataclass
-class GenerationConfig:
-    """How the task generates during evaluation and prediction."""
-
-    max_new_tokens: int = 32
-    strategy: str = "greedy"  # greedy | sample | beam
-    num_beams: int = 4
-    length_penalty: float = 1.0
-    temperature: float = 1.0
-    top_p: float = 1.0
 
 
 class OmniTask(L.LightningModule):
@@ -69,9 +48,14 @@ class OmniTask(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         generation: GenerationConfig | None = None,
         eval_generate: bool = True,
+        init_from: str | None = None,
+        freeze: list[str] | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         self.model = OmniModel(image_encoder, audio_encoder, text_encoder, fusion=fusion, decoder=decoder)
+        # Fine-tuning (tasks/finetune.py): load matching weights of another run, add LoRA adapters, freeze groups.
+        self.init_report = setup_finetuning(self.model, init_from=init_from, freeze=freeze, lora=lora)
         self.optimizer_config = optimizer or OptimizerConfig()
         self.generation_config = generation or GenerationConfig()
         self.eval_generate = eval_generate
@@ -95,32 +79,8 @@ class OmniTask(L.LightningModule):
         return {}
 
     def generation_kwargs(self, batch: MultimodalBatch) -> dict[str, Any]:
-        """Keyword arguments for ``OmniModel.generate`` (strategy, logits processor...)."""
-        g = self.generation_config
-        kwargs: dict[str, Any] = {"max_new_tokens": g.max_new_tokens, "strategy": g.strategy}
-        if g.strategy == "beam":
-            kwargs.update(num_beams=g.num_beams, length_penalty=g.length_penalty)
-        elif g.strategy == "sample":
-            kwargs.update(temperature=g.temperature, top_p=g.top_p)
-        if any(schema is not None for schema in batch.schemas):
-            # Records that carry a JSON Schema are decoded under it; the others in the batch pass through untouched.
-            from omnifuse.tasks.structured import JsonSchemaLogitsProcessor
-
-            tokenizer = self.model.tokenizer
-            kwargs["logits_processor"] = JsonSchemaLogitsProcessor(
-                schemas=list(batch.schemas),
-                token_bytes=tokenizer.token_bytes,
-                vocab_size=tokenizer.vocab_size,
-                eos_id=tokenizer.eos_id,
-                max_new_tokens=g.max_new_tokens,
-                prompt_len=1,
-                num_beams=g.num_beams if g.strategy == "beam" else 1,
-            )
-        return kwargs
-
-    def format_prediction(self, text: str, batch: MultimodalBatch, row: int) -> Any:
-        """Turn a generated text into the value written to predictions.jsonl."""
-        return text
+        """Keyword arguments for ``OmniModel.generate`` (strategy, JSON Schema logits mask...)."""
+        return generation_kwargs(self.generation_config, batch, self.model.tokenizer)
 
     # ------------------------------------------------------------------ training
 
@@ -156,6 +116,10 @@ class OmniTask(L.LightningModule):
             has = batch.present[:, m]
             if has.any():
                 self.log(f"{stage}/weight_{name}", weights[has, m].float().mean(), batch_size=int(has.sum()))
+
+    def setup(self, stage: str) -> None:
+        # Plain `ddp`: a batch without some modality leaves its encoder/projection unused -> find_unused_parameters.
+        enable_ddp_unused_parameters(self._trainer)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -230,47 +194,7 @@ class OmniTask(L.LightningModule):
 
     def predict_step(self, batch: MultimodalBatch, batch_idx: int) -> dict[str, list[dict]]:
         """Predictions for the good records and (id, reason) for the bad ones; the writer persists both."""
-        errors = [{"id": rid, "error": reason} for rid, reason in batch.failed]
-        batch, schema_errors = self._drop_unusable_schemas(batch)
-        errors += schema_errors
-        predictions: list[dict] = []
-        if len(batch):
-            generation = self.generate(batch)
-            weights = generation.modality_weights.float().cpu()
-            counts = generation.expert_counts.cpu()
-            for row, rid in enumerate(batch.ids):
-                predictions.append(
-                    {
-                        "id": rid,
-                        "task": batch.tasks[row],
-                        "prediction": self.format_prediction(generation.texts[row], batch, row),
-                        "modality_weights": {
-                            m: round(float(weights[row, i]), 6) for i, m in enumerate(MODALITIES) if batch.present[row, i]
-                        },
-                        # Per MoE layer: {expert index: number of generated tokens it processed}.
-                        "experts": [
-                            {str(e): int(c) for e, c in enumerate(layer.tolist()) if c} for layer in counts[row]
-                        ],
-                    }
-                )
-        return {"predictions": predictions, "errors": errors}
-
-    @staticmethod
-    def _drop_unusable_schemas(batch: MultimodalBatch) -> tuple[MultimodalBatch, list[dict]]:
-        """Rows whose schema cannot be enforced (unsupported keyword, invalid schema) become errors, not crashes."""
-        if not any(schema is not None for schema in batch.schemas):
-            return batch, []
-        from omnifuse.tasks.structured import SchemaError, compile_schema
-
-        keep, errors = [], []
-        for row, schema in enumerate(batch.schemas):
-            try:
-                if schema is not None:
-                    compile_schema(schema)
-                keep.append(row)
-            except SchemaError as err:
-                errors.append({"id": batch.ids[row], "error": f"field 'schema': {err}"})
-        return (batch if len(keep) == len(batch) else batch.select(keep)), errors
+        return predict_batch(self.model, batch, self.generation_config)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lets OmniModel.from_pretrained(<file>.ckpt) rebuild the architecture without the training config.

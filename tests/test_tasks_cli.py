@@ -141,3 +141,23 @@ def test_print_config_round_trips(tmp_path, capsys):
 def test_prepare_subcommand(tmp_path):
     assert main(["prepare", "easyvqa", "--out", str(tmp_path), "--parts", "vqa", "--limit-images", "3"]) == 0
     assert (tmp_path / "vqa_test.jsonl").is_file()
+
+
+def test_python_predictor_matches_cli_and_reports_bad_dicts(trained, easyvqa_small, tmp_path):
+    from omnifuse import Predictor
+
+    last = trained / "checkpoints" / "last.ckpt"
+    manifest = easyvqa_small / "vqa_test.jsonl"
+    predictor = Predictor.from_pretrained(last, image_size=32, batch_size=5)
+    predictor.generation.max_new_tokens = 8
+    out = predictor.predict(manifest)
+    assert [p["prediction"] for p in out["predictions"]] == _generate(predictor.model, manifest, 8)
+    records = [json.loads(line) for line in manifest.read_text().splitlines()[:3]]
+    records.append({"id": "no-task", "text": "what shape?"})
+    records.append({"id": "bad-text", "task": "vqa", "text": 7})
+    out = predictor.predict(records, root=easyvqa_small)
+    assert [p["id"] for p in out["predictions"]] == [r["id"] for r in records[:3]]
+    assert {e["id"]: ("task" in e["error"], "text" in e["error"]) for e in out["errors"]} == {
+        "no-task": (True, False),
+        "bad-text": (False, True),
+    }
