@@ -29,6 +29,8 @@ class ModalityFusion(nn.Module):
         n_layers, n_heads, ffn_mult, dropout: cross-modal block stack (``n_layers=0``: projection + gate only).
         modality_dropout: training only; drop each present modality of a sample with this probability, never all.
         max_positions: most tokens one modality may bring (size of its learned position table).
+        gate_floor: each present modality's weight is at least ``gate_floor / n_present`` (see ``ModalityGate``), so
+            no present modality can be silenced entirely; 0 gives the plain masked softmax.
 
     Memory layout, along N: ``[null] + [tokens of modalities[0]] + [tokens of modalities[1]] + ...``, where only the
     modalities found in ``sequences`` have a block. The null token is a learned vector, always attendable, so no
@@ -53,6 +55,7 @@ class ModalityFusion(nn.Module):
         dropout: float = 0.0,
         modality_dropout: float = 0.0,
         max_positions: int = 1024,
+        gate_floor: float = 0.5,
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
@@ -67,7 +70,7 @@ class ModalityFusion(nn.Module):
         self.null_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.blocks = nn.ModuleList([CrossModalBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
-        self.gate = ModalityGate(d_model, len(self.modalities))
+        self.gate = ModalityGate(d_model, len(self.modalities), floor=gate_floor)
 
     def forward(self, sequences: Mapping[str, TokenSequence], present: torch.Tensor) -> FusedMemory:
         """``sequences``: modality -> TokenSequence (B, N_m, in_dim) (modalities no sample has may be omitted);

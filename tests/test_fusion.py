@@ -50,17 +50,22 @@ def test_attention_masks_match_loop_reference():
                 assert self_[b, 0, q, k] == (null or (valid[b, k] and segment[q] == segment[k]))
 
 
-def test_gate_matches_masked_softmax_reference():
+@pytest.mark.parametrize("floor", [0.0, 0.5])
+def test_gate_matches_masked_softmax_reference(floor):
     torch.manual_seed(0)
-    gate = ModalityGate(8, 3)
+    gate = ModalityGate(8, 3, floor=floor)
     summaries = torch.randn(B, 3, 8)
+    with torch.no_grad():
+        gate.bias.copy_(torch.tensor([-8.0, 0.0, 8.0]))  # a strongly skewed gate, where the floor matters
     weights = gate(summaries, PRESENT)
     logits = gate.score(summaries).squeeze(-1) + gate.bias
     for b in range(B):
         idx = PRESENT[b].nonzero().flatten()
         ref = torch.zeros(3)
         if len(idx):
-            ref[idx] = torch.softmax(logits[b, idx], dim=0)
+            ref[idx] = floor / len(idx) + (1 - floor) * torch.softmax(logits[b, idx], dim=0)
+            assert float(weights[b, idx].min()) >= floor / len(idx) - 1e-7
+            assert_close(weights[b].sum(), torch.tensor(1.0))
         assert_close(weights[b], ref)
 
 
