@@ -1,0 +1,297 @@
+"""The MoE decoder: pre-norm blocks (causal self-attention with RoPE, cross-attention to the encoder memory,
+dense or MoE SwiGLU FFN), tied input/output embeddings, optional DeepSeek-V3 multi-token prediction (MTP).
+
+Token conventions: ``attention_mask`` (B, T) marks real tokens (True); right padding (training) and left
+padding (generation with prompts of different lengths) both work: positions count real tokens only,
+``position = cumsum(mask) - 1``, so a left-padded row sees exactly what it would see unpadded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omnifuse.moe_core.attention import (
+    CrossAttention,
+    KVCache,
+    RotaryEmbedding,
+    SelfAttention,
+    memory_masks,
+    self_attention_mask,
+)
+from omnifuse.moe_core.config import MoEDecoderConfig
+from omnifuse.moe_core.experts import RoutedExperts, SwiGLU
+from omnifuse.moe_core.generation import GenerationOutput, generate
+from omnifuse.moe_core.moe import MoEAux, MoELayer
+from omnifuse.moe_core.router import Router, RouterStats, update_router_biases
+
+
+@dataclass
+class DecoderOutput:
+    """Result of :meth:`MoEDecoder.forward`."""
+
+    logits: Tensor  # (B, T, V): position t predicts token t+1
+    router_loss: Tensor  # () weighted aux + seq_aux + z losses of all MoE layers (0 if none)
+    router_stats: list[RouterStats]  # one per MoE layer
+    mtp_logits: Tensor | None = None  # (B, T, V): position t predicts token t+2 (mtp_depth=1), else None
+    expert_idx: list[Tensor] | None = None  # one (B, T, k) per MoE layer: the experts each token was routed to
+
+
+@dataclass
+class MemoryState:
+    """The encoder memory prepared once: per-layer cross-attention K/V and the masks."""
+
+    kv: list[tuple[Tensor, Tensor]]  # per decoder layer: k, v (B, H, N, hs)
+    mask: Tensor  # (B, 1, 1, N) bool
+    has_memory: Tensor  # (B, 1, 1) bool
+
+    def repeat_interleave(self, n: int) -> MemoryState:
+        """Each row ``n`` times (beam search: rows sample-major)."""
+        return MemoryState(
+            kv=[(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in self.kv],
+            mask=self.mask.repeat_interleave(n, 0),
+            has_memory=self.has_memory.repeat_interleave(n, 0),
+        )
+
+
+class DecoderBlock(nn.Module):
+    """``x + SelfAttn(norm(x))``, ``+ CrossAttn(norm(x), memory)``, ``+ FFN(norm(x))`` (FFN dense or MoE)."""
+
+    def __init__(self, cfg: MoEDecoderConfig, layer_idx: int, moe: bool) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.self_attn = SelfAttention(d, cfg.n_heads, layer_idx, cfg.dropout)
+        self.norm2 = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.cross_attn = CrossAttention(d, cfg.memory_dim, cfg.n_heads, cfg.dropout)
+        self.norm3 = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.ffn: nn.Module = MoELayer.from_config(cfg) if moe else SwiGLU(d, cfg.d_ff_dense)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    @property
+    def is_moe(self) -> bool:
+        return isinstance(self.ffn, MoELayer)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        self_mask: Tensor | None,
+        cross_kv: tuple[Tensor, Tensor],
+        memory: MemoryState,
+        valid: Tensor | None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, MoEAux | None]:
+        x = x + self.drop(self.self_attn(self.norm1(x), rope, self_mask, cache))  # (B, T, d)
+        x = x + self.drop(self.cross_attn(self.norm2(x), cross_kv, memory.mask, memory.has_memory))
+        h = self.norm3(x)
+        if self.is_moe:
+            y, aux = self.ffn(h, valid)
+        else:
+            y, aux = self.ffn(h), None
+        return x + self.drop(y), aux
+
+
+class MTPModule(nn.Module):
+    """DeepSeek-V3 multi-token prediction, depth 1: ``h'_t = W [norm(h_t); norm(emb(x_{t+1}))]`` -> one block
+    (dense FFN) -> own final norm -> the shared (tied) output head, predicting token ``t+2``."""
+
+    def __init__(self, cfg: MoEDecoderConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm_h = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.norm_e = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.proj = nn.Linear(2 * d, d, bias=False)
+        self.block = DecoderBlock(cfg, layer_idx=cfg.n_layers, moe=False)
+        self.norm_f = nn.RMSNorm(d, eps=cfg.norm_eps)
+
+    def forward(self, h: Tensor, next_emb: Tensor, rope, self_mask, cross_kv, memory: MemoryState) -> Tensor:
+        x = self.proj(torch.cat((self.norm_h(h), self.norm_e(next_emb)), dim=-1))  # (B, T, d)
+        x, _ = self.block(x, rope, self_mask, cross_kv, memory, None)
+        return self.norm_f(x)
+
+
+class MoEDecoder(nn.Module):
+    """DeepSeek-V3-style MoE decoder over an encoder memory. See :class:`MoEDecoderConfig`."""
+
+    def __init__(self, config: MoEDecoderConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg, i, moe=i >= cfg.n_dense_layers) for i in range(cfg.n_layers))
+        self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mtp = MTPModule(cfg) if cfg.mtp_depth == 1 else None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) everywhere; residual output projections scaled by ``1/sqrt(2 * n_layers)``."""
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                is_out = name.endswith(("attn.proj", ".w2"))
+                nn.init.normal_(m.weight, std=out_std if is_out else std)
+            elif isinstance(m, RoutedExperts):
+                nn.init.normal_(m.w_gate, std=std)
+                nn.init.normal_(m.w_up, std=std)
+                nn.init.normal_(m.w_down, std=out_std)
+            elif isinstance(m, Router):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, nn.RMSNorm):
+                nn.init.ones_(m.weight)
+
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        return [b.ffn for b in self.blocks if b.is_moe]
+
+    @property
+    def n_moe_layers(self) -> int:
+        return len(self.moe_layers)
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def prepare_memory(self, memory: Tensor, memory_mask: Tensor) -> MemoryState:
+        """Cross-attention K/V of every layer (and the MTP block) for ``memory: (B, N, d_memory)``."""
+        kv = [b.cross_attn.memory_kv(memory) for b in self.blocks]
+        if self.mtp is not None:
+            kv.append(self.mtp.block.cross_attn.memory_kv(memory))
+        mask, has = memory_masks(memory_mask.bool())
+        return MemoryState(kv=kv, mask=mask, has_memory=has)
+
+    def head(self, h: Tensor) -> Tensor:
+        """Final norm + tied output projection: ``(..., d) -> (..., V)``."""
+        return F.linear(self.norm_f(h), self.embed.weight)
+
+    def run_blocks(
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        valid: Tensor | None,
+        self_mask: Tensor | None,
+        memory: MemoryState,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, list[MoEAux], tuple[Tensor, Tensor]]:
+        """Embed and run every block: returns the last hidden state ``(B, T, d)`` (before the final norm),
+        the MoE side outputs, and the RoPE tables used."""
+        x = self.drop(self.embed(input_ids))  # (B, T, d)
+        rope = self.rope(positions)
+        auxes = []
+        for blk, kv in zip(self.blocks, memory.kv):
+            x, aux = blk(x, rope, self_mask, kv, memory, valid, cache)
+            if aux is not None:
+                auxes.append(aux)
+        return x, auxes, rope
+
+    def step(
+        self, input_ids: Tensor, valid: Tensor, positions: Tensor, memory: MemoryState, cache: KVCache
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Incremental decoding: append ``input_ids: (B, T)`` to ``cache`` and return the last position's logits
+        ``(B, V)`` in fp32 and the experts it was routed to, one ``(B, k)`` per MoE layer."""
+        t = input_ids.size(1)
+        end = cache.length + t
+        cache.key_valid[:, cache.length : end] = valid
+        mask = self_attention_mask(cache.key_valid[:, :end], t)  # (B, 1, T, end)
+        h, auxes, _ = self.run_blocks(input_ids, positions, valid, mask, memory, cache)
+        cache.advance(t)
+        return self.head(h[:, -1]).float(), [a.topk_idx[:, -1] for a in auxes]
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        memory: Tensor,
+        memory_mask: Tensor,
+        attention_mask: Tensor | None = None,
+    ) -> DecoderOutput:
+        """Teacher-forced pass. ``input_ids: (B, T)``, ``memory: (B, N, d_memory)``, ``memory_mask: (B, N)``
+        (True = attend), ``attention_mask: (B, T)`` (True = real token; right or left padding)."""
+        b, t = input_ids.shape
+        mem = self.prepare_memory(memory, memory_mask)
+        valid, positions, self_mask = self._masks(input_ids, attention_mask)
+        h, auxes, rope = self.run_blocks(input_ids, positions, valid, self_mask, mem)
+        logits = self.head(h)  # (B, T, V)
+        mtp_logits = None
+        if self.mtp is not None:
+            nxt = F.pad(input_ids[:, 1:], (0, 1), value=self.config.pad_id)  # (B, T) token t+1 at position t
+            hm = self.mtp(h, self.embed(nxt), rope, self_mask, mem.kv[-1], mem)
+            mtp_logits = F.linear(hm, self.embed.weight)  # (B, T, V)
+        router_loss = sum((a.router_loss for a in auxes), logits.new_zeros((), dtype=torch.float32))
+        return DecoderOutput(
+            logits=logits,
+            router_loss=router_loss,
+            router_stats=[a.stats for a in auxes],
+            mtp_logits=mtp_logits,
+            expert_idx=[a.topk_idx for a in auxes],
+        )
+
+    def _masks(self, input_ids: Tensor, attention_mask: Tensor | None):
+        b, t = input_ids.shape
+        if attention_mask is None:
+            positions = torch.arange(t, device=input_ids.device).expand(b, t)
+            return None, positions, None
+        valid = attention_mask.bool()
+        positions = (valid.long().cumsum(-1) - 1).clamp_min(0)  # (B, T) real tokens count from 0
+        right_padded = bool((valid[:, 1:] <= valid[:, :-1]).all())
+        # Right padding needs no key mask: causality already hides the trailing pads from real tokens.
+        self_mask = None if right_padded else self_attention_mask(valid, t)
+        return valid, positions, self_mask
+
+    def loss(self, output: DecoderOutput, labels: Tensor, ignore_index: int = -100) -> dict[str, Tensor]:
+        """Training objective. ``labels: (B, T)``: ``labels[:, t]`` is the target of ``logits[:, t]`` (the next
+        token), ``ignore_index`` where there is none. Returns ``loss = lm + mtp_loss_coef * mtp + router``."""
+        v = output.logits.size(-1)
+        lm = F.cross_entropy(output.logits.float().reshape(-1, v), labels.reshape(-1), ignore_index=ignore_index)
+        total = lm + output.router_loss
+        out = {"lm_loss": lm, "router_loss": output.router_loss}
+        if output.mtp_logits is not None:
+            mtp_labels = F.pad(labels[:, 1:], (0, 1), value=ignore_index)  # (B, T) token t+2
+            if bool((mtp_labels != ignore_index).any()):
+                mtp = F.cross_entropy(
+                    output.mtp_logits.float().reshape(-1, v), mtp_labels.reshape(-1), ignore_index=ignore_index
+                )
+            else:
+                mtp = output.mtp_logits.sum() * 0.0
+            total = total + self.config.mtp_loss_coef * mtp
+            out["mtp_loss"] = mtp
+        out["loss"] = total
+        return out
+
+    # ------------------------------------------------------------------------------------------ balancing
+    @torch.no_grad()
+    def update_router_biases(self) -> None:
+        """Bias step of every MoE layer from the counts accumulated since the last call (all-reduced when
+        ``torch.distributed`` is initialised), then reset the counts. Call after each optimizer step."""
+        update_router_biases([m.router for m in self.moe_layers])
+
+    # ------------------------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        memory: Tensor,
+        memory_mask: Tensor,
+        prompt_ids: Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        strategy: str = "greedy",
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        num_beams: int = 4,
+        length_penalty: float = 1.0,
+        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        prompt_mask: Tensor | None = None,
+        use_cache: bool = True,
+    ) -> GenerationOutput:
+        """Generate after ``prompt_ids: (B, P)``; see :func:`omnifuse.moe_core.generation.generate`."""
+        return generate(
+            self, memory, memory_mask, prompt_ids, max_new_tokens, eos_id, strategy=strategy,
+            temperature=temperature, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
+            logits_processor=logits_processor, generator=generator, prompt_mask=prompt_mask, use_cache=use_cache,
+        )  # fmt: skip
