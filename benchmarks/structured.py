@@ -1,0 +1,273 @@
+"""Benchmark of JSON-Schema-constrained decoding: compile time and per-step mask time (prints figures only).
+
+* schema compile time p50/p99 over every test group of the vendored JSON-Schema-Test-Suite (draft 2020-12),
+  compiled from scratch (no cache), supported and refused schemas alike;
+* per-step mask computation (``JsonSchemaLogitsProcessor.__call__``) for the easy-VQA scene schema and a larger
+  nested schema (recursion, formats, patterns, numeric bounds, non-ASCII enums), at batch 1 and 16, driven by
+  random logits over the byte tokenizer until every row finished or ``max_new_tokens`` ran out;
+* the suite coverage (supported cases / all cases per keyword file).
+
+Usage::
+
+    python benchmarks/structured.py                    # all figures
+    python benchmarks/structured.py --write-expected-unsupported   # refresh tests/json_schema_suite/...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from omnifuse.data.tokenizer import ByteTokenizer
+from omnifuse.tasks.structured import JsonSchemaLogitsProcessor, UnsupportedSchemaError, compile_schema
+from omnifuse.tasks.structured.compiled import CompiledSchema
+
+SUITE = Path(__file__).resolve().parents[1] / "tests" / "json_schema_suite"
+
+SCENE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "shape": {"enum": ["circle", "rectangle", "triangle"]},
+        "color": {"enum": ["red", "green", "blue", "yellow", "teal", "brown", "gray", "black"]},
+        "count": {"type": "integer", "minimum": 1, "maximum": 3},
+        "answer": {"type": "string", "maxLength": 24},
+    },
+    "required": ["shape", "color", "answer"],
+    "additionalProperties": False,
+}
+NESTED_SCHEMA = {
+    "$defs": {
+        "point": {
+            "type": "object",
+            "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}, "y": {"type": "number"}},
+            "required": ["x", "y"],
+            "additionalProperties": False,
+        },
+        "tree": {
+            "type": "object",
+            "properties": {
+                "label": {"type": "string", "minLength": 1, "maxLength": 8},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/tree"}, "maxItems": 3},
+            },
+            "required": ["label"],
+        },
+    },
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "when": {"type": "string", "format": "date-time"},
+        "points": {"type": "array", "items": {"$ref": "#/$defs/point"}, "minItems": 1, "maxItems": 4},
+        "tree": {"$ref": "#/$defs/tree"},
+        "score": {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5}, {"type": "null"}]},
+        "kind": {"oneOf": [{"type": "string", "pattern": "^[a-z]{2,4}-\\d+$"}, {"type": "integer", "minimum": 10}]},
+        "word": {"enum": ["naïve", "日本", "😀x"]},
+        "mail": {"type": "string", "format": "email", "maxLength": 30},
+        "extra": {"type": "object", "additionalProperties": {"type": "integer"}, "maxProperties": 3},
+    },
+    "required": ["id", "points", "tree", "word"],
+    "additionalProperties": False,
+}
+
+
+def _suite_groups():
+    for path in sorted((SUITE / "draft2020-12").glob("*.json")):
+        for group in json.loads(path.read_text(encoding="utf-8")):
+            yield path.name, group
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def bench_compile() -> None:
+    times, ok_times = [], []
+    for _, group in _suite_groups():
+        t = time.perf_counter()
+        try:
+            CompiledSchema(group["schema"], formats="annotation")
+            ok = True
+        except UnsupportedSchemaError:
+            ok = False
+        dt = (time.perf_counter() - t) * 1e3
+        times.append(dt)
+        if ok:
+            ok_times.append(dt)
+    print(
+        f"compile time over {len(times)} suite schemas: p50 {_pct(times, 0.5):.3f} ms, p99 {_pct(times, 0.99):.3f} ms"
+    )
+    print(
+        f"  supported only ({len(ok_times)}): p50 {_pct(ok_times, 0.5):.3f} ms, p99 {_pct(ok_times, 0.99):.3f} ms,"
+        f" max {max(ok_times):.3f} ms"
+    )
+    for name, schema in (("scene", SCENE_SCHEMA), ("nested", NESTED_SCHEMA)):
+        t = time.perf_counter()
+        CompiledSchema(schema)
+        print(f"  {name} schema: {(time.perf_counter() - t) * 1e3:.2f} ms")
+
+
+def bench_masks(schema: dict, name: str, batch: int, max_new: int, repeats: int) -> None:
+    tok = ByteTokenizer()
+    per_step: list[float] = []
+    per_step_cpu: list[float] = []
+    first_steps: list[float] = []
+    lengths: list[int] = []
+    for rep in range(repeats):
+        g = torch.Generator().manual_seed(rep)
+        proc = JsonSchemaLogitsProcessor(
+            [schema] * batch, tok.token_bytes, tok.vocab_size, tok.eos_id, max_new, prompt_len=1, pad_id=tok.pad_id
+        )
+        seqs = torch.full((batch, 1), tok.task_id("json"))
+        finished = torch.zeros(batch, dtype=torch.bool)
+        for step in range(max_new):
+            logits = torch.randn(batch, tok.vocab_size, generator=g)
+            t, c = time.perf_counter(), time.thread_time()
+            masked = proc(seqs, logits)
+            dt, dc = (time.perf_counter() - t) * 1e6, (time.thread_time() - c) * 1e6
+            (first_steps if step == 0 else per_step).append(dt)
+            if step:
+                per_step_cpu.append(dc)
+            nxt = torch.multinomial(torch.softmax(masked, -1), 1, generator=g).squeeze(1)
+            nxt = torch.where(finished, torch.full_like(nxt, tok.pad_id), nxt)
+            finished |= nxt == tok.eos_id
+            seqs = torch.cat([seqs, nxt[:, None]], 1)
+            if finished.all():
+                break
+        lengths.append(seqs.shape[1] - 1)
+    mean = statistics.fmean(per_step)
+    cpu = statistics.fmean(per_step_cpu)
+    print(
+        f"  {name:7s} batch {batch:2d}: wall mean {mean:7.1f} us  p50 {_pct(per_step, 0.5):7.1f}  p99"
+        f" {_pct(per_step, 0.99):7.1f} | CPU mean {cpu:7.1f} us  p50 {_pct(per_step_cpu, 0.5):7.1f}  p99"
+        f" {_pct(per_step_cpu, 0.99):7.1f} ({cpu / batch:5.1f} us/row; first step {statistics.fmean(first_steps):.0f}"
+        f" us; {statistics.fmean(lengths):.0f} steps/run)"
+    )
+
+
+def bench_decoder(batch: int, max_new: int, repeats: int) -> None:
+    """Constrained / unconstrained generation with omnifuse's MoE decoder (CPU time per step, same step count)."""
+    try:
+        from omnifuse.moe_core import MoEDecoder, MoEDecoderConfig
+    except ImportError:  # the decoder is not there yet
+        print("  (moe_core decoder not available: ratio skipped)")
+        return
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    cfg = MoEDecoderConfig(d_model=64, n_layers=2, n_heads=4, d_ff_dense=128, n_routed_experts=4, d_expert=64)
+    model = MoEDecoder(cfg).eval()
+    mem = torch.randn(batch, 8, cfg.d_model)
+    mmask = torch.ones(batch, 8, dtype=torch.bool)
+    prompt = torch.full((batch, 1), tok.task_id("json"))
+
+    class NoEos:  # unconstrained, but never stops early: the same number of steps as the constrained run
+        def __call__(self, seqs, logits):
+            return logits.index_fill(1, torch.tensor([tok.eos_id]), float("-inf"))
+
+    def run(proc) -> tuple[float, int]:
+        c = time.thread_time()
+        out = model.generate(mem, mmask, prompt, max_new, tok.eos_id, strategy="sample", logits_processor=proc,
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return time.thread_time() - c, out.tokens.shape[1]
+
+    run(NoEos())
+    ratios = []
+    for schema, name in ((SCENE_SCHEMA, "scene"), (NESTED_SCHEMA, "nested")):
+        for _ in range(repeats):
+            tu, nu = run(NoEos())
+            proc = JsonSchemaLogitsProcessor(
+                [schema] * batch, tok.token_bytes, tok.vocab_size, tok.eos_id, max_new, prompt_len=1
+            )
+            tc, nc = run(proc)
+            ratios.append((tc / nc) / (tu / nu))
+        print(
+            f"  {name:7s} batch {batch:2d}: constrained/unconstrained CPU time per step with a small MoE decoder"
+            f" (d_model 64, 2 layers): {statistics.median(ratios[-repeats:]):.3f} (median of {repeats};"
+            f" unconstrained {tu / nu * 1e3:.2f} ms/step)"
+        )
+
+
+def bench_unconstrained(batch: int, steps: int = 200) -> None:
+    """Reference: the tensor work an unconstrained step would do anyway (sampling from the logits)."""
+    tok = ByteTokenizer()
+    g = torch.Generator().manual_seed(0)
+    ts = []
+    for _ in range(steps):
+        logits = torch.randn(batch, tok.vocab_size, generator=g)
+        t = time.perf_counter()
+        torch.multinomial(torch.softmax(logits, -1), 1, generator=g)
+        ts.append((time.perf_counter() - t) * 1e6)
+    print(f"  (reference: softmax + multinomial alone, batch {batch:2d}: {statistics.fmean(ts):.1f} us per step)")
+
+
+def suite_coverage() -> tuple[dict, dict]:
+    per_file: dict[str, list[int]] = {}
+    unsupported: dict[str, dict[str, str]] = {}
+    for name, group in _suite_groups():
+        counts = per_file.setdefault(name, [0, 0])
+        counts[1] += len(group["tests"])
+        try:
+            compile_schema(group["schema"], formats="annotation")
+            counts[0] += len(group["tests"])
+        except UnsupportedSchemaError as e:
+            unsupported.setdefault(name, {})[group["description"]] = e.keyword
+    return per_file, unsupported
+
+
+def print_coverage() -> None:
+    per_file, _ = suite_coverage()
+    sup = sum(s for s, _ in per_file.values())
+    tot = sum(t for _, t in per_file.values())
+    print(f"suite coverage: {sup} / {tot} test cases supported ({100 * sup / tot:.1f} %)")
+    for name, (s, t) in per_file.items():
+        print(f"  {name:32s} {s:4d} / {t:4d}")
+
+
+def write_expected_unsupported() -> None:
+    per_file, unsupported = suite_coverage()
+    out = {
+        "_comment": "Groups of the vendored draft 2020-12 suite that the compiler refuses (fails closed), with the "
+        "keyword named by UnsupportedSchemaError. Regenerate: python benchmarks/structured.py "
+        "--write-expected-unsupported",
+        "summary": {
+            "supported_cases": sum(s for s, _ in per_file.values()),
+            "total_cases": sum(t for _, t in per_file.values()),
+        },
+        "groups": unsupported,
+    }
+    path = SUITE / "expected_unsupported.json"
+    path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {path}: {out['summary']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-expected-unsupported", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny tensors: 1)")
+    parser.add_argument("--decoder", action="store_true", help="also time generation with a small MoE decoder")
+    args = parser.parse_args(argv)
+    if args.write_expected_unsupported:
+        write_expected_unsupported()
+        return
+    torch.set_num_threads(args.threads)
+    print_coverage()
+    bench_compile()
+    print(f"mask time per decoding step (byte tokenizer, random logits, max_new_tokens={args.max_new_tokens}):")
+    for name, schema in (("scene", SCENE_SCHEMA), ("nested", NESTED_SCHEMA)):
+        for batch in (1, 16):
+            bench_masks(schema, name, batch, args.max_new_tokens, args.repeats)
+    for batch in (1, 16):
+        bench_unconstrained(batch)
+    if args.decoder:
+        print("generation ratio:")
+        bench_decoder(16, args.max_new_tokens, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""Deterministic automata over code points for string values, with length bounds kept as a counter.
+
+:func:`build_dfa` determinises the *conjunction* of several NFAs (every ``pattern``/``format`` of a merged schema,
+plus the literal set of an ``enum``/``const``) by subset construction on tuples of NFA state sets, then prunes
+states that cannot reach acceptance. :class:`StringAutomaton` adds ``minLength``/``maxLength``: the length is
+recogniser state (an int next to the DFA state), never unrolled into the automaton. It answers the questions the
+recogniser and the token mask ask: which decoded characters keep a string completable, whether it may end now,
+and the cheapest completion in UTF-8 bytes (for budget-aware decoding).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+
+from .charset import UNIVERSE, CharSet, min_json_cost
+from .errors import UnsupportedSchemaError
+from .regex import NFA
+
+MAX_DFA_STATES = 4000
+MAX_COST_TABLE = 2_000_000
+
+
+class DFA:
+    """A pruned DFA: state 0 is the start; ``trans[q]`` = sorted ``(lo, hi, target)``; every state is co-reachable."""
+
+    def __init__(self, trans: list[list[tuple[int, int, int]]], accept: list[bool]) -> None:
+        self.trans = trans
+        self.accept = accept
+        self.n = len(trans)
+        self._starts = [[lo for lo, _, _ in tr] for tr in trans]
+        self.labels: list[list[tuple[CharSet, int]]] = []
+        self.weights: list[list[tuple[int, int]]] = []  # (cheapest byte cost, target)
+        for tr in trans:
+            by_t: dict[int, list[tuple[int, int]]] = {}
+            for lo, hi, t in tr:
+                by_t.setdefault(t, []).append((lo, hi))
+            self.labels.append([(CharSet(rs), t) for t, rs in by_t.items()])
+            self.weights.append([(min(min_json_cost(lo, hi)[0] for lo, hi in rs), t) for t, rs in by_t.items()])
+
+    def step(self, q: int, cp: int) -> int | None:
+        i = bisect_right(self._starts[q], cp) - 1
+        if i >= 0:
+            lo, hi, t = self.trans[q][i]
+            if cp <= hi:
+                return t
+        return None
+
+
+def _closure(nfa: NFA, states) -> frozenset:
+    seen = set(states)
+    stack = list(states)
+    while stack:
+        s = stack.pop()
+        for t in nfa.eps[s]:
+            if t not in seen:
+                seen.add(t)
+                stack.append(t)
+    return frozenset(seen)
+
+
+def build_dfa(nfas: list[NFA], path: str = "#") -> DFA | None:
+    """Determinise the intersection of ``nfas``; None if the intersection is empty."""
+    start = tuple(_closure(n, [n.start]) for n in nfas)
+    index = {start: 0}
+    order = [start]
+    trans: list[list[tuple[int, int, int]]] = []
+    i = 0
+    while i < len(order):
+        cur = order[i]
+        i += 1
+        edges = []  # (charset, component, target)
+        bounds = set()
+        for k, (nfa, sset) in enumerate(zip(nfas, cur)):
+            for s in sset:
+                for cs, t in nfa.edges[s]:
+                    edges.append((cs, k, t))
+                    for lo, hi in cs.ranges:
+                        bounds.add(lo)
+                        bounds.add(hi + 1)
+        pts = sorted(bounds)
+        row: list[tuple[int, int, int]] = []
+        for a, b in zip(pts, pts[1:]):
+            nxt: list[set] = [set() for _ in nfas]
+            for cs, k, t in edges:
+                if a in cs:
+                    nxt[k].add(t)
+            if not all(nxt):
+                continue
+            key = tuple(_closure(nfa, ns) for nfa, ns in zip(nfas, nxt))
+            j = index.get(key)
+            if j is None:
+                j = index[key] = len(order)
+                order.append(key)
+                if len(order) > MAX_DFA_STATES:
+                    raise UnsupportedSchemaError("pattern", path, f"automaton larger than {MAX_DFA_STATES} states")
+            if row and row[-1][2] == j and row[-1][1] == a - 1:
+                row[-1] = (row[-1][0], b - 1, j)
+            else:
+                row.append((a, b - 1, j))
+        trans.append(row)
+    accept = [all(n.accept in s for n, s in zip(nfas, st)) for st in order]
+    return _prune(trans, accept)
+
+
+class StringAutomaton:
+    """String constraint: optional DFA (None = any string) plus ``min_len <= length <= max_len`` (code points).
+
+    States are ``(q, n)``: DFA state and length so far (saturated at ``min_len`` when there is no ``max_len``,
+    since longer lengths are then indistinguishable). Costs are UTF-8 bytes *including the closing quote*.
+    """
+
+    def __init__(self, dfa: DFA | None, min_len: int = 0, max_len: int | None = None, path: str = "#") -> None:
+        self.dfa = dfa
+        self.min_len = min_len
+        self.max_len = max_len
+        self.path = path
+        self._live: dict[tuple[int, int], bool] = {}
+        self._allowed: dict[tuple[int, int], CharSet] = {}
+        self._layers: list[int] | None = None
+        self._cost: dict[tuple[int, int], int | None] | None = None
+        self.sat = (max_len is None or min_len <= max_len) and self.live(0, 0)
+
+    def norm(self, n: int) -> int:
+        return min(n, self.min_len) if self.max_len is None else n
+
+    # liveness --------------------------------------------------------------------------------------------
+    def live(self, q: int, n: int) -> bool:
+        if self.max_len is not None and (n > self.max_len or self.min_len > self.max_len):
+            return False
+        if self.dfa is None:
+            return True
+        key = (q, n)
+        r = self._live.get(key)
+        if r is None:
+            r = self._live[key] = self._compute_live(q, n)
+        return r
+
+    def _compute_live(self, q: int, n: int) -> bool:
+        dfa = self.dfa
+        lo_k = max(0, self.min_len - n)
+        hi_k = (self.max_len - n) if self.max_len is not None else lo_k + dfa.n
+        if lo_k == 0 and dfa.accept[q]:
+            return True
+        if self.max_len is None and n >= self.min_len:
+            return True  # pruned DFA: every state reaches acceptance
+        layers = self._get_layers()
+        bit = 1 << q
+        return any(layers[k] & bit for k in range(lo_k, min(hi_k, len(layers) - 1) + 1))
+
+    def _get_layers(self) -> list[int]:
+        if self._layers is None:
+            dfa = self.dfa
+            bound = self.max_len if self.max_len is not None else self.min_len + dfa.n
+            if bound * dfa.n > MAX_COST_TABLE:
+                kw = "maxLength" if self.max_len is not None else "minLength"
+                raise UnsupportedSchemaError(kw, self.path, "length bound too large in combination with a pattern")
+            pred = [0] * dfa.n
+            for q, row in enumerate(dfa.trans):
+                for _, _, t in row:
+                    pred[t] |= 1 << q
+            layer = sum(1 << q for q in range(dfa.n) if dfa.accept[q])
+            layers = [layer]
+            for _ in range(bound):
+                nxt = 0
+                m = layer
+                while m:
+                    low = m & -m
+                    nxt |= pred[low.bit_length() - 1]
+                    m ^= low
+                layer = nxt
+                layers.append(layer)
+            self._layers = layers
+        return self._layers
+
+    def can_end(self, q: int, n: int) -> bool:
+        if n < self.min_len or (self.max_len is not None and n > self.max_len):
+            return False
+        return self.dfa is None or self.dfa.accept[q]
+
+    def step(self, q: int, n: int, cp: int) -> tuple[int, int] | None:
+        """Consume decoded code point ``cp``; None if that leaves no completion."""
+        n1 = self.norm(n + 1)
+        if self.dfa is None:
+            return (0, n1) if self.live(0, n1) else None
+        t = self.dfa.step(q, cp)
+        if t is None or not self.live(t, n1):
+            return None
+        return (t, n1)
+
+    def allowed(self, q: int, n: int) -> CharSet:
+        """Decoded code points that keep the string completable."""
+        key = (q, n)
+        r = self._allowed.get(key)
+        if r is None:
+            n1 = self.norm(n + 1)
+            if self.dfa is None:
+                r = UNIVERSE if self.live(0, n1) else CharSet()
+            else:
+                acc = CharSet()
+                for cs, t in self.dfa.labels[q]:
+                    if self.live(t, n1):
+                        acc = acc | cs
+                r = acc
+            self._allowed[key] = r
+        return r
+
+    # costs ----------------------------------------------------------------------------------------------
+    def cost(self, q: int, n: int) -> int | None:
+        """Cheapest completion (bytes, closing quote included) from ``(q, n)``; None if there is none."""
+        if not self.live(q, n):
+            return None
+        if self.dfa is None:
+            return max(0, self.min_len - n) + 1
+        if self._cost is None:
+            self._cost = self._build_costs()
+        return self._cost.get((q, self.norm(n)))
+
+    def cost_after_range(self, q: int, n: int, lo: int, hi: int) -> int | None:
+        """Cheapest completion after consuming *some* allowed code point in ``[lo, hi]``."""
+        n1 = self.norm(n + 1)
+        if self.dfa is None:
+            if not UNIVERSE.intersects(lo, hi):
+                return None
+            return self.cost(0, n1)
+        best = None
+        for a, b, t in self.dfa.trans[q]:
+            if b < lo or a > hi:
+                continue
+            c = self.cost(t, n1)
+            if c is not None and (best is None or c < best):
+                best = c
+        return best
+
+    def _build_costs(self) -> dict[tuple[int, int], int | None]:
+        dfa = self.dfa
+        L = self.max_len if self.max_len is not None else self.min_len
+        if (L + 1) * dfa.n > MAX_COST_TABLE:
+            kw = "maxLength" if self.max_len is not None else "minLength"
+            raise UnsupportedSchemaError(kw, self.path, "length bound too large in combination with a pattern")
+        table: dict[tuple[int, int], int | None] = {}
+        if self.max_len is None:
+            # n >= min_len: plain shortest path to an accepting state (Dijkstra on reversed edges)
+            rev: list[list[tuple[int, int]]] = [[] for _ in range(dfa.n)]
+            for q, row in enumerate(dfa.weights):
+                for w, t in row:
+                    rev[t].append((w, q))
+            dist = [None] * dfa.n
+            heap = [(1, q) for q in range(dfa.n) if dfa.accept[q]]
+            heapq.heapify(heap)
+            while heap:
+                d, t = heapq.heappop(heap)
+                if dist[t] is not None:
+                    continue
+                dist[t] = d
+                for w, q in rev[t]:
+                    if dist[q] is None:
+                        heapq.heappush(heap, (d + w, q))
+            for q in range(dfa.n):
+                table[(q, L)] = dist[q]
+            top = L - 1
+        else:
+            for q in range(dfa.n):
+                table[(q, L)] = 1 if dfa.accept[q] and self.min_len <= L else None
+            top = L - 1
+        for n in range(top, -1, -1):
+            for q in range(dfa.n):
+                best = 1 if (dfa.accept[q] and n >= self.min_len) else None
+                for w, t in dfa.weights[q]:
+                    c = table[(t, n + 1)]
+                    if c is not None and (best is None or w + c < best):
+                        best = w + c
+                table[(q, n)] = best
+        return table
+
+    # the "string machine" protocol used by the lexer (see recogniser.py); ms = (q, n)
+    def m_step(self, ms: tuple[int, int], cp: int):
+        return self.step(ms[0], ms[1], cp)
+
+    def m_allowed(self, ms: tuple[int, int]) -> CharSet:
+        return self.allowed(ms[0], ms[1])
+
+    def m_can_end(self, ms: tuple[int, int]) -> bool:
+        return self.can_end(ms[0], ms[1])
+
+    def m_cost(self, ms: tuple[int, int]) -> int | None:
+        return self.cost(ms[0], ms[1])
+
+    def m_cost_range(self, ms: tuple[int, int], lo: int, hi: int) -> int | None:
+        return self.cost_after_range(ms[0], ms[1], lo, hi)
+
+
+def complement_dfa(dfa: DFA | None) -> DFA | None:
+    """The DFA of all strings *not* accepted by ``dfa`` (``None`` stands for the empty language)."""
+    from .charset import UNIVERSE
+
+    if dfa is None:
+        n, trans, accept = 0, [], []
+    else:
+        n, trans, accept = dfa.n, dfa.trans, dfa.accept
+    sink = n
+    new_trans: list[list[tuple[int, int, int]]] = []
+    for q in range(n):
+        row = list(trans[q])
+        covered = CharSet([(lo, hi) for lo, hi, _ in row])
+        for lo, hi in (UNIVERSE - covered).ranges:
+            row.append((lo, hi, sink))
+        row.sort()
+        new_trans.append(row)
+    new_trans.append([(lo, hi, sink) for lo, hi in UNIVERSE.ranges])
+    new_accept = [not a for a in accept] + [True]
+    if n == 0:  # complement of the empty language: every string
+        return DFA([[(lo, hi, 0) for lo, hi in UNIVERSE.ranges]], [True])
+    return _prune(new_trans, new_accept)
+
+
+def _prune(trans: list[list[tuple[int, int, int]]], accept: list[bool]) -> DFA | None:
+    preds: list[set[int]] = [set() for _ in trans]
+    for q, row in enumerate(trans):
+        for _, _, t in row:
+            preds[t].add(q)
+    alive = {q for q, acc in enumerate(accept) if acc}
+    stack = list(alive)
+    while stack:
+        t = stack.pop()
+        for q in preds[t]:
+            if q not in alive:
+                alive.add(q)
+                stack.append(q)
+    if 0 not in alive:
+        return None
+    keep = sorted(alive)
+    remap = {q: k for k, q in enumerate(keep)}
+    return DFA([[(lo, hi, remap[t]) for lo, hi, t in trans[q] if t in remap] for q in keep], [accept[q] for q in keep])
+
+
+def dfa_to_nfa(dfa: DFA) -> NFA:
+    """The same language as an :class:`~.regex.NFA` (to intersect it with others in :func:`build_dfa`)."""
+    nfa = NFA()
+    for _ in range(dfa.n):
+        nfa.new()
+    final = nfa.new()
+    for q, row in enumerate(dfa.trans):
+        for lo, hi, t in row:
+            nfa.edges[q].append((CharSet([(lo, hi)]), t))
+        if dfa.accept[q]:
+            nfa.eps[q].append(final)
+    nfa.start, nfa.accept = 0, final
+    return nfa

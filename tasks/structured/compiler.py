@@ -1,0 +1,984 @@
+"""JSON Schema (draft 2020-12) -> a graph of merged constraint nodes that the recogniser runs on.
+
+Pipeline:
+
+1. :class:`~.refs.Document` indexes the schema: subschema locations, base URIs (``$id``), anchors.
+2. Each set of schemas that must *all* hold (a conjunction) is expanded to disjunctive normal form: ``$ref``
+   and ``allOf`` add conjuncts, ``anyOf`` multiplies alternatives; ``not`` and ``if``/``then``/``else`` use
+   complements (:mod:`.negation`); ``oneOf`` is ``anyOf`` when its branches are provably disjoint
+   (:mod:`.disjoint`), else "branch i and not the others". A cycle of references that consumes no input is
+   rejected, and so is a schema whose normal form exceeds ``MAX_ALTERNATIVES``.
+3. Every alternative (a *flat* conjunction, no applicators left) is merged by intersection into a
+   :class:`Simple` node: allowed JSON types, a :class:`~.numbers.NumSpec`, a
+   :class:`~.automaton.StringAutomaton`, an :class:`ArrSpec` and an :class:`ObjSpec` whose children are again
+   conjunctions (:class:`Alt`, built lazily so recursive schemas give a finite cyclic graph).
+   ``enum``/``const`` restrict each type; array/object constants become structural branches.
+4. A fixpoint computes each node's shortest instance (in UTF-8 bytes); nodes without a finite instance are
+   unsatisfiable and are never entered.
+
+Fail closed: any keyword that constrains instances and is not implemented raises
+:class:`~.errors.UnsupportedSchemaError` (keyword + JSON Pointer). Annotations (``title``, ``default``,
+``contentMediaType``, ...) and unknown keywords (which the spec treats as annotations) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from functools import lru_cache
+
+from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_to_nfa
+from .charset import EMPTY, CharSet, json_char_cost
+from .errors import SchemaError, UnsupportedSchemaError
+from .formats import format_pattern
+from .negation import INTERNAL, K_KINDS, K_NOT_FORMAT, K_NOT_PATTERN, K_NOT_VALUES, negate_keywords
+from .numbers import NumSpec
+from .refs import Document, Raw, pointer_escape
+from .regex import build_nfa, literal_ast, parse_pattern
+
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+NULL, BOOL, INT, FRAC, STR, ARR, OBJ = "null", "boolean", "int", "frac", "string", "array", "object"
+ALL_KINDS = frozenset((NULL, BOOL, INT, FRAC, STR, ARR, OBJ))
+TYPE_KINDS = {
+    "null": frozenset((NULL,)),
+    "boolean": frozenset((BOOL,)),
+    "integer": frozenset((INT,)),
+    "number": frozenset((INT, FRAC)),
+    "string": frozenset((STR,)),
+    "array": frozenset((ARR,)),
+    "object": frozenset((OBJ,)),
+}
+ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$id",
+        "$anchor",
+        "$dynamicAnchor",
+        "$comment",
+        "$defs",
+        "definitions",
+        "$vocabulary",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+    }
+)
+HANDLED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minProperties",
+        "maxProperties",
+        "pattern",
+        "format",
+        "not",
+        "anyOf",
+        "allOf",
+        "oneOf",
+        "$ref",
+        "dependentRequired",
+        "if",
+        "then",
+        "else",
+    }
+)
+APPLICATORS = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+ALWAYS_UNSUPPORTED = frozenset(
+    {
+        "multipleOf",
+        "contains",
+        "$dynamicRef",
+        "$recursiveRef",
+        # keywords of other drafts that would constrain there: refuse rather than ignore
+        "dependencies",
+        "additionalItems",
+        "divisibleBy",
+        "disallow",
+        "extends",
+    }
+)
+MAX_ALTERNATIVES = 512
+MAX_NODES = 20_000
+FORMAT_MODES = ("assert", "annotation")
+
+
+def json_key(v):
+    """Hashable key implementing JSON Schema equality (1 == 1.0, true != 1, objects unordered)."""
+    if v is None:
+        return ("n",)
+    if isinstance(v, bool):
+        return ("b", v)
+    if isinstance(v, (int, float)):
+        return ("x", Fraction(v))
+    if isinstance(v, str):
+        return ("s", v)
+    if isinstance(v, list):
+        return ("l", tuple(json_key(x) for x in v))
+    if isinstance(v, dict):
+        return ("d", frozenset((k, json_key(x)) for k, x in v.items()))
+    raise SchemaError(f"not a JSON value: {v!r}")
+
+
+def key_cost(name: str) -> int:
+    """Bytes of ``name`` written as a JSON string (quotes included, cheapest escapes)."""
+    return 2 + sum(json_char_cost(ord(c)) for c in name)
+
+
+def is_trivially_true(v) -> bool:
+    return v is True or (isinstance(v, dict) and all(k in ANNOTATIONS for k in v))
+
+
+def _nonneg_int(v, kw: str, path: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (isinstance(v, float) and not v.is_integer()):
+        raise SchemaError(f"{kw} must be a non-negative integer", path)
+    return int(v)
+
+
+def _number(v, kw: str, path: str):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        raise SchemaError(f"{kw} must be a number", path)
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------------
+# graph nodes
+
+
+class Alt:
+    """A conjunction of schemas, resolved to its alternatives (``simples``); ``min_cost`` None = unsatisfiable."""
+
+    __slots__ = ("key", "simples", "min_cost", "first", "path")
+
+    def __init__(self, key: frozenset, path: str) -> None:
+        self.key = key
+        self.path = path
+        self.simples: tuple[Simple, ...] = ()
+        self.min_cost: int | None = None
+        self.first: CharSet = EMPTY
+
+    def __repr__(self) -> str:
+        return f"Alt({self.path}, {len(self.simples)} branches, min={self.min_cost})"
+
+
+class ArrSpec:
+    """Array part of a node: per-position item nodes (``prefix``), the rest (``items``), item-count bounds."""
+
+    __slots__ = ("prefix", "items", "min_items", "max_items")
+
+    def __init__(self, prefix: tuple[Alt, ...], items: Alt, min_items: int, max_items: int | None) -> None:
+        self.prefix, self.items, self.min_items, self.max_items = prefix, items, min_items, max_items
+
+    def alt_at(self, i: int) -> Alt:
+        return self.prefix[i] if i < len(self.prefix) else self.items
+
+    def can_add(self, i: int) -> bool:
+        return (self.max_items is None or i < self.max_items) and self.alt_at(i).min_cost is not None
+
+    def rest_cost(self, i: int, first: bool) -> int | None:
+        """Bytes to close the array when ``i`` items exist (``first``: nothing written since ``[``)."""
+        total = 1
+        n_more = max(0, self.min_items - i)
+        if self.max_items is not None and self.min_items > self.max_items:
+            return None
+        for j in range(i, min(self.min_items, len(self.prefix))):
+            c = self.prefix[j].min_cost
+            if c is None:
+                return None
+            total += c
+        k = self.min_items - max(i, len(self.prefix))
+        if k > 0:
+            c = self.items.min_cost
+            if c is None:
+                return None
+            total += k * c
+        if n_more:
+            total += n_more - (1 if first else 0)
+        return total
+
+
+class ObjSpec:
+    """Object part of a node: declared properties, required names, ``dependentRequired``, the schema of other
+    names (``additional``) and property-count bounds.
+
+    *Special* names are the declared, required and dependency-related ones; every other name is *fresh* and
+    behaves like any other fresh name (value ``additional``, no obligations), which keeps costs per seen-set
+    cheap to memoise.
+    """
+
+    __slots__ = (
+        "props", "names", "required", "deps", "additional", "min_props", "max_props", "special", "_special_set",
+        "_rest", "_keym", "_missing",
+    )  # fmt: skip
+
+    def __init__(
+        self, props: dict, required: frozenset, additional: Alt, min_props: int, max_props, deps: dict | None = None
+    ) -> None:
+        self.props = props
+        self.names = tuple(sorted(props))
+        self.required = required
+        self.deps: dict[str, frozenset] = {k: frozenset(v) for k, v in (deps or {}).items() if v}
+        self.additional = additional
+        self.min_props = min_props
+        self.max_props = max_props
+        special = set(props) | set(required) | set(self.deps)
+        for v in self.deps.values():
+            special |= v
+        self.special = tuple(sorted(special))
+        self._special_set = frozenset(special)
+        self._rest: dict = {}
+        self._keym: dict = {}
+        self._missing: dict = {}
+
+    def value_alt(self, name: str) -> Alt:
+        return self.props.get(name, self.additional)
+
+    def entry_cost(self, name: str) -> int | None:
+        """``"name":value`` at its cheapest (no comma)."""
+        c = self.value_alt(name).min_cost
+        return None if c is None else key_cost(name) + 1 + c
+
+    def missing(self, seen: frozenset) -> frozenset:
+        """Names still required once ``seen`` are written (``required`` plus dependencies, transitively)."""
+        key = seen & self._special_set
+        r = self._missing.get(key)
+        if r is None:
+            need = set(self.required)
+            todo = [n for n in key | self.required if n in self.deps]  # required names bring their deps too
+            while todo:
+                for d in self.deps[todo.pop()]:
+                    if d not in need:
+                        need.add(d)
+                        if d in self.deps:
+                            todo.append(d)
+            r = self._missing[key] = frozenset(need) - seen
+        return r
+
+    def is_fresh(self, name: str, seen: frozenset) -> bool:
+        return name not in seen and name not in self._special_set
+
+    def closable(self, seen: frozenset) -> bool:
+        return not self.missing(seen) and len(seen) >= self.min_props
+
+    def admissible(self, seen: frozenset, name: str) -> bool:
+        """Whether writing ``name`` next keeps the object completable."""
+        if name in seen or self.value_alt(name).min_cost is None:
+            return False
+        return self.rest_cost(seen | {name}, False) is not None
+
+    def rest_cost(self, seen: frozenset, first: bool, memo: bool = True) -> int | None:
+        """Bytes to close the object once the names ``seen`` are written (``first``: nothing since ``{``)."""
+        # the cost depends on the written names only through the special ones among them, their number, and
+        # how many of the cheapest fresh names (see fresh_names) they already took
+        special = self._special_set
+        short = [0, 0, 0]
+        for n in seen:
+            if len(n) <= 2 and n not in special and all(ch in _FRESH_SET for ch in n):
+                short[len(n)] += 1
+        key = (seen & special, len(seen), *short, first)
+        if memo and key in self._rest:
+            return self._rest[key]
+        r = self._rest_cost(seen, first)
+        if memo:
+            self._rest[key] = r
+        return r
+
+    def _rest_cost(self, seen: frozenset, first: bool) -> int | None:
+        missing = self.missing(seen)
+        total = 1
+        for name in missing:
+            c = self.entry_cost(name)
+            if c is None:
+                return None
+            total += c
+        entries = len(missing)
+        count = len(seen) + entries
+        if self.max_props is not None and count > self.max_props:
+            return None
+        extra = self.min_props - count
+        if extra > 0:
+            if self.max_props is not None and count + extra > self.max_props:
+                return None
+            options = []
+            for name in self.special:  # optional special names without dependencies of their own
+                if name not in seen and name not in missing and name not in self.deps:
+                    c = self.entry_cost(name)
+                    if c is not None:
+                        options.append(c)
+            add = self.additional.min_cost
+            if add is not None:
+                for name in fresh_names(self._special_set | seen, extra):
+                    options.append(key_cost(name) + 1 + add)
+            if len(options) < extra:
+                return None
+            options.sort()
+            total += sum(options[:extra])
+            entries += extra
+        if entries:
+            total += entries - (1 if first else 0)
+        return total
+
+
+_FRESH_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+_FRESH_SET = frozenset(_FRESH_ALPHABET)
+
+
+def fresh_names(used: frozenset, k: int) -> list[str]:
+    """The ``k`` cheapest property names not in ``used`` (``""``, then one character, then two, ...)."""
+    out: list[str] = []
+    if k <= 0:
+        return out
+    if "" not in used:
+        out.append("")
+    length = 1
+    while len(out) < k:
+        for name in _names_of_length(length):
+            if name not in used:
+                out.append(name)
+                if len(out) == k:
+                    break
+        length += 1
+    return out
+
+
+def _names_of_length(n: int):
+    if n == 1:
+        yield from _FRESH_ALPHABET
+        return
+    for head in _FRESH_ALPHABET:
+        for tail in _names_of_length(n - 1):
+            yield head + tail
+
+
+class Simple:
+    """One alternative: the intersection of a flat conjunction of schemas, split by JSON type."""
+
+    __slots__ = ("id", "path", "null", "bools", "num", "str", "arr", "obj", "min_cost", "kind_cost", "first")
+
+    def __init__(self, path: str) -> None:
+        self.id = 0
+        self.path = path
+        self.null = False
+        self.bools: frozenset = frozenset()
+        self.num: NumSpec | None = None
+        self.str: StringAutomaton | None = None
+        self.arr: ArrSpec | None = None
+        self.obj: ObjSpec | None = None
+        self.min_cost: int | None = None
+        self.kind_cost: dict[str, int] = {}
+        self.first: CharSet = EMPTY
+
+    def __repr__(self) -> str:
+        return f"Simple#{self.id}({self.path}, min={self.min_cost})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Compiler:
+    """Builds the node graph for one schema document (see the module docstring)."""
+
+    def __init__(self, schema, formats: str = "assert") -> None:
+        if formats not in FORMAT_MODES:
+            raise ValueError(f"formats must be one of {FORMAT_MODES}")
+        self.formats = formats
+        self.doc = Document(schema)
+        self.alts: dict[frozenset, Alt] = {}
+        self.simples: list[Simple] = []
+        self._merge_memo: dict[frozenset, tuple[Simple, ...]] = {}
+        self._expand_memo: dict[int, list[frozenset]] = {}
+        self._expanding: set[int] = set()
+        self._derived: dict[tuple[int, str], Raw] = {}
+        self._synth: dict = {}
+        self._queue: list[Alt] = []
+        self._resolved: set[frozenset] = set()
+        self._negate_memo: dict[int, tuple[Raw, list[frozenset]]] = {}
+        self._negating: set[int] = set()
+        self._keep: list = []
+
+    # public ---------------------------------------------------------------------------------------------
+    def resolved(self, alt: Alt) -> Alt:
+        """``alt`` with its alternatives resolved now (used by the disjointness prover during expansion)."""
+        if alt.key not in self._resolved:
+            self._resolved.add(alt.key)
+            self._resolve(alt)
+        return alt
+
+    def compile(self) -> Alt:
+        root = self.alt(frozenset([self.doc.root_raw]), "#")
+        while self._queue:
+            self.resolved(self._queue.pop())
+        self._fixpoint()
+        return root
+
+    # conjunctions -> alternatives -----------------------------------------------------------------------
+    def alt(self, conj: frozenset, path: str) -> Alt:
+        a = self.alts.get(conj)
+        if a is None:
+            if len(self.alts) >= MAX_NODES:
+                raise SchemaError("schema too large (too many distinct subschema combinations)", path)
+            a = self.alts[conj] = Alt(conj, path)
+            self._queue.append(a)
+        return a
+
+    def _resolve(self, alt: Alt) -> None:
+        seen: dict[int, Simple] = {}
+        for flat in self.dnf(alt.key):
+            for s in self.merge(flat):
+                seen.setdefault(id(s), s)
+        alt.simples = tuple(seen.values())
+
+    def dnf(self, conj: frozenset) -> list[frozenset]:
+        out = [frozenset()]
+        for raw in conj:
+            out = self._cross(out, self.expand(raw), raw.path, "allOf")
+        return out
+
+    @staticmethod
+    def _cross(a: list[frozenset], b: list[frozenset], path: str, keyword: str) -> list[frozenset]:
+        """Conjunction of two disjunctive normal forms (capped: too many alternatives fail closed)."""
+        res = list(dict.fromkeys(x | y for x in a for y in b))
+        if len(res) > MAX_ALTERNATIVES:
+            raise UnsupportedSchemaError(keyword, path, f"expands to more than {MAX_ALTERNATIVES} alternatives")
+        return res
+
+    def expand(self, raw: Raw) -> list[frozenset]:
+        """Disjunctive normal form of one schema: a list of flat conjunctions (sets of applicator-free Raws)."""
+        key = id(raw)
+        if key in self._expand_memo:
+            return self._expand_memo[key]
+        if key in self._expanding:
+            raise UnsupportedSchemaError("$ref", raw.path, "reference cycle that consumes no input")
+        self._expanding.add(key)
+        try:
+            res = self._expand(raw)
+        finally:
+            self._expanding.discard(key)
+        self._expand_memo[key] = res
+        return res
+
+    def _expand(self, raw: Raw) -> list[frozenset]:
+        s = raw.schema
+        if s is True:
+            return [frozenset()]
+        if s is False:
+            return []
+        if not isinstance(s, dict):
+            raise SchemaError("a schema must be an object or a boolean", raw.path)
+        flat = self._derive(raw, "applicators", APPLICATORS) if any(k in s for k in APPLICATORS) else raw
+        res = [frozenset([flat])]
+        path = raw.path
+        if "$ref" in s:
+            ref = s["$ref"]
+            if not isinstance(ref, str):
+                raise SchemaError("$ref must be a string", path)
+            res = self._cross(res, self.expand(self.doc.resolve(ref, raw)), path, "$ref")
+        for kw in ("allOf", "anyOf", "oneOf"):
+            if kw not in s:
+                continue
+            subs = s[kw]
+            if not isinstance(subs, list) or not subs:
+                raise SchemaError(f"{kw} must be a non-empty array", path)
+            raws = [self.doc.raw_for(sub, raw.base, f"{path}/{kw}/{i}") for i, sub in enumerate(subs)]
+            branches = [self.expand(r) for r in raws]
+            if kw == "allOf":
+                for br in branches:
+                    res = self._cross(res, br, path, "allOf")
+                continue
+            if kw == "oneOf" and len(branches) > 1 and not self._disjoint(branches):
+                branches = self._exactly_one(raws, branches, f"{path}/oneOf")
+            union = list(dict.fromkeys(x for br in branches for x in br))
+            res = self._cross(res, union, path, kw)
+        if "not" in s:
+            res = self._cross(res, self.negate(self.doc.raw_for(s["not"], raw.base, f"{path}/not")), path, "not")
+        if "if" in s and not (is_trivially_true(s.get("then", True)) and is_trivially_true(s.get("else", True))):
+            cond = self.doc.raw_for(s["if"], raw.base, f"{path}/if")
+            then = self.expand(self.doc.raw_for(s.get("then", True), raw.base, f"{path}/then"))
+            other = self.expand(self.doc.raw_for(s.get("else", True), raw.base, f"{path}/else"))
+            both = self._cross(self.expand(cond), then, path, "if") + self._cross(self.negate(cond), other, path, "if")
+            res = self._cross(res, list(dict.fromkeys(both)), path, "if")
+        return res
+
+    def _exactly_one(self, raws: list[Raw], branches: list[list[frozenset]], path: str) -> list[list[frozenset]]:
+        """``oneOf`` with overlapping branches: branch ``i`` and the complement of every other branch."""
+        try:
+            negs = [self.negate(r) for r in raws]
+        except UnsupportedSchemaError as e:
+            raise UnsupportedSchemaError(
+                "oneOf", path, f"branches not provably disjoint, and {e.keyword!r} at {e.path} cannot be negated"
+            ) from e
+        out = []
+        for i, br in enumerate(branches):
+            acc = br
+            for j, neg in enumerate(negs):
+                if j != i:
+                    acc = self._cross(acc, neg, path, "oneOf")
+            out.append(acc)
+        return out
+
+    def negate(self, raw: Raw) -> list[frozenset]:
+        """Disjunctive normal form of ``not raw`` (De Morgan over its DNF, keyword negation: negation.py)."""
+        key = id(raw)
+        if key in self._negate_memo:
+            return self._negate_memo[key][1]
+        if key in self._negating:
+            raise UnsupportedSchemaError("not", raw.path, "self-referential negation")
+        self._negating.add(key)
+        try:
+            res = [frozenset()]
+            for flat in self.expand(raw):
+                alts: list[frozenset] = []
+                for r in flat:
+                    for kw in r.schema:
+                        self._check_keyword(kw, r.schema, r)
+                    for d in negate_keywords(r.schema, r.path, self.formats, is_trivially_true, self._type_kinds):
+                        alts.extend(self.expand(self._synthetic(d, r)))
+                res = self._cross(res, list(dict.fromkeys(alts)), raw.path, "not")
+        finally:
+            self._negating.discard(key)
+        self._negate_memo[key] = (raw, res)
+        return res
+
+    def _synthetic(self, schema: dict, origin: Raw) -> Raw:
+        self._keep.append(schema)
+        return self.doc.raw_for(schema, origin.base, origin.path)
+
+    def _disjoint(self, branches: list[list[frozenset]]) -> bool:
+        """Whether the ``oneOf`` branches are provably pairwise disjoint (then ``oneOf`` is ``anyOf``)."""
+        from .disjoint import simples_disjoint
+
+        nodes = []
+        for br in branches:
+            simples: list[Simple] = []
+            for flat in br:
+                simples.extend(self.merge(flat))
+            nodes.append(simples)
+        for i in range(len(nodes)):
+            for j in range(i + 1, len(nodes)):
+                for a in nodes[i]:
+                    for b in nodes[j]:
+                        if not simples_disjoint(a, b, self):
+                            return False
+        return True
+
+    def _derive(self, raw: Raw, tag: str, drop: tuple[str, ...]) -> Raw:
+        key = (id(raw), tag)
+        d = self._derived.get(key)
+        if d is None:
+            d = Raw({k: v for k, v in raw.schema.items() if k not in drop}, raw.base, raw.path)
+            self._derived[key] = d
+        return d
+
+    def synth_const(self, value, path: str) -> Raw:
+        """A schema object that matches exactly the array/object ``value`` (children as ``const``)."""
+        key = json_key(value)
+        r = self._synth.get(key)
+        if r is None:
+            if isinstance(value, list):
+                s = {
+                    "type": "array",
+                    "prefixItems": [{"const": x} for x in value],
+                    "items": False,
+                    "minItems": len(value),
+                    "maxItems": len(value),
+                }
+            else:
+                s = {
+                    "type": "object",
+                    "properties": {k: {"const": x} for k, x in value.items()},
+                    "required": list(value),
+                    "additionalProperties": False,
+                }
+            r = self._synth[key] = self.doc.raw_for(s, "urn:omnifuse:const", path)
+        return r
+
+    # merging ------------------------------------------------------------------------------------------------
+    def merge(self, flat: frozenset) -> tuple[Simple, ...]:
+        r = self._merge_memo.get(flat)
+        if r is None:
+            r = self._merge_memo[flat] = self._merge(flat)
+        return r
+
+    def _merge(self, flat: frozenset) -> tuple[Simple, ...]:
+        members = sorted(flat, key=lambda r: r.path)
+        path = members[0].path if members else "#"
+        kinds = set(ALL_KINDS)
+        enum_vals: list | None = None
+        excluded: list = []
+        lo = hi = None  # (value, exclusive)
+        min_len, max_len = 0, None
+        nfas = []
+        min_items, max_items = 0, None
+        min_props, max_props = 0, None
+        required: set[str] = set()
+        deps: dict[str, set[str]] = {}
+        for raw in members:
+            s = raw.schema
+            p = raw.path
+            for kw in s:
+                self._check_keyword(kw, s, raw)
+            if "type" in s:
+                kinds &= self._type_kinds(s["type"], p)
+            for kw in ("enum", "const"):
+                if kw in s:
+                    vals = s[kw] if kw == "enum" else [s[kw]]
+                    if not isinstance(vals, list):
+                        raise SchemaError("enum must be an array", p)
+                    if enum_vals is None:
+                        enum_vals = list(vals)
+                    else:
+                        keys = {json_key(v) for v in vals}
+                        enum_vals = [v for v in enum_vals if json_key(v) in keys]
+            if K_KINDS in s:
+                kinds &= set(s[K_KINDS])
+            if K_NOT_VALUES in s:
+                excluded.extend(s[K_NOT_VALUES])
+            if K_NOT_PATTERN in s:
+                nfas.append(_complement_nfa(_pattern_nfa(s[K_NOT_PATTERN], f"{p}/pattern", "pattern"), f"{p}/pattern"))
+            if K_NOT_FORMAT in s:
+                fp = format_pattern(s[K_NOT_FORMAT]) if isinstance(s[K_NOT_FORMAT], str) else None
+                if fp is None:
+                    raise UnsupportedSchemaError(
+                        "format", p, f"format {s[K_NOT_FORMAT]!r} is not in the supported subset"
+                    )
+                nfas.append(_complement_nfa(_pattern_nfa(fp, f"{p}/format", "format"), f"{p}/format"))
+            if "minimum" in s:
+                lo = _tighter_lo(lo, (_number(s["minimum"], "minimum", p), False))
+            if "exclusiveMinimum" in s:
+                lo = _tighter_lo(lo, (_number(s["exclusiveMinimum"], "exclusiveMinimum", p), True))
+            if "maximum" in s:
+                hi = _tighter_hi(hi, (_number(s["maximum"], "maximum", p), False))
+            if "exclusiveMaximum" in s:
+                hi = _tighter_hi(hi, (_number(s["exclusiveMaximum"], "exclusiveMaximum", p), True))
+            if "minLength" in s:
+                min_len = max(min_len, _nonneg_int(s["minLength"], "minLength", p))
+            if "maxLength" in s:
+                v = _nonneg_int(s["maxLength"], "maxLength", p)
+                max_len = v if max_len is None else min(max_len, v)
+            if "pattern" in s:
+                pat = s["pattern"]
+                if not isinstance(pat, str):
+                    raise SchemaError("pattern must be a string", p)
+                nfas.append(_pattern_nfa(pat, f"{p}/pattern", "pattern"))
+            if "format" in s and self.formats == "assert":
+                fmt = s["format"]
+                fp = format_pattern(fmt) if isinstance(fmt, str) else None
+                if fp is None:
+                    raise UnsupportedSchemaError("format", p, f"format {fmt!r} is not in the supported subset")
+                nfas.append(_pattern_nfa(fp, f"{p}/format", "format"))
+            if "minItems" in s:
+                min_items = max(min_items, _nonneg_int(s["minItems"], "minItems", p))
+            if "maxItems" in s:
+                v = _nonneg_int(s["maxItems"], "maxItems", p)
+                max_items = v if max_items is None else min(max_items, v)
+            if "minProperties" in s:
+                min_props = max(min_props, _nonneg_int(s["minProperties"], "minProperties", p))
+            if "maxProperties" in s:
+                v = _nonneg_int(s["maxProperties"], "maxProperties", p)
+                max_props = v if max_props is None else min(max_props, v)
+            if "dependentRequired" in s:
+                dr = s["dependentRequired"]
+                if not isinstance(dr, dict) or not all(
+                    isinstance(v, list) and all(isinstance(x, str) for x in v) for v in dr.values()
+                ):
+                    raise SchemaError("dependentRequired must map names to arrays of strings", p)
+                for k, v in dr.items():
+                    deps.setdefault(k, set()).update(v)
+            if "required" in s:
+                req = s["required"]
+                if not isinstance(req, list) or not all(isinstance(x, str) for x in req):
+                    raise SchemaError("required must be an array of strings", p)
+                required.update(req)
+            if "items" in s and isinstance(s["items"], list):
+                raise UnsupportedSchemaError("items", p, "array form of items (use prefixItems in 2020-12)")
+
+        node = Simple(path)
+        out: list[Simple] = []
+        evals = enum_vals if enum_vals is not None else None
+        node.null = NULL in kinds and (evals is None or any(v is None for v in evals)) and None not in excluded
+        if BOOL in kinds:
+            bools = frozenset((True, False)) if evals is None else frozenset(v for v in evals if isinstance(v, bool))
+            node.bools = frozenset(b for b in bools if not any(x is b for x in excluded))
+        if INT in kinds or FRAC in kinds:
+            vals = (
+                None
+                if evals is None
+                else tuple(v for v in evals if isinstance(v, (int, float)) and not isinstance(v, bool))
+            )
+            if vals is None or vals:
+                num = NumSpec(
+                    integer=FRAC not in kinds,
+                    frac_only=INT not in kinds,
+                    excluded=tuple(excluded),
+                    lo=None if lo is None else lo[0],
+                    lo_excl=bool(lo and lo[1]),
+                    hi=None if hi is None else hi[0],
+                    hi_excl=bool(hi and hi[1]),
+                    values=vals,
+                )
+                if num.intervals and (vals is None or num.values):
+                    node.num = num
+        if STR in kinds:
+            strs = None if evals is None else [v for v in evals if isinstance(v, str)]
+            if strs is None or strs:
+                all_nfas = list(nfas)
+                if strs is not None:
+                    all_nfas.append(_literal_set_nfa(tuple(sorted(set(strs)))))
+                not_strs = tuple(sorted({v for v in excluded if isinstance(v, str)}))
+                if not_strs:
+                    all_nfas.append(_complement_nfa(_literal_set_nfa(not_strs), path))
+                dfa = build_dfa(all_nfas, path) if all_nfas else None
+                if not all_nfas or dfa is not None:
+                    auto = StringAutomaton(dfa, min_len, max_len, path)
+                    if auto.sat:
+                        node.str = auto
+        if ARR in kinds and evals is None:
+            node.arr = self._arr_spec(members, min_items, max_items, path)
+        if OBJ in kinds and evals is None:
+            node.obj = self._obj_spec(members, required, min_props, max_props, path, deps)
+        if node.null or node.bools or node.num or node.str or node.arr or node.obj:
+            node.id = len(self.simples)
+            self.simples.append(node)
+            out.append(node)
+        if evals is not None and ((ARR in kinds) or (OBJ in kinds)):
+            stripped = frozenset(self._derive(r, "enum", ("enum", "const")) for r in members)
+            for v in evals:
+                if (isinstance(v, list) and ARR in kinds) or (isinstance(v, dict) and OBJ in kinds):
+                    synth = self.synth_const(v, f"{path}/enum")
+                    for flat2 in self._cross([stripped], self.expand(synth), path, "enum"):
+                        out.extend(self.merge(flat2))
+        return tuple(dict.fromkeys(out))
+
+    def _arr_spec(self, members: list[Raw], min_items: int, max_items, path: str) -> ArrSpec:
+        n_prefix = 0
+        for raw in members:
+            pi = raw.schema.get("prefixItems")
+            if pi is not None:
+                if not isinstance(pi, list):
+                    raise SchemaError("prefixItems must be an array", raw.path)
+                n_prefix = max(n_prefix, len(pi))
+
+        def item_raw(raw: Raw, i: int | None):
+            s = raw.schema
+            pi = s.get("prefixItems")
+            if i is not None and pi is not None and i < len(pi):
+                return self.doc.raw_for(pi[i], raw.base, f"{raw.path}/prefixItems/{i}")
+            if "items" in s:
+                return self.doc.raw_for(s["items"], raw.base, f"{raw.path}/items")
+            return None
+
+        prefix = []
+        for i in range(n_prefix):
+            conj = frozenset(r for r in (item_raw(m, i) for m in members) if r is not None)
+            prefix.append(self.alt(conj, f"{path}/prefixItems/{i}"))
+        conj = frozenset(r for r in (item_raw(m, None) for m in members) if r is not None)
+        items = self.alt(conj, f"{path}/items")
+        return ArrSpec(tuple(prefix), items, min_items, max_items)
+
+    def _obj_spec(self, members: list[Raw], required: set, min_props, max_props, path: str, deps: dict) -> ObjSpec:
+        names: set[str] = set()
+        for raw in members:
+            props = raw.schema.get("properties")
+            if props is not None:
+                if not isinstance(props, dict):
+                    raise SchemaError("properties must be an object", raw.path)
+                names.update(props)
+
+        def prop_raw(raw: Raw, name: str | None):
+            s = raw.schema
+            props = s.get("properties") or {}
+            if name is not None and name in props:
+                return self.doc.raw_for(props[name], raw.base, f"{raw.path}/properties/{pointer_escape(name)}")
+            if "additionalProperties" in s:
+                return self.doc.raw_for(s["additionalProperties"], raw.base, f"{raw.path}/additionalProperties")
+            return None
+
+        props = {}
+        for name in sorted(names):
+            conj = frozenset(r for r in (prop_raw(m, name) for m in members) if r is not None)
+            props[name] = self.alt(conj, f"{path}/properties/{pointer_escape(name)}")
+        conj = frozenset(r for r in (prop_raw(m, None) for m in members) if r is not None)
+        additional = self.alt(conj, f"{path}/additionalProperties")
+        return ObjSpec(props, frozenset(required), additional, min_props, max_props, deps)
+
+    # keyword checks -------------------------------------------------------------------------------------
+    def _check_keyword(self, kw: str, s: dict, raw: Raw) -> None:
+        v = s[kw]
+        p = raw.path
+        if kw in INTERNAL:
+            return
+        if kw in HANDLED or kw in ANNOTATIONS:
+            if kw == "$schema" and (not isinstance(v, str) or v.rstrip("#") != DRAFT_2020_12):
+                raise UnsupportedSchemaError("$schema", p, f"only draft 2020-12 is supported, got {v!r}")
+            return
+        if kw in ALWAYS_UNSUPPORTED:
+            raise UnsupportedSchemaError(kw, p)
+        if kw == "uniqueItems":
+            if v is True:
+                raise UnsupportedSchemaError(kw, p)
+            return
+        if kw in ("patternProperties", "dependentSchemas"):
+            trivial = isinstance(v, dict) and all(is_trivially_true(x) for x in v.values())
+            if kw == "patternProperties" and v and not is_trivially_true(s.get("additionalProperties", True)):
+                trivial = False  # names matching a pattern are then exempt from additionalProperties
+            if trivial:
+                return
+            raise UnsupportedSchemaError(kw, p)
+        if kw in ("propertyNames", "unevaluatedProperties", "unevaluatedItems"):
+            if is_trivially_true(v):
+                return
+            raise UnsupportedSchemaError(kw, p)
+        if kw in ("minContains", "maxContains"):
+            return  # without "contains" they have no effect; "contains" itself is refused
+        # unknown keyword: an annotation per the specification
+
+    @staticmethod
+    def _type_kinds(t, path: str) -> frozenset:
+        names = [t] if isinstance(t, str) else t
+        if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
+            raise SchemaError("type must be a string or an array of strings", path)
+        out: set = set()
+        for name in names:
+            if name not in TYPE_KINDS:
+                raise SchemaError(f"unknown type {name!r}", path)
+            out |= TYPE_KINDS[name]
+        return frozenset(out)
+
+    # shortest instances -------------------------------------------------------------------------------------
+    def _fixpoint(self) -> None:
+        for s in self.simples:
+            kc = s.kind_cost
+            if s.null:
+                kc[NULL] = 4
+            if s.bools:
+                kc[BOOL] = 4 if True in s.bools else 5
+            if s.num is not None:
+                c = s.num.cost(None, "", None)
+                if c is not None:
+                    kc["number"] = c
+            if s.str is not None:
+                c = s.str.cost(0, 0)
+                if c is not None:
+                    kc[STR] = 1 + c
+        changed = True
+        alts = list(self.alts.values())
+        while changed:
+            changed = False
+            for s in self.simples:
+                if s.arr is not None:
+                    c = s.arr.rest_cost(0, True)
+                    if c is not None and c + 1 < s.kind_cost.get(ARR, math.inf):
+                        s.kind_cost[ARR] = c + 1
+                        changed = True
+                if s.obj is not None:
+                    c = s.obj.rest_cost(frozenset(), True, memo=False)
+                    if c is not None and c + 1 < s.kind_cost.get(OBJ, math.inf):
+                        s.kind_cost[OBJ] = c + 1
+                        changed = True
+                m = min(s.kind_cost.values(), default=None)
+                if m != s.min_cost:
+                    s.min_cost = m
+                    changed = True
+            for a in alts:
+                m = min((s.min_cost for s in a.simples if s.min_cost is not None), default=None)
+                if m != a.min_cost:
+                    a.min_cost = m
+                    changed = True
+        for s in self.simples:
+            s.first = _first_chars(s)
+        for a in alts:
+            fs = EMPTY
+            for s in a.simples:
+                fs = fs | s.first
+            a.first = fs
+            a.simples = tuple(s for s in a.simples if s.min_cost is not None)
+
+
+def _first_chars(s: Simple) -> CharSet:
+    kc = s.kind_cost
+    chars: list[str] = []
+    if NULL in kc:
+        chars.append("n")
+    if BOOL in kc:
+        if True in s.bools:
+            chars.append("t")
+        if False in s.bools:
+            chars.append("f")
+    if "number" in kc:
+        num = s.num
+        if num.cost(True, "", None) is not None:
+            chars.append("-")
+        chars.extend(d for d in "0123456789" if num.cost(False, d, None) is not None)
+    if STR in kc:
+        chars.append('"')
+    if ARR in kc:
+        chars.append("[")
+    if OBJ in kc:
+        chars.append("{")
+    return CharSet.of(*chars)
+
+
+def _tighter_lo(cur, new):
+    if cur is None:
+        return new
+    if new[0] > cur[0] or (new[0] == cur[0] and new[1]):
+        return new
+    return cur
+
+
+def _tighter_hi(cur, new):
+    if cur is None:
+        return new
+    if new[0] < cur[0] or (new[0] == cur[0] and new[1]):
+        return new
+    return cur
+
+
+@lru_cache(maxsize=1024)
+def _pattern_nfa(pattern: str, path: str, keyword: str):
+    return build_nfa(parse_pattern(pattern, path, keyword))
+
+
+@lru_cache(maxsize=1024)
+def _complement_nfa(nfa, path: str):
+    dfa = build_dfa([nfa], path)
+    comp = complement_dfa(dfa)
+    if comp is None:  # complement is empty: an NFA that accepts nothing
+        from .regex import NFA
+
+        empty = NFA()
+        empty.start, empty.accept = empty.new(), empty.new()
+        return empty
+    return dfa_to_nfa(comp)
+
+
+@lru_cache(maxsize=1024)
+def _literal_set_nfa(strings: tuple[str, ...]):
+    if len(strings) == 1:
+        return build_nfa(literal_ast(strings[0]))
+    return build_nfa(("alt", [literal_ast(s) for s in strings]))
+
+
+def dumps_key(schema) -> str:
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,717 @@
+"""Incremental recogniser: a pushdown machine over the compiled node graph, fed UTF-8 bytes or characters.
+
+State is immutable and hashable: :class:`RecState` = a tuple of *stacks* plus the bytes of an incomplete UTF-8
+character. Each :class:`Stack` is a persistent linked list of *frames* (innermost first), so nesting depth -
+including recursion through ``$ref`` - is bounded only by the input (no depth cap), and stepping touches only
+the innermost frames. Several stacks exist at once when ``anyOf`` branches are still all possible (an NFA-style
+set of runs over the same text; duplicates merge).
+
+Frames are tuples whose first item is a tag:
+
+=====  ============================================  ==================================================
+tag    fields                                        meaning
+=====  ============================================  ==================================================
+``V``  alt                                           a value of node ``alt`` is expected (whitespace ok)
+``S``  automaton, q, n, esc                          inside a string value (DFA state, length, escape)
+``N``  simple, neg, int digits, frac, exp            inside a number
+``L``  word, pos                                     inside ``true``/``false``/``null``
+``A``  simple, phase, count                          inside an array
+``O``  simple, phase, seen names, key, esc           inside an object (``key``: the name being written)
+``R``                                                the root value is complete (trailing whitespace ok)
+=====  ============================================  ==================================================
+
+When a child value starts, the parent frame below it is *already* in its after-value phase (the array count
+or the set of written names updated), so completing a child is just a pop. Each stack caches ``base``: the
+cheapest way to finish everything below its top frame, which makes :meth:`Machine.cost` (the shortest
+completion, in bytes) O(number of stacks).
+
+Feeding is exact (it decides validity as the reference validator does); :meth:`Machine.allowed` is the set of
+next characters for generation: only characters after which a valid completion still exists. For numbers
+that set is conservative (plain decimal notation, see :mod:`.numbers`).
+"""
+
+from __future__ import annotations
+
+from .charset import EMPTY, WS, CharSet, allowed_bytes, utf8_len, utf8_needed, utf8_prefix_interval
+from .compiler import ARR, BOOL, NULL, OBJ, STR, Alt, Simple
+from .keys import KeyMachine
+from .lexer import END, lex_allowed, lex_cost, lex_cost_range, lex_step
+
+T_V, T_S, T_N, T_L, T_A, T_O, T_R = range(7)
+A_START, A_AFTER, A_COMMA = range(3)
+O_START, O_KEY, O_COLON, O_AFTER, O_COMMA = range(5)
+WS_CODES = frozenset((0x20, 0x09, 0x0A, 0x0D))
+DIGITS = "0123456789"
+_DIGIT_CPS = {ord(d): d for d in DIGITS}
+ROOT_FRAME = (T_R,)
+_ASCII_ORDINARY = CharSet([(0x20, 0x21), (0x23, 0x5B), (0x5D, 0x7F)])
+_LEADS = [(b, utf8_prefix_interval(bytes((b,)))) for b in range(0xC2, 0xF5)]
+_RAW = _ASCII_ORDINARY | CharSet([(0x80, 0x10FFFF)])
+_ASCII_BITS = (1 << 0x80) - 1
+_LEAD_CLASSES = (  # (sequence length, mask of its lead bytes)
+    (2, sum(1 << b for b in range(0xC2, 0xE0))),
+    (3, sum(1 << b for b in range(0xE0, 0xF0))),
+    (4, sum(1 << b for b in range(0xF0, 0xF5))),
+)
+_MEMO_LIMIT = 200_000
+
+
+class Stack:
+    """Persistent stack node: ``frame`` on top of ``parent``; ``base`` = cheapest finish of everything below."""
+
+    __slots__ = ("frame", "parent", "base", "_h")
+
+    def __init__(self, frame: tuple, parent: Stack | None, base: int) -> None:
+        self.frame = frame
+        self.parent = parent
+        self.base = base
+        self._h = hash((frame, base, 0 if parent is None else parent._h))
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __eq__(self, other: object) -> bool:
+        a, b = self, other
+        while True:
+            if a is b:
+                return True
+            if not isinstance(b, Stack) or a._h != b._h or a.base != b.base or a.frame != b.frame:
+                return False
+            a, b = a.parent, b.parent
+            if a is None or b is None:
+                return a is b
+
+    def __repr__(self) -> str:
+        frames = []
+        s = self
+        while s is not None:
+            frames.append(_frame_repr(s.frame))
+            s = s.parent
+        return "Stack[" + " > ".join(frames) + "]"
+
+
+def _frame_repr(f: tuple) -> str:
+    names = "VSNLAOR"  # frame tags T_V .. T_R
+    return names[f[0]] + ("" if len(f) == 1 else "(" + ",".join(str(x)[:20] for x in f[2:]) + ")")
+
+
+class RecState(tuple):
+    """``(stacks, pending)``: live stacks and the bytes of an incomplete UTF-8 character (hashable)."""
+
+    __slots__ = ()
+
+    @property
+    def stacks(self) -> tuple[Stack, ...]:
+        return self[0]
+
+    @property
+    def pending(self) -> bytes:
+        return self[1]
+
+
+class Machine:
+    """The transition, allowed-set and cost functions over one compiled schema (memoised per frame)."""
+
+    def __init__(self, root: Alt) -> None:
+        self.root = root
+        self._allowed: dict = {}
+        root_stack = Stack(ROOT_FRAME, None, 0)
+        stacks = (Stack((T_V, root), root_stack, 0),) if root.min_cost is not None else ()
+        self.initial = RecState((stacks, b""))
+
+    # ---------------------------------------------------------------------------------------------------
+    # stepping
+
+    def step_byte(self, state: RecState, b: int) -> RecState | None:
+        stacks, pending = state
+        if pending:
+            p2 = pending + bytes((b,))
+            if utf8_prefix_interval(p2) is None:
+                return None
+            if len(p2) == utf8_needed(p2[0]):
+                return self.step_char(stacks, ord(p2.decode("utf-8")))
+            return RecState((stacks, p2))
+        if b < 0x80:
+            return self.step_char(stacks, b)
+        if utf8_needed(b) == 0 or utf8_prefix_interval(bytes((b,))) is None:
+            return None
+        return RecState((stacks, bytes((b,))))
+
+    def step_bytes(self, state: RecState, data: bytes) -> RecState | None:
+        for b in data:
+            state = self.step_byte(state, b)
+            if state is None:
+                return None
+        return state
+
+    def step_char(self, stacks: tuple[Stack, ...], c: int) -> RecState | None:
+        if len(stacks) == 1:
+            out = self._step(stacks[0], c)
+            if not out:
+                return None
+            if len(out) > 1:
+                out = list(dict.fromkeys(out))
+            return RecState((tuple(out), b""))
+        acc: dict[Stack, None] = {}
+        for st in stacks:
+            for ns in self._step(st, c):
+                acc[ns] = None
+        return RecState((tuple(acc), b"")) if acc else None
+
+    def _step(self, st: Stack, c: int) -> list[Stack]:
+        f = st.frame
+        tag = f[0]
+        if tag == T_S:
+            r = lex_step(f[1], (f[2], f[3]), f[4], c)
+            if r is None:
+                return []
+            if r is END:
+                return [st.parent]
+            (q, n), esc = r
+            return [Stack((T_S, f[1], q, n, esc), st.parent, st.base)]
+        if tag == T_V:
+            if c in WS_CODES:
+                return [st]
+            out = []
+            for s in f[1].simples:
+                out.extend(self._start_value(s, c, st.parent, st.base))
+            return out
+        if tag == T_N:
+            return self._step_number(st, c)
+        if tag == T_L:
+            word, pos = f[1], f[2]
+            if c != ord(word[pos]):
+                return []
+            if pos + 1 == len(word):
+                return [st.parent]
+            return [Stack((T_L, word, pos + 1), st.parent, st.base)]
+        if tag == T_A:
+            return self._step_array(st, c)
+        if tag == T_O:
+            return self._step_object(st, c)
+        # R: only trailing whitespace
+        return [st] if c in WS_CODES else []
+
+    def _start_value(self, s: Simple, c: int, parent: Stack, base: int) -> list[Stack]:
+        kc = s.kind_cost
+        if c == 0x22:
+            if STR in kc:
+                return [Stack((T_S, s.str, 0, 0, 0), parent, base)]
+        elif c == 0x7B:
+            if OBJ in kc:
+                return [Stack((T_O, s, O_START, frozenset(), None, 0), parent, base)]
+        elif c == 0x5B:
+            if ARR in kc:
+                return [Stack((T_A, s, A_START, 0), parent, base)]
+        elif c in _DIGIT_CPS:
+            if "number" in kc:
+                return [Stack((T_N, s, False, _DIGIT_CPS[c], None, None), parent, base)]
+        elif c == 0x2D:
+            if "number" in kc:
+                return [Stack((T_N, s, True, "", None, None), parent, base)]
+        elif c == 0x74:
+            if BOOL in kc and True in s.bools:
+                return [Stack((T_L, "true", 1), parent, base)]
+        elif c == 0x66:
+            if BOOL in kc and False in s.bools:
+                return [Stack((T_L, "false", 1), parent, base)]
+        elif c == 0x6E and NULL in kc:
+            return [Stack((T_L, "null", 1), parent, base)]
+        return []
+
+    def _step_number(self, st: Stack, c: int) -> list[Stack]:
+        _, s, neg, ip, fr, ex = st.frame
+        nxt = _number_next(neg, ip, fr, ex, c)
+        if nxt is not None:
+            if nxt is False:
+                return []
+            return [Stack((T_N, s, *nxt), st.parent, st.base)]
+        # c ends the number
+        if not _number_complete(ip, fr, ex) or not s.num.accepts_text(_number_text(neg, ip, fr, ex)):
+            return []
+        return self._step(st.parent, c)
+
+    def _step_array(self, st: Stack, c: int) -> list[Stack]:
+        _, s, phase, i = st.frame
+        arr = s.arr
+        if c in WS_CODES:
+            return [st]
+        if phase == A_AFTER:
+            if c == 0x2C:
+                return [Stack((T_A, s, A_COMMA, i), st.parent, st.base)] if arr.can_add(i) else []
+            if c == 0x5D:
+                return [st.parent] if i >= arr.min_items else []
+            return []
+        if phase == A_START and c == 0x5D:
+            return [st.parent] if arr.min_items == 0 else []
+        if not arr.can_add(i):
+            return []
+        after = (T_A, s, A_AFTER, i + 1)
+        pst = Stack(after, st.parent, st.base)
+        base = self.frame_cost(after) + st.base
+        out = []
+        for child in arr.alt_at(i).simples:
+            out.extend(self._start_value(child, c, pst, base))
+        return out
+
+    def _step_object(self, st: Stack, c: int) -> list[Stack]:
+        _, s, phase, seen, key, esc = st.frame
+        obj = s.obj
+        if phase == O_KEY:
+            r = lex_step(keymachine(obj, seen), key, esc, c)
+            if r is None:
+                return []
+            if r is END:
+                return [Stack((T_O, s, O_COLON, seen, key, 0), st.parent, st.base)]
+            return [Stack((T_O, s, O_KEY, seen, r[0], r[1]), st.parent, st.base)]
+        if c in WS_CODES:
+            return [st]
+        if phase == O_COLON:
+            if c != 0x3A:
+                return []
+            after = (T_O, s, O_AFTER, seen | {key}, None, 0)
+            pst = Stack(after, st.parent, st.base)
+            return [Stack((T_V, obj.value_alt(key)), pst, self.frame_cost(after) + st.base)]
+        if c == 0x22:
+            if phase == O_COMMA or (phase != O_AFTER and keymachine(obj, seen).possible()):
+                return [Stack((T_O, s, O_KEY, seen, "", 0), st.parent, st.base)]
+            return []
+        if phase == O_COMMA:
+            return []
+        if c == 0x7D:
+            return [st.parent] if _closable(obj, seen) else []
+        if c == 0x2C and phase == O_AFTER:
+            return (
+                [Stack((T_O, s, O_COMMA, seen, None, 0), st.parent, st.base)]
+                if keymachine(obj, seen).possible()
+                else []
+            )
+        return []
+
+    # ---------------------------------------------------------------------------------------------------
+    # queries
+
+    def accepting(self, state: RecState) -> bool:
+        if state[1]:
+            return False
+        for st in state[0]:
+            f = st.frame
+            if f[0] == T_R:
+                return True
+            if f[0] == T_N and st.parent.frame[0] == T_R:
+                _, s, neg, ip, fr, ex = f
+                if _number_complete(ip, fr, ex) and s.num.accepts_text(_number_text(neg, ip, fr, ex)):
+                    return True
+        return False
+
+    def in_string(self, state: RecState) -> bool:
+        for st in state[0]:
+            f = st.frame
+            return f[0] == T_S or (f[0] == T_O and f[2] == O_KEY)
+        return False
+
+    def allowed(self, state: RecState) -> CharSet:
+        """Next *characters* that keep a valid completion reachable (for the pending UTF-8 bytes, too)."""
+        stacks = state[0]
+        if len(stacks) == 1:
+            return self._allowed_stack(stacks[0])
+        acc = EMPTY
+        for st in stacks:
+            acc = acc | self._allowed_stack(st)
+        return acc
+
+    def _allowed_stack(self, st: Stack) -> CharSet:
+        f = st.frame
+        key = (f, st.parent.frame) if f[0] == T_N else f
+        r = self._allowed.get(key)
+        if r is None:
+            if len(self._allowed) > _MEMO_LIMIT:
+                self._allowed.clear()
+            r = self._allowed[key] = self._compute_allowed(st)
+        return r
+
+    def _compute_allowed(self, st: Stack) -> CharSet:
+        f = st.frame
+        tag = f[0]
+        if tag == T_V:
+            return WS | f[1].first
+        if tag == T_S:
+            return lex_allowed(f[1], (f[2], f[3]), f[4])
+        if tag == T_N:
+            return self._number_allowed(st)
+        if tag == T_L:
+            return CharSet.of(f[1][f[2]])
+        if tag == T_A:
+            _, s, phase, i = f
+            arr = s.arr
+            chars = []
+            if phase == A_AFTER:
+                if arr.can_add(i):
+                    chars.append(",")
+                if i >= arr.min_items:
+                    chars.append("]")
+                return WS | CharSet.of(*chars)
+            out = WS
+            if phase == A_START and arr.min_items == 0:
+                out = out | CharSet.of("]")
+            if arr.can_add(i):
+                out = out | arr.alt_at(i).first
+            return out
+        if tag == T_O:
+            _, s, phase, seen, key, esc = f
+            obj = s.obj
+            if phase == O_KEY:
+                return lex_allowed(keymachine(obj, seen), key, esc)
+            if phase == O_COLON:
+                return WS | CharSet.of(":")
+            if phase == O_COMMA:
+                return WS | CharSet.of('"')
+            chars = []
+            if keymachine(obj, seen).possible():
+                chars.append("," if phase == O_AFTER else '"')
+            if _closable(obj, seen):
+                chars.append("}")
+            return WS | CharSet.of(*chars)
+        return WS
+
+    def _number_allowed(self, st: Stack) -> CharSet:
+        _, s, neg, ip, fr, ex = st.frame
+        num = s.num
+        chars = []
+        if ex is not None:  # only reachable by feeding text the mask would not produce
+            chars.extend(DIGITS)
+            if ex in ("e", "E"):
+                chars.extend("+-")
+            out = CharSet.of(*chars)
+            if _number_complete(ip, fr, ex) and num.accepts_text(_number_text(neg, ip, fr, ex)):
+                out = out | self._allowed_stack(st.parent)
+            return out
+        if ip == "":
+            chars.extend(d for d in DIGITS if num.cost(neg, d, None) is not None)
+        elif fr is None:
+            if ip != "0":
+                chars.extend(d for d in DIGITS if num.cost(neg, ip + d, None) is not None)
+            if num.cost(neg, ip, "") is not None:
+                chars.append(".")
+        else:
+            chars.extend(d for d in DIGITS if num.cost(neg, ip, fr + d) is not None)
+        out = CharSet.of(*chars)
+        if ip != "" and fr != "" and num.cost(neg, ip, fr) == 0:
+            out = out | self._allowed_stack(st.parent)
+        return out
+
+    # costs ---------------------------------------------------------------------------------------------
+    def frame_cost(self, f: tuple) -> int | None:
+        """Cheapest way (bytes) to finish the value of frame ``f`` *and* close it (memoised per frame)."""
+        key = ("cost", f)
+        try:
+            return self._allowed[key]
+        except KeyError:
+            pass
+        r = self._frame_cost(f)
+        if len(self._allowed) > _MEMO_LIMIT:
+            self._allowed.clear()
+        self._allowed[key] = r
+        return r
+
+    def _frame_cost(self, f: tuple) -> int | None:
+        tag = f[0]
+        if tag == T_V:
+            return f[1].min_cost
+        if tag == T_S:
+            return lex_cost(f[1], (f[2], f[3]), f[4])
+        if tag == T_N:
+            _, s, neg, ip, fr, ex = f
+            if ex is not None:
+                ok = _number_complete(ip, fr, ex) and s.num.accepts_text(_number_text(neg, ip, fr, ex))
+                return 0 if ok else None
+            return s.num.cost(neg, ip, fr)
+        if tag == T_L:
+            return len(f[1]) - f[2]
+        if tag == T_A:
+            _, s, phase, i = f
+            arr = s.arr
+            if phase == A_COMMA:
+                c = arr.alt_at(i).min_cost
+                r = arr.rest_cost(i + 1, False)
+                return None if c is None or r is None else c + r
+            return arr.rest_cost(i, phase == A_START)
+        if tag == T_O:
+            _, s, phase, seen, key, esc = f
+            obj = s.obj
+            if phase == O_KEY:
+                return lex_cost(keymachine(obj, seen), key, esc)
+            if phase == O_COLON:
+                c = obj.value_alt(key).min_cost
+                r = obj.rest_cost(seen | {key}, False)
+                return None if c is None or r is None else 1 + c + r
+            if phase == O_COMMA:
+                c = keymachine(obj, seen).m_cost("")
+                return None if c is None else 1 + c
+            return obj.rest_cost(seen, phase == O_START)
+        return 0
+
+    def cost(self, state: RecState) -> int | None:
+        """Fewest bytes that complete ``state`` to an accepted text (0 if it is accepted already)."""
+        stacks, pending = state
+        best = None
+        if pending:
+            lo, hi = utf8_prefix_interval(pending)
+            rest = utf8_needed(pending[0]) - len(pending)
+            for st in stacks:
+                f = st.frame
+                if f[0] == T_S:
+                    c = lex_cost_range(f[1], (f[2], f[3]), f[4], lo, hi)
+                elif f[0] == T_O and f[2] == O_KEY:
+                    c = lex_cost_range(keymachine(f[1].obj, f[3]), f[4], f[5], lo, hi)
+                else:
+                    c = None
+                if c is not None and (best is None or rest + c + st.base < best):
+                    best = rest + c + st.base
+            return best
+        for st in stacks:
+            c = self.frame_cost(st.frame)
+            if c is not None and (best is None or c + st.base < best):
+                best = c + st.base
+        return best
+
+    # budget ------------------------------------------------------------------------------------------
+    def bytes_within(self, state: RecState, bits: int, budget: int) -> int:
+        """The bytes of ``bits`` after which the shortest completion is at most ``budget`` bytes."""
+        stacks, pending = state
+        out = 0
+        for st in stacks:
+            lim = budget - st.base
+            table = self._delta_table(st) if not pending else self._pending_delta_table(st, pending)
+            for d, mask in table:
+                if d <= lim:
+                    out |= mask
+        return out & bits
+
+    def _pending_delta_table(self, st: Stack, pending: bytes) -> list[tuple[int, int]]:
+        """Like :meth:`_delta_table`, in the middle of a multi-byte character (cached per frame and bytes)."""
+        f = st.frame
+        key = ("pdelta", f, pending)
+        r = self._allowed.get(key)
+        if r is not None:
+            return r
+        by_delta: dict[int, int] = {}
+        state = RecState(((st,), pending))
+        bits = allowed_bytes(self._allowed_stack(st), pending)
+        if f[0] == T_S and f[4] == 0 and f[1].dfa is None and bits:
+            bits = bits & -bits  # free string content: every allowed continuation leads to the same cost
+            single = True
+        else:
+            single = False
+        all_bits = allowed_bytes(self._allowed_stack(st), pending)
+        while bits:
+            low = bits & -bits
+            bits ^= low
+            ns = self.step_byte(state, low.bit_length() - 1)
+            if ns is not None:
+                c = self.cost(ns)
+                if c is not None:
+                    by_delta[c - st.base] = by_delta.get(c - st.base, 0) | (all_bits if single else low)
+        r = sorted(by_delta.items())
+        if len(self._allowed) > _MEMO_LIMIT:
+            self._allowed.clear()
+        self._allowed[key] = r
+        return r
+
+    def _delta_table(self, st: Stack) -> list[tuple[int, int]]:
+        """``[(delta, byte mask)]``: shortest completion after each allowed byte, minus ``st.base``.
+
+        It depends only on the top frame (and the parent frame for numbers), so it is cached per frame.
+        """
+        f = st.frame
+        key = ("delta", f, st.parent.frame) if f[0] == T_N else ("delta", f)
+        r = self._allowed.get(key)
+        if r is not None:
+            return r
+        by_delta: dict[int, int] = {}
+
+        def put(d, mask):
+            if d is not None and mask:
+                by_delta[d] = by_delta.get(d, 0) | mask
+
+        tag = f[0]
+        if tag == T_S and f[4] == 0:
+            self._string_deltas(f[1], (f[2], f[3]), None, put)
+        elif tag == T_O and f[2] == O_KEY and f[5] == 0:
+            self._string_deltas(keymachine(f[1].obj, f[3]), f[4], f, put)
+        else:
+            bits = allowed_bytes(self._allowed_stack(st), b"")
+            single = RecState(((st,), b""))
+            while bits:
+                low = bits & -bits
+                bits ^= low
+                b = low.bit_length() - 1
+                ns = self.step_byte(single, b)
+                if ns is not None:
+                    c = self.cost(ns)
+                    put(None if c is None else c - st.base, low)
+        r = sorted(by_delta.items())
+        if len(self._allowed) > _MEMO_LIMIT:
+            self._allowed.clear()
+        self._allowed[key] = r
+        return r
+
+    def _string_deltas(self, m, ms, key_frame, put) -> None:
+        """Delta table of ordinary string/key content, grouping bytes that provably lead to equal costs."""
+        D = m.m_allowed(ms)
+        if m.m_can_end(ms):
+            if key_frame is None:
+                put(0, 1 << 0x22)
+            else:
+                _, s, _, seen, _, _ = key_frame
+                put(self.frame_cost((T_O, s, O_COLON, seen, ms, 0)), 1 << 0x22)
+        if D:
+            put(lex_cost(m, ms, 1), 1 << 0x5C)
+        ordinary = D & _ASCII_ORDINARY
+        raw_bits = allowed_bytes(D & _RAW, b"")  # ordinary ASCII + allowed lead bytes
+        if isinstance(m, KeyMachine):
+            special = m.special_next(ms)
+            generic = m.generic_cost(ms)
+            special_bits = 0
+            for c in special:
+                if c < 0x80 and c in ordinary:
+                    ms2 = m.m_step(ms, c)
+                    put(None if ms2 is None else m.m_cost(ms2), 1 << c)
+                    special_bits |= 1 << c
+                elif c >= 0x80:
+                    special_bits |= 1 << chr(c).encode("utf-8")[0]
+            put(generic, raw_bits & _ASCII_BITS & ~special_bits)
+            if generic is not None:
+                for n_bytes, lead_mask in _LEAD_CLASSES:
+                    put(n_bytes - 1 + generic, raw_bits & lead_mask & ~special_bits)
+            for lead, iv in _LEADS:  # lead bytes of special non-ASCII characters: exactly
+                if (special_bits >> lead) & 1 and D.intersects(*iv):
+                    c = m.m_cost_range(ms, *iv)
+                    put(None if c is None else utf8_needed(lead) - 1 + c, 1 << lead)
+            return
+        if m.dfa is None:
+            ms2 = m.m_step(ms, ordinary.min()) if ordinary else None
+            cost = None if ms2 is None else m.m_cost(ms2)
+            put(cost, raw_bits & _ASCII_BITS)
+            after = m.m_cost_range(ms, 0x80, 0x10FFFF)
+            if after is not None:
+                for n_bytes, lead_mask in _LEAD_CLASSES:
+                    put(n_bytes - 1 + after, raw_bits & lead_mask)
+            return
+        q, n = ms
+        n1 = m.norm(n + 1)
+        for a, b, t in m.dfa.trans[q]:
+            if a > 0x7F:
+                break
+            put(m.cost(t, n1), allowed_bytes(ordinary & CharSet([(a, min(b, 0x7F))]), b""))
+        if D.ranges and D.ranges[-1][1] >= 0x80:
+            for lead, iv in _LEADS:
+                if D.intersects(*iv):
+                    c = m.m_cost_range(ms, *iv)
+                    put(None if c is None else utf8_needed(lead) - 1 + c, 1 << lead)
+
+    def shortest_completion(self, state: RecState) -> bytes | None:
+        """A cheapest byte string that completes ``state`` (None if there is none)."""
+        out = bytearray()
+        guard = 0
+        while True:
+            c0 = self.cost(state)
+            if c0 is None:
+                return None
+            if c0 == 0 and self.accepting(state):
+                return bytes(out)
+            guard += 1
+            if guard > 1_000_000:
+                return None
+            chosen = None
+            allowed = self.allowed(state)
+            if state[1]:
+                lo, hi = utf8_prefix_interval(state[1])
+                allowed = allowed & CharSet([(lo, hi)])
+            for cp in _candidates(allowed, state):
+                data = chr(cp).encode("utf-8")[len(state[1]) :]
+                ns = self.step_bytes(state, data)
+                if ns is None:
+                    continue
+                c = self.cost(ns)
+                if c is not None and len(data) + c <= c0:
+                    chosen = (data, ns)
+                    break
+            if chosen is None:
+                return None
+            out += chosen[0]
+            state = chosen[1]
+
+
+def _candidates(cs: CharSet, state: RecState):
+    """Characters worth trying when building a shortest completion: all ASCII members, then samples."""
+    for a, b in cs.ranges:
+        yield from range(a, min(b, 0x7F) + 1)
+    starts = set()
+    for st in state[0]:
+        f = st.frame
+        if f[0] == T_S and f[1].dfa is not None:
+            for lo, _, _ in f[1].dfa.trans[f[2]]:
+                starts.add(lo)
+    for a, b in cs.ranges:
+        if b < 0x80:
+            continue
+        a = max(a, 0x80)
+        for edge in (0x80, 0x800, 0x10000):
+            if a < edge <= b:
+                yield edge
+        yield a
+        for lo in sorted(starts):
+            if a <= lo <= b:
+                yield lo
+
+
+def keymachine(obj, seen: frozenset) -> KeyMachine:
+    km = obj._keym.get(seen)
+    if km is None:
+        if len(obj._keym) > 50_000:
+            obj._keym.clear()
+        km = obj._keym[seen] = KeyMachine(obj, seen)
+    return km
+
+
+def _closable(obj, seen: frozenset) -> bool:
+    return obj.closable(seen)
+
+
+def _number_text(neg, ip, fr, ex) -> str:
+    return ("-" if neg else "") + ip + ("" if fr is None else "." + fr) + (ex or "")
+
+
+def _number_complete(ip, fr, ex) -> bool:
+    return ip != "" and fr != "" and (ex is None or ex[-1] in DIGITS)
+
+
+def _number_next(neg, ip, fr, ex, c: int):
+    """Syntactic continuation of a number: new (neg, ip, fr, ex), False (invalid), None (c ends the number)."""
+    d = _DIGIT_CPS.get(c)
+    if ex is None:
+        if ip == "":
+            return (neg, d, None, None) if d is not None else False
+        if fr is None:
+            if d is not None:
+                return None if ip == "0" else (neg, ip + d, None, None)
+            if c == 0x2E:
+                return (neg, ip, "", None)
+        elif d is not None:
+            return (neg, ip, fr + d, None)
+        elif fr == "":
+            return False
+        if c in (0x65, 0x45):
+            return (neg, ip, fr, chr(c))
+        return None
+    if d is not None:
+        return (neg, ip, fr, ex + d)
+    if ex in ("e", "E"):
+        return (neg, ip, fr, ex + chr(c)) if c in (0x2B, 0x2D) else False
+    if ex[-1] in "+-":
+        return False
+    return None
+
+
+__all__ = ["Machine", "RecState", "Stack", "utf8_len"]

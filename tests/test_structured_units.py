@@ -1,0 +1,352 @@
+"""Unit and differential tests of the schema compiler and recogniser (references: ``jsonschema``, ``re``, ``json``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omnifuse.tasks.structured import SchemaError, UnsupportedSchemaError, compile_schema
+from omnifuse.tasks.structured.numbers import NumSpec
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reference_valid(schema, value) -> bool:
+    return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# fail closed
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword", "path"),
+    [
+        ({"properties": {"a": {"multipleOf": 2}}}, "multipleOf", "#/properties/a"),
+        ({"items": {"uniqueItems": True}}, "uniqueItems", "#/items"),
+        ({"$defs": {"x": {"contains": {}}}, "$ref": "#/$defs/x"}, "contains", "#/$defs/x"),
+        ({"type": "string", "format": "uri"}, "format", "#"),
+        ({"pattern": "(?=a)b"}, "pattern", "#/pattern"),
+        ({"pattern": "\\bword"}, "pattern", "#/pattern"),
+        ({"pattern": "(a)\\1"}, "pattern", "#/pattern"),
+        ({"oneOf": [{"type": "array", "items": {"type": "integer"}}, {"minItems": 2}]}, "oneOf", "#/oneOf"),
+        ({"$ref": "https://example.com/other.json"}, "$ref", "#"),
+        ({"if": {"additionalProperties": False}, "then": {"minProperties": 2}}, "additionalProperties", "#/if"),
+        ({"$schema": "http://json-schema.org/draft-07/schema#"}, "$schema", "#"),
+        ({"prefixItems": [{"unevaluatedItems": False}]}, "unevaluatedItems", "#/prefixItems/0"),
+        ({"patternProperties": {"^x": {"type": "integer"}}}, "patternProperties", "#"),
+        ({"properties": {"a": {"not": {"items": {"type": "string"}}}}}, "items", "#/properties/a/not"),
+        ({"$defs": {"a": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}, "$ref", "#/$defs/a"),
+        ({"additionalItems": False}, "additionalItems", "#"),
+        ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "$ref", "#/$defs/a"),
+    ],
+)
+def test_unsupported_keyword_is_named_with_its_path(schema, keyword, path) -> None:
+    with pytest.raises(UnsupportedSchemaError) as info:
+        compile_schema(schema)
+    assert info.value.keyword == keyword
+    assert info.value.path == path
+    assert keyword in str(info.value) and path in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": "foo"}, {"minLength": -1}, {"maxItems": 1.5}, {"$ref": "#/$defs/missing"}, {"pattern": "(ab"}, [1]],
+)
+def test_malformed_schema_raises_schema_error(schema) -> None:
+    with pytest.raises(SchemaError):
+        compile_schema(schema)
+
+
+def test_no_op_forms_of_unsupported_keywords_are_accepted() -> None:
+    compiled = compile_schema(
+        {"uniqueItems": False, "propertyNames": True, "unevaluatedItems": {}, "then": {"minimum": 5}, "x-custom": 1}
+    )
+    assert compiled.accepts("[1, 1]") and compiled.accepts("3")
+
+
+def test_format_modes() -> None:
+    with pytest.raises(UnsupportedSchemaError):
+        compile_schema({"format": "uri"})
+    assert compile_schema({"format": "uri"}, formats="annotation").accepts('"not a uri"')
+    assert not compile_schema({"format": "date"}).accepts('"2023-02-29"')
+    assert compile_schema({"format": "date"}).accepts('"2024-02-29"')
+
+
+# --------------------------------------------------------------------------------------------------------
+# recogniser semantics
+
+
+def test_allof_merges_by_intersection() -> None:
+    schema = {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {"properties": {"a": {"minimum": 5}}, "additionalProperties": False},
+        ]
+    }
+    c = compile_schema(schema)
+    for text, ok in [('{"a": 5}', True), ('{"a": 3}', False), ('{"a": 5.0}', True), ('{"a": 5, "b": 1}', False)]:
+        assert c.accepts(text) == ok == reference_valid(schema, json.loads(text))
+
+
+def test_duplicate_keys_are_refused() -> None:
+    assert not compile_schema({"type": "object"}).accepts('{"a": 1, "a": 2}')
+
+
+def test_integer_semantics_follow_the_validator() -> None:
+    c = compile_schema({"type": "integer", "minimum": 2})
+    for text in ["2", "2.0", "2e0", "20E-1", "1.5", "-0", "1e400", "3.0000000000000000001", "1.9999999999999999999"]:
+        assert c.accepts(text) == reference_valid(c.schema, json.loads(text)), text
+
+
+def test_utf8_bytes_inside_strings() -> None:
+    c = compile_schema({"type": "string", "maxLength": 2})
+    rec = c.recogniser()
+    assert rec.feed(b'"\xc3')  # first byte of 'é'
+    allowed = rec.allowed_bytes()
+    assert all((allowed >> b) & 1 for b in range(0x80, 0xC0)) and not any((allowed >> b) & 1 for b in range(0x80))
+    assert not rec.copy().feed(b"A")  # a continuation byte is required
+    assert rec.feed(b'\xa9\xe6\x97\xa5"') and rec.accepting  # "é日"
+    assert not c.accepts(b'"\xc0\x80"')  # overlong encoding
+    assert not c.accepts(b'"\xed\xa0\x80"')  # encoded surrogate
+    assert c.accepts('"\\ud83d\\ude00"') and c.accepts('"😀x"')  # one code point each
+    assert not c.accepts('"\\ud83d"') and not c.accepts('"\\ude00"')  # lone surrogates are refused
+    assert not c.accepts('"😀xy"')
+
+
+def test_escapes_are_decoded_for_constraints() -> None:
+    c = compile_schema({"enum": ['a"b', "é/x", "tab\t"]})
+    for text in ['"a\\"b"', '"\\u00e9\\/x"', '"\\u00E9/x"', '"tab\\t"', '"tab\\u0009"']:
+        assert c.accepts(text), text
+    assert not c.accepts('"tab\t"')  # raw control characters are not JSON
+    rec = c.recogniser()
+    rec.feed('"\\u00')
+    assert {chr(x) for a, b in rec.allowed_next().ranges for x in range(a, b + 1)} == set("67eE")  # a t é
+
+
+def test_deep_recursion_has_no_depth_cap() -> None:
+    c = compile_schema({"$defs": {"a": {"type": "array", "items": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"})
+    depth = 5000
+    rec = c.recogniser()
+    assert rec.feed("[" * depth)
+    assert rec.min_chars_to_complete == depth
+    assert rec.shortest_completion() == b"]" * depth
+    assert rec.feed("]" * depth) and rec.accepting
+
+
+def test_counters_are_state_not_grammar() -> None:
+    t = time.perf_counter()
+    c = compile_schema(
+        {"type": "array", "items": {"type": "string", "maxLength": 10**6}, "minItems": 3, "maxItems": 10**6}
+    )
+    assert time.perf_counter() - t < 5  # nothing is unrolled (generous bound: only guards against blow-ups)
+    assert c.num_nodes <= 3
+    assert c.min_chars == len('["","",""]')
+    assert c.accepts(json.dumps(["x" * 1000] * 3)) and not c.accepts('["", ""]')
+
+
+def test_recogniser_copy_is_independent() -> None:
+    c = compile_schema({"type": "array", "items": {"type": "integer"}})
+    a = c.recogniser()
+    a.feed("[1")
+    b = a.copy()
+    b.feed("]")
+    assert b.accepting and not a.accepting
+    assert a.feed(", 2]") and a.accepting
+    assert not a.feed("x") and a.accepting  # a rejected feed leaves the state unchanged
+
+
+def test_whitespace_is_unbounded_in_the_recogniser() -> None:
+    value = {"a": [1, {"b": None}], "c": "x"}
+    c = compile_schema({"type": "object"})
+    assert c.accepts(json.dumps(value, indent=40))
+
+
+def test_anyof_branches_run_in_parallel() -> None:
+    schema = {
+        "anyOf": [
+            {"type": "object", "properties": {"k": {"const": 1}, "v": {"type": "string"}}, "required": ["k", "v"]},
+            {"type": "object", "properties": {"k": {"const": 2}, "v": {"type": "integer"}}, "required": ["k", "v"]},
+        ]
+    }
+    c = compile_schema(schema)
+    for text in ['{"k":1,"v":"x"}', '{"k":2,"v":3}', '{"k":1,"v":3}', '{"v":3,"k":2}', '{"v":"x","k":2}']:
+        assert c.accepts(text) == reference_valid(schema, json.loads(text)), text
+
+
+def test_unsatisfiable_schema_accepts_nothing() -> None:
+    for schema in [
+        False,
+        {"allOf": [{"type": "string"}, {"type": "integer"}]},
+        {"minimum": 3, "maximum": 2, "type": "number"},
+    ]:
+        c = compile_schema(schema)
+        assert not c.satisfiable and not c.accepts("1") and not c.accepts('"a"')
+
+
+# --------------------------------------------------------------------------------------------------------
+# differential tests against the reference validator and Python's re
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False, width=64)
+    | st.text(st.characters(codec="utf-8"), max_size=6),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from("abcxyz"), children, max_size=4),
+    max_leaves=10,
+)
+DIFF_SCHEMAS = [
+    {
+        "type": "object",
+        "properties": {"a": {"type": "integer", "minimum": 0}, "b": {"type": "string"}},
+        "required": ["a"],
+    },
+    {
+        "type": "array",
+        "prefixItems": [{"type": "boolean"}, {"type": "null"}],
+        "items": {"type": "number"},
+        "maxItems": 3,
+    },
+    {"anyOf": [{"type": "string", "maxLength": 2}, {"type": "number", "exclusiveMaximum": 0.5}]},
+    {"enum": [None, 1, "x", [1, "a"], {"a": [True]}]},
+    {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}, "maxProperties": 2},
+    {"not": {"type": ["object", "array"]}, "minimum": -3.5, "maxLength": 3},
+    {
+        "$defs": {"t": {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#/$defs/t"}}]}},
+        "$ref": "#/$defs/t",
+    },
+    {"type": "string", "pattern": "^[a-c]*(x|yz)?$", "minLength": 1},
+    {"oneOf": [{"type": "integer"}, {"minimum": 2}, {"type": "string", "pattern": "a"}]},
+    {"if": {"type": "string"}, "then": {"minLength": 2}, "else": {"not": {"type": ["null", "object"]}}},
+    {"not": {"enum": ["a", 1, [1, None], {"a": 1}, None]}},
+    {"type": "object", "dependentRequired": {"a": ["b"], "b": ["c"]}, "properties": {"a": {"type": "integer"}}},
+    {"not": {"anyOf": [{"type": "integer"}, {"pattern": "^x"}, {"required": ["b"]}, {"prefixItems": [True, False]}]}},
+]
+
+
+@pytest.mark.parametrize("index", range(len(DIFF_SCHEMAS)))
+@FAST
+@given(value=JSON_VALUES)
+def test_verdicts_match_reference_validator(index: int, value) -> None:
+    schema = DIFF_SCHEMAS[index]
+    compiled = compile_schema(schema)
+    expected = reference_valid(schema, value)
+    for text in (
+        json.dumps(value),
+        json.dumps(value, indent=1, ensure_ascii=False),
+        json.dumps(value, separators=(",", ":")),
+    ):
+        assert compiled.accepts(text) == expected, text
+
+
+PATTERNS = [
+    "a+b?",
+    "^a*$",
+    "^(ab|c)+$",
+    "x{2,3}",
+    "^[^a-c]+$",
+    "\\d\\.\\d",
+    "^\\w+$",
+    "^.$",
+    "colou?r",
+    "[\\s-]",
+    "^$",
+    "",
+]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@FAST
+@given(text=st.text(st.sampled_from("abcxr.1 -\n_é"), max_size=7))
+def test_patterns_agree_with_python_re(pattern: str, text: str) -> None:
+    compiled = compile_schema({"type": "string", "pattern": pattern})
+    verdict = compiled.accepts(json.dumps(text))
+    if text.endswith("\n") or not text.isascii():
+        # Python's "$" also matches before a final newline and its \w \d \s are Unicode-aware: ours is the
+        # subset both Python and ECMA-262 accept
+        assert not verdict or re.search(pattern, text)
+    else:
+        assert verdict == bool(re.search(pattern, text))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(lo=3, hi=17),
+        dict(lo=-2.5, lo_excl=True, hi=0.25),
+        dict(integer=True, lo=-20, hi=-3, hi_excl=True),
+        dict(lo=0.1, hi=0.1),
+        dict(values=(1.5, -2, 0.03, 40)),
+        dict(integer=True, lo=100, hi=1000),
+    ],
+)
+def test_number_prefix_costs_match_brute_force(spec) -> None:
+    """The shortest completion of every short number prefix equals a brute-force search over decimal texts."""
+    num = NumSpec(**spec)
+    max_len = 4
+    texts = set()
+
+    def grow(t: str) -> None:
+        texts.add(t)
+        if len(t) == max_len:
+            return
+        for ch in "-0123456789.":
+            u = t + ch
+            if re.fullmatch(r"-?((0|[1-9]\d*)(\.\d*)?)?", u):
+                if "." in u and num.integer:
+                    continue
+                grow(u)
+
+    grow("")
+    complete = {t for t in texts if re.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?", t)}
+    valid = {t for t in complete if num.accepts_text(t) and num.cost(*_split(t)) == 0}
+    shortest: dict[str, int] = {}
+    for v in valid:
+        for k in range(len(v) + 1):
+            shortest[v[:k]] = min(shortest.get(v[:k], 99), len(v) - k)
+    for t in texts:
+        best = shortest.get(t)
+        if best is not None:
+            assert num.cost(*_split(t)) == best, t
+        elif num.cost(*_split(t)) is not None:
+            assert num.cost(*_split(t)) > max_len - len(t), t
+    for t in complete:
+        if num.cost(*_split(t)) == 0:
+            value = json.loads(t)
+            schema = {"type": "integer" if num.integer else "number"}
+            for key, kw in (("lo", "minimum"), ("hi", "maximum")):
+                if spec.get(key) is not None:
+                    schema["exclusiveM" + kw[1:] if spec.get(key + "_excl") else kw] = spec[key]
+            if "values" in spec:
+                schema["enum"] = list(spec["values"])
+            assert reference_valid(schema, value), t
+
+
+def _split(t: str):
+    if t == "":
+        return None, "", None
+    neg = t.startswith("-")
+    body = t[1:] if neg else t
+    ip, _, fr = body.partition(".")
+    return neg, ip, (fr if "." in body else None)
+
+
+def test_bounds_survive_flush_to_zero() -> None:
+    """``torch.set_flush_denormal(True)`` (used by the CLI) makes subnormal doubles read as 0: the mask avoids them."""
+    import torch
+
+    torch.set_flush_denormal(True)  # as tests/conftest.py and the CLI do (the mode cannot be read back)
+    num = NumSpec(lo=0, lo_excl=True, hi=0, hi_excl=False)
+    assert num.intervals == [] or all(a > 0 for a, _, _ in num.intervals)
+    num = NumSpec(lo=0, lo_excl=True, hi=0.5, hi_excl=True)
+    lo = num.intervals[0][0]
+    assert lo > 0 and float(lo) > 0  # a normal double: it parses back to a positive float
+    assert num.cost(True, "", None) is None  # no negative number, not even -0
+    assert num.cost(False, "0", None) == 2  # "0" -> "0.1"
