@@ -38,14 +38,16 @@ def generation_kwargs(config: GenerationConfig, batch: MultimodalBatch, tokenize
             vocab_size=tokenizer.vocab_size,
             eos_id=tokenizer.eos_id,
             max_new_tokens=config.max_new_tokens,
-            prompt_len=1,
+            prompt_len=None,  # taken from the prompt width on the first call
             num_beams=config.num_beams if config.strategy == "beam" else 1,
+            pad_id=tokenizer.pad_id,
         )
     return kwargs
 
 
-def drop_unusable_schemas(batch: MultimodalBatch) -> tuple[MultimodalBatch, list[dict]]:
-    """Rows whose schema cannot be enforced (unsupported keyword, invalid schema) become errors, not crashes."""
+def drop_unusable_schemas(batch: MultimodalBatch, max_new_tokens: int) -> tuple[MultimodalBatch, list[dict]]:
+    """Rows whose schema cannot be enforced become errors, not crashes: an unsupported keyword, an invalid schema, a
+    schema no instance satisfies, or one whose shortest instance does not fit in ``max_new_tokens``."""
     if not any(schema is not None for schema in batch.schemas):
         return batch, []
     from omnifuse.tasks.structured import SchemaError, compile_schema
@@ -54,7 +56,7 @@ def drop_unusable_schemas(batch: MultimodalBatch) -> tuple[MultimodalBatch, list
     for row, schema in enumerate(batch.schemas):
         try:
             if schema is not None:
-                compile_schema(schema)
+                compile_schema(schema).check_generation(max_new_tokens)
             keep.append(row)
         except SchemaError as err:
             errors.append({"id": batch.ids[row], "error": f"record {batch.ids[row]!r}: field 'schema': {err}"})
@@ -74,7 +76,7 @@ def format_prediction(task: str, text: str) -> Any:
 def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationConfig) -> dict[str, list[dict]]:
     """Predictions for the good rows of ``batch`` and ``{"id", "error"}`` rows for the bad ones."""
     errors = [{"id": rid, "error": reason} for rid, reason in batch.failed]
-    batch, schema_errors = drop_unusable_schemas(batch)
+    batch, schema_errors = drop_unusable_schemas(batch, config.max_new_tokens)
     errors += schema_errors
     predictions: list[dict] = []
     if len(batch) == 0:

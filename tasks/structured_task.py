@@ -1,0 +1,45 @@
+"""Structured output: JSON generated under each record's JSON Schema, scored for validity and per-field accuracy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+from omnifuse.data.batch import MultimodalBatch
+from omnifuse.tasks.metrics import json_scores
+from omnifuse.tasks.module import OmniTask
+
+
+def validate_with_jsonschema(instance: Any, schema: dict) -> bool:
+    """An independent validator for the metric: the ``jsonschema`` library, not our own recogniser."""
+    return jsonschema.Draft202012Validator(schema).is_valid(instance)
+
+
+class StructuredTask(OmniTask):
+    """``json`` records: teacher-forced training on the compact JSON target; generation under the record's schema.
+
+    Metrics: ``validity`` (parses and validates with ``jsonschema``), ``exact_match``, ``field_accuracy`` (mean over
+    the target's top-level fields) and ``bbox_iou`` (for targets with a ``bbox`` [x0, y0, x1, y1]).
+    """
+
+    task = "json"
+    monitor = "val/field_accuracy"
+    monitor_mode = "max"
+
+    def reset_metrics(self) -> None:
+        self._predictions: list[str] = []
+        self._targets: list[Any] = []
+        self._schemas: list[dict | None] = []
+
+    def update_metrics(self, predictions: list[str], batch: MultimodalBatch) -> None:
+        self._predictions += predictions
+        self._targets += list(batch.targets)
+        self._schemas += list(batch.schemas)
+
+    def compute_metrics(self) -> dict[str, float]:
+        if not self._predictions:
+            return {}
+        scores = json_scores(self._predictions, self._targets, self._schemas, validate=validate_with_jsonschema)
+        return {k: float(v) for k, v in scores.items() if k in ("validity", "exact_match", "field_accuracy", "bbox_iou")
+                and v is not None}
