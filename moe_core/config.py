@@ -49,7 +49,10 @@ class MoEDecoderConfig:
     mtp_loss_coef: float = 0.3
     pad_id: int = 256
     norm_eps: float = 1e-6
-    init_std: float = 0.02
+    # None: d_model ** -0.5 (fan-in). GPT-2's fixed 0.02 suits d_model ~768; at the small widths a CPU recipe uses
+    # it starved the memory path (measured: easy-VQA shape questions stayed at chance for 900 steps, 81% after 100
+    # shape-only steps with 0.1).
+    init_std: float | None = None
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:

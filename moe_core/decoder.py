@@ -132,8 +132,9 @@ class MoEDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------ setup
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) everywhere; residual output projections scaled by ``1/sqrt(2 * n_layers)``."""
-        std = self.config.init_std
+        """Normal(0, init_std) everywhere (default ``d_model ** -0.5``); residual output projections scaled by
+        ``1/sqrt(2 * n_layers)``."""
+        std = self.config.init_std if self.config.init_std is not None else self.config.d_model**-0.5
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, m in self.named_modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
