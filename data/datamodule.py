@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
+from omnifuse.data.sampler import ResumableSampler
 from omnifuse.data.tokenizer import ByteTokenizer
 
 PREPARERS: tuple[str, ...] = ("easyvqa",)
@@ -92,6 +92,8 @@ class MultimodalDataModule(L.LightningDataModule):
         self.collator = Collator(self.tokenizer, max_text_len=max_text_len, max_target_len=max_target_len)
         # Ids the prediction writer already wrote in an earlier, interrupted run (set by JsonlPredictionWriter).
         self.skip_predict_ids: set[str] = set()
+        # (epoch, batches done) from a checkpoint being resumed (set by load_state_dict, used by train_dataloader).
+        self._resume_at: tuple[int, int] | None = None
         self.datasets: dict[str, ManifestDataset] = {}
 
     # ---------------------------------------------------------------------------------------------------- building
@@ -168,16 +170,41 @@ class MultimodalDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         if split not in self.datasets:
             raise ValueError(f"no {split} data: set {split}_manifest (and call setup)")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=self._train_sampler(self.datasets[split]) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=self.collator,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _train_sampler(self, dataset: ManifestDataset) -> ResumableSampler:
+        # Seeded by (seed, epoch), sharded over the ranks, started where a resumed checkpoint left off.
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+        if self._resume_at is not None:
+            epoch, batches = self._resume_at
+            sampler.start_at(epoch, batches * self.batch_size)
+            self._resume_at = None
+        return sampler
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the data (saved in every checkpoint), so that ``fit --ckpt_path`` after a kill
+        mid-epoch continues with the next batch instead of restarting the epoch."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        epoch = trainer.current_epoch
+        if done >= trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        return {"train_epoch": int(epoch), "train_batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "train_epoch" in state_dict:
+            self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -190,4 +217,8 @@ class MultimodalDataModule(L.LightningDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
+        # Rebuilt here too: the prediction writer's setup, which Lightning runs after this module's, may just have
+        # named the ids a resumed job already wrote (skip_predict_ids).
+        if self.predict_manifest is not None and self.skip_predict_ids:
+            self.datasets["predict"] = self._dataset("predict", self.predict_manifest)
         return self._loader("predict")

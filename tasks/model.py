@@ -37,6 +37,7 @@ class FusionConfig:
     ffn_mult: int = 4
     dropout: float = 0.0
     modality_dropout: float = 0.0
+    gate_floor: float = 0.5
 
 
 @dataclass
@@ -220,6 +221,8 @@ class OmniModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> OmniModel:
         """Load a ``save_pretrained`` folder, or a Lightning ``.ckpt`` written by an omnifuse task."""
+        from omnifuse.tasks.lora import merge_lora_state  # local import: keeps this module free of Lightning
+
         path = Path(path)
         if path.is_dir():
             config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -227,7 +230,7 @@ class OmniModel(nn.Module):
                 if not f.is_file():
                     raise FileNotFoundError(f"{path} is not an omnifuse model folder: {f.name} is missing")
             model = cls.from_config(json.loads(config_file.read_text()))
-            model.load_state_dict(load_file(str(weights_file), device=str(map_location)))
+            model.load_state_dict(merge_lora_state(load_file(str(weights_file), device=str(map_location))))
             return model
         if path.suffix == ".ckpt":
             checkpoint = torch.load(path, map_location=map_location, weights_only=False)
@@ -237,6 +240,6 @@ class OmniModel(nn.Module):
             model = cls.from_config(config)
             prefix = "model."
             state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-            model.load_state_dict(state)
+            model.load_state_dict(merge_lora_state(state))  # a LoRA run exports with its adapters merged
             return model
         raise FileNotFoundError(f"{path}: expected a save_pretrained folder or a .ckpt file")

@@ -13,19 +13,49 @@ PREDICTIONS_FILE = "predictions.jsonl"
 ERRORS_FILE = "errors.jsonl"
 
 
+def repair_partial_line(path: Path) -> None:
+    """Make a JSONL file killed mid-write end with a complete line: a last line without its newline is cut off when
+    it is not valid JSON (its id will be predicted again) and given its newline when it is. Without this, the next
+    appended row would be glued onto the fragment and lost."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1  # 0 when the whole file is one unfinished line
+    try:
+        complete = isinstance(json.loads(data[cut:]), dict)
+    except ValueError:
+        complete = False
+    with path.open("r+b") as fh:
+        if complete:
+            fh.seek(0, 2)
+            fh.write(b"\n")
+        else:
+            fh.truncate(cut)
+
+
 def read_done_ids(output_dir: str | Path) -> set[str]:
-    """Ids already present in an output folder's predictions or errors (for resuming a killed job)."""
+    """Ids already present in an output folder's predictions or errors, every rank's files included (for resuming a
+    killed job)."""
     done: set[str] = set()
+    output_dir = Path(output_dir)
     for name in (PREDICTIONS_FILE, ERRORS_FILE):
-        path = Path(output_dir) / name
-        if not path.is_file():
-            continue
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    done.add(json.loads(line)["id"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a kill: its id is simply predicted again
+        stem, ext = name.rsplit(".", 1)
+        for path in [output_dir / name, *sorted(output_dir.glob(f"{stem}.rank*.{ext}"))]:
+            if path.is_file():
+                done |= _ids_in(path)
+    return done
+
+
+def _ids_in(path: Path) -> set[str]:
+    done: set[str] = set()
+    with path.open(encoding="utf-8", errors="replace") as fh:  # a kill may cut a multi-byte character
+        for line in fh:
+            try:
+                done.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill: its id is simply predicted again
     return done
 
 
@@ -56,6 +86,8 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.counts = {"predictions": 0, "errors": 0, "skipped": 0}
         if self.resume:
+            for name in (PREDICTIONS_FILE, ERRORS_FILE):
+                repair_partial_line(self._path(trainer, name))
             done = read_done_ids(self.output_dir)
             datamodule = trainer.datamodule
             if done and datamodule is not None and hasattr(datamodule, "skip_predict_ids"):

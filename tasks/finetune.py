@@ -1,0 +1,555 @@
+"""Fine-tuning: start from another run's weights, freeze module groups, unfreeze them on a schedule.
+
+* ``init_from``: :func:`load_matching_weights` copies every tensor whose name and shape match from a Lightning
+  ``.ckpt``, a ``save_pretrained`` folder or a ``.safetensors`` file into a freshly built model; the rest keeps its
+  initialisation. The :class:`InitReport` (loaded / new / unused / shape-mismatched keys) is printed and returned.
+* ``freeze``: module groups by name (:data:`MODULE_GROUPS`) or ``fnmatch`` patterns over module paths, frozen with
+  Lightning's :class:`~lightning.pytorch.callbacks.BaseFinetuning` helpers. A frozen router also stops its
+  auxiliary-loss-free balancing bias (its ``bias_update_rate`` is 0 while frozen).
+* :class:`FinetuneSchedule`: a ``BaseFinetuning`` callback that unfreezes groups at given epochs (``{epoch: groups}``
+  from YAML), adds them to the optimizer as new parameter groups that follow the task's LR schedule, and keeps them
+  synchronised under DDP.
+* Scale-out helpers: :func:`enable_ddp_unused_parameters` (the fusion layer leaves a modality's projection unused in
+  a batch without that modality) and :class:`FSDPMixedPrecision` (a YAML-friendly FSDP ``MixedPrecision`` that keeps
+  buffers, e.g. the router biases, in fp32).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BaseFinetuning
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+from torch.distributed.fsdp import MixedPrecision
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+if TYPE_CHECKING:
+    from omnifuse.tasks.lora import LoRAConfig
+    from omnifuse.tasks.model import OmniModel
+
+LORA_MARK = "_lora_"  # adapter tensors are named ``<param>_lora_A`` / ``_lora_B`` / ``_lora_scale``
+
+
+# ---------------------------------------------------------------------------------------------------- module groups
+
+
+def _encoder(name: str) -> Callable[[OmniModel], list[nn.Module]]:
+    return lambda model: [model.encoders[name]] if name in model.encoders else []
+
+
+def _blocks(model: OmniModel) -> list[nn.Module]:
+    decoder = model.decoder
+    return list(decoder.blocks) + ([decoder.mtp.block] if decoder.mtp is not None else [])
+
+
+def _moe_layers(model: OmniModel) -> list[nn.Module]:
+    return list(model.decoder.moe_layers)
+
+
+#: Named module groups of an :class:`~omnifuse.tasks.model.OmniModel` (for ``freeze``, ``FinetuneSchedule`` and
+#: ``lora.targets`` / ``lora.trainable``).
+MODULE_GROUPS: dict[str, Callable[[OmniModel], list[nn.Module]]] = {
+    "image_encoder": _encoder("image"),
+    "audio_encoder": _encoder("audio"),
+    "text_encoder": _encoder("text"),
+    "encoders": lambda m: list(m.encoders.values()),
+    "fusion": lambda m: [m.fusion],
+    "modality_embeddings": lambda m: list(m.fusion.embed.values()),  # per-modality input projections
+    "decoder_attention": lambda m: [a for b in _blocks(m) for a in (b.self_attn, b.cross_attn)],
+    "decoder_ffn": lambda m: [b.ffn for b in _blocks(m) if not getattr(b, "is_moe", False)],  # dense FFNs
+    "experts": lambda m: [x for layer in _moe_layers(m) for x in (layer.experts, layer.shared) if x is not None],
+    "router": lambda m: [layer.router for layer in _moe_layers(m)],
+    "decoder_embeddings": lambda m: [m.decoder.embed],  # tied with the output head
+    "mtp": lambda m: [m.decoder.mtp] if m.decoder.mtp is not None else [],
+    "decoder": lambda m: [m.decoder],
+}
+
+
+def resolve_modules(model: OmniModel, names: Iterable[str]) -> list[nn.Module]:
+    """Modules of ``model`` named by group names (:data:`MODULE_GROUPS`) or ``fnmatch`` patterns over module paths
+    (``"decoder.blocks.0.*"``, ``"fusion.embed.audio"``); no duplicates, in the order given.
+
+    An unknown group name or a pattern that matches nothing raises ``ValueError`` (a typo must not silently leave a
+    model unfrozen); a known group this model does not have (``audio_encoder`` on an image+text model) is empty.
+    """
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+    named = dict(model.named_modules())
+    for name in names:
+        if name in MODULE_GROUPS:
+            found = MODULE_GROUPS[name](model)
+        elif any(c in name for c in "*?[") or "." in name or name in named:
+            found = [m for path, m in named.items() if path and fnmatch.fnmatchcase(path, name)]
+            if not found:
+                raise ValueError(f"module pattern {name!r} matches no module of the model")
+        else:
+            raise ValueError(
+                f"unknown module group {name!r}; known groups: {', '.join(MODULE_GROUPS)} "
+                "(or an fnmatch pattern over module paths such as 'decoder.blocks.0.*')"
+            )
+        for m in found:
+            if id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+    return out
+
+
+def _routers(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    from omnifuse.moe_core.router import Router
+
+    return [m for mod in modules for m in mod.modules() if isinstance(m, Router)]
+
+
+def _set_router_bias_frozen(modules: Iterable[nn.Module], frozen: bool) -> None:
+    """A frozen router keeps its balancing bias: its bias step is 0 until it is unfrozen (counts are still reset)."""
+    for router in _routers(modules):
+        if frozen:
+            if not hasattr(router, "_unfrozen_bias_update_rate"):
+                router._unfrozen_bias_update_rate = router.bias_update_rate
+            router.bias_update_rate = 0.0
+        elif hasattr(router, "_unfrozen_bias_update_rate"):
+            router.bias_update_rate = router._unfrozen_bias_update_rate
+            del router._unfrozen_bias_update_rate
+
+
+def _is_adapter(param_name: str) -> bool:
+    return LORA_MARK in param_name.rsplit(".", 1)[-1]
+
+
+def freeze_modules(modules: list[nn.Module], train_bn: bool = False) -> None:
+    """``BaseFinetuning.freeze`` (BatchNorm statistics frozen too unless ``train_bn``), routers' biases stopped;
+    LoRA adapters inside the modules stay trainable."""
+    BaseFinetuning.freeze(modules, train_bn=train_bn)
+    _set_router_bias_frozen(modules, True)
+    for module in modules:
+        for name, p in module.named_parameters():
+            if _is_adapter(name):
+                p.requires_grad_(True)
+
+
+def unfreeze_modules(modules: list[nn.Module]) -> None:
+    """``BaseFinetuning.make_trainable`` and restart the routers' bias updates."""
+    BaseFinetuning.make_trainable(modules)
+    _set_router_bias_frozen(modules, False)
+
+
+def freeze_groups(model: OmniModel, names: Iterable[str], train_bn: bool = False) -> list[nn.Module]:
+    """Freeze the groups / patterns ``names`` of ``model``; returns the modules frozen."""
+    modules = resolve_modules(model, names)
+    freeze_modules(modules, train_bn=train_bn)
+    return modules
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts (shared parameters counted once)."""
+    params = {id(p): p for p in module.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def trainable_summary(module: nn.Module) -> str:
+    trainable, total = count_parameters(module)
+    return f"trainable parameters: {trainable:,} of {total:,} ({100.0 * trainable / max(total, 1):.2f}%)"
+
+
+@rank_zero_only
+def _report(message: str) -> None:
+    print(message, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- init_from
+
+
+@dataclass
+class InitReport:
+    """What :func:`load_matching_weights` did. Keys are the target model's state-dict names."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)  # name and shape matched: copied from the source
+    new: list[str] = field(default_factory=list)  # not in the source: initialised (includes shape mismatches)
+    unused: list[str] = field(default_factory=list)  # in the source, not in the model
+    mismatched: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)  # name -> (source, model)
+
+    def summary(self) -> str:
+        def grouped(keys: Iterable[str]) -> str:
+            counts = Counter(_key_group(k) for k in keys)
+            return ", ".join(f"{g} ({n})" for g, n in sorted(counts.items())) or "-"
+
+        lines = [
+            f"init_from {self.source}: loaded {len(self.loaded)} tensors, {len(self.new)} new, "
+            f"{len(self.unused)} unused, {len(self.mismatched)} shape-mismatched",
+            f"  new (initialised): {grouped(self.new)}",
+            f"  unused (in the source only): {grouped(self.unused)}",
+        ]
+        for name, (src, dst) in sorted(self.mismatched.items()):
+            lines.append(f"  shape mismatch (initialised): {name} source {tuple(src)} model {tuple(dst)}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "loaded": list(self.loaded),
+            "new": list(self.new),
+            "unused": list(self.unused),
+            "mismatched": {k: [list(a), list(b)] for k, (a, b) in self.mismatched.items()},
+        }
+
+
+def _key_group(key: str) -> str:
+    """``encoders.audio.blocks.0.attn.qkv.weight`` -> ``encoders.audio``, ``fusion.embed.audio.proj.weight`` ->
+    ``fusion.embed.audio``, ``decoder.blocks.1.ffn.router.weight`` -> ``decoder.blocks.1``."""
+    parts = key.split(".")[:-1]
+    if parts[:2] in (["fusion", "embed"], ["decoder", "blocks"]):
+        return ".".join(parts[:3])
+    return ".".join(parts[:2]) or key
+
+
+def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """An ``OmniModel`` state dict from a Lightning ``.ckpt`` (the task's ``model.*`` entries), a ``save_pretrained``
+    folder or a ``.safetensors`` file; LoRA adapters in it are merged into their base weights."""
+    from safetensors.torch import load_file
+
+    from omnifuse.tasks.lora import merge_lora_state
+    from omnifuse.tasks.model import WEIGHTS_NAME
+
+    path = Path(path)
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} is not an omnifuse model folder: {WEIGHTS_NAME} is missing")
+        state = load_file(str(weights))
+    elif path.suffix == ".safetensors" and path.is_file():
+        state = load_file(str(path))
+    elif path.suffix == ".ckpt" and path.is_file():
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        raw = checkpoint.get("state_dict", checkpoint)
+        state = {k.removeprefix("model."): v for k, v in raw.items() if k.startswith("model.")}
+        if not state:
+            raise ValueError(f"{path} holds no 'model.*' weights (not a checkpoint of an omnifuse task)")
+    else:
+        raise FileNotFoundError(f"init_from {str(path)!r}: expected a .ckpt, a .safetensors file or a model folder")
+    return merge_lora_state(state)
+
+
+def load_matching_weights(model: nn.Module, path: str | Path, verbose: bool = True) -> InitReport:
+    """Copy into ``model`` every tensor of the checkpoint at ``path`` whose name and shape match; the rest of
+    ``model`` keeps its initialisation. Returns (and, with ``verbose``, prints) the :class:`InitReport`."""
+    source = read_model_state(path)
+    target = model.state_dict()
+    report = InitReport(source=str(path))
+    matched: dict[str, torch.Tensor] = {}
+    for name, tensor in target.items():
+        if name not in source:
+            report.new.append(name)
+        elif tuple(source[name].shape) != tuple(tensor.shape):
+            report.mismatched[name] = (list(source[name].shape), list(tensor.shape))
+            report.new.append(name)
+        else:
+            matched[name] = source[name]
+            report.loaded.append(name)
+    report.unused = [k for k in source if k not in target]
+    result = model.load_state_dict(matched, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys  # every matched key exists by construction
+    if verbose:
+        _report(report.summary())
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- set-up
+
+
+def setup_finetuning(
+    model: OmniModel,
+    init_from: str | None = None,
+    freeze: list[str] | None = None,
+    lora: LoRAConfig | None = None,
+) -> InitReport | None:
+    """What ``OmniTask(init_from=..., freeze=..., lora=...)`` does to its freshly built model, in this order:
+
+    1. ``init_from``: load the matching weights (:func:`load_matching_weights`);
+    2. ``lora``: add the adapters and freeze everything else except ``lora.trainable`` groups and, when
+       ``lora.train_new`` (default), the tensors ``init_from`` did not provide (e.g. a new audio encoder);
+    3. ``freeze``: freeze these groups (adapters inside them stay trainable).
+
+    Prints the load report and the trainable-parameter count; returns the :class:`InitReport` (None without
+    ``init_from``).
+    """
+    report = load_matching_weights(model, init_from) if init_from else None
+    if lora is not None:
+        from omnifuse.tasks.lora import apply_lora
+
+        apply_lora(model, lora, new_keys=report.new if report is not None else None)
+    if freeze:
+        freeze_groups(model, freeze)
+    if init_from or freeze or lora is not None:
+        _report(f"omnifuse fine-tuning: {trainable_summary(model)}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- schedule
+
+
+def _no_decay(name: str, p: torch.Tensor) -> bool:
+    # Same rule as OmniTask.configure_optimizers: no weight decay on norms, biases and embeddings.
+    return p.ndim < 2 or "embed" in name or "norm" in name
+
+
+class FinetuneSchedule(BaseFinetuning):
+    """Staged unfreezing from YAML: the groups listed under an epoch are frozen before training and unfrozen when
+    that epoch starts, e.g. ``unfreeze: {1: [fusion], 3: [image_encoder, text_encoder]}``.
+
+    Unfrozen parameters join the optimizer as new parameter groups (weight decay as in ``OmniTask``) with
+    ``lr_ratio`` times the task's learning rate, and follow the task's warm-up/cosine schedule (the ``LambdaLR`` is
+    extended to the new groups). Resuming from a checkpoint restores the groups (Lightning's ``BaseFinetuning`` state)
+    and makes the groups of past epochs trainable again. Under DDP, parameters unfrozen after the model was wrapped
+    are not known to DDP's reducer, so their gradients are averaged here before each optimizer step.
+
+    Args:
+        unfreeze: epoch -> group names or module patterns (see :data:`MODULE_GROUPS`).
+        lr_ratio: learning rate of an unfrozen group relative to the first parameter group's.
+        train_bn: keep BatchNorm layers of the scheduled groups training while frozen (default: frozen too).
+    """
+
+    def __init__(self, unfreeze: dict[int, list[str]], lr_ratio: float = 0.1, train_bn: bool = False) -> None:
+        super().__init__()
+        if not unfreeze:
+            raise ValueError("FinetuneSchedule needs at least one {epoch: [groups]} entry")
+        self.unfreeze = {int(epoch): list(groups) for epoch, groups in unfreeze.items()}
+        if min(self.unfreeze) < 0:
+            raise ValueError(f"unfreeze epochs must be >= 0, got {sorted(self.unfreeze)}")
+        if lr_ratio <= 0:
+            raise ValueError(f"lr_ratio must be > 0, got {lr_ratio}")
+        self.lr_ratio = lr_ratio
+        self.train_bn = train_bn
+        self._late_params: list[nn.Parameter] = []  # unfrozen after the model was wrapped (DDP does not see them)
+
+    def _modules(self, pl_module: L.LightningModule, epochs: Iterable[int]) -> list[nn.Module]:
+        names = [g for e in sorted(epochs) for g in self.unfreeze[e]]
+        return resolve_modules(pl_module.model, names)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise NotImplementedError("FinetuneSchedule cannot unfreeze parameters of an FSDP-sharded model")
+        super().setup(trainer, pl_module, stage)
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        freeze_modules(self._modules(pl_module, self.unfreeze), train_bn=self.train_bn)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        due = [e for e in self.unfreeze if e <= epoch]
+        if not due:
+            return
+        modules = self._modules(pl_module, due)
+        unfreeze_modules(modules)
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self.filter_params(modules, train_bn=True) if id(p) not in in_optimizer]
+        self._track_late(params)
+        if not params:
+            return
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        base = optimizer.param_groups[0]
+        lr = self.lr_ratio * base.get("initial_lr", base["lr"])
+        decay = [p for p in params if not _no_decay(names.get(id(p), ""), p)]
+        no_decay = [p for p in params if _no_decay(names.get(id(p), ""), p)]
+        weight_decay = max((g.get("weight_decay", 0.0) for g in optimizer.param_groups), default=0.0)
+        for group_params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if group_params:
+                optimizer.add_param_group({"params": group_params, "lr": lr, "initial_lr": lr, "weight_decay": wd})
+        self._sync_schedulers(pl_module.trainer)
+        _report(
+            f"FinetuneSchedule epoch {epoch}: unfroze {sorted(g for e in due if e == epoch for g in self.unfreeze[e])}"
+            f" (lr x{self.lr_ratio}); {trainable_summary(pl_module)}"
+        )
+
+    def _track_late(self, params: Iterable[nn.Parameter]) -> None:
+        known = {id(p) for p in self._late_params}
+        self._late_params += [p for p in params if id(p) not in known]
+
+    @staticmethod
+    def _sync_schedulers(trainer: L.Trainer) -> None:
+        """Extend each ``LambdaLR`` to parameter groups added after it was built (also after a resume: the lambdas
+        are not part of its state)."""
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            groups = scheduler.optimizer.param_groups
+            while len(scheduler.lr_lambdas) < len(groups):
+                scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+            while len(scheduler.base_lrs) < len(groups):
+                group = groups[len(scheduler.base_lrs)]
+                scheduler.base_lrs.append(group.setdefault("initial_lr", group["lr"]))
+            step = max(scheduler.last_epoch, 0)
+            for group, base_lr, fn in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base_lr * fn(step)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a resume (loops restored, no on_train_epoch_start when restarting mid-epoch): past groups trainable.
+        due = [e for e in self.unfreeze if e <= trainer.current_epoch]
+        if due and trainer.global_step > 0:
+            modules = self._modules(pl_module, due)
+            unfreeze_modules(modules)
+            self._track_late(self.filter_params(modules, train_bn=True))
+            self._sync_schedulers(trainer)
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self._late_params or trainer.world_size < 2:
+            return
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        grads = [p.grad for p in self._late_params if p.requires_grad]
+        if any(g is None for g in grads):
+            # A parameter without a gradient on this rank: give it a zero one so every rank reduces the same list.
+            for p in self._late_params:
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            grads = [p.grad for p in self._late_params if p.requires_grad]
+        if not grads:
+            return
+        flat = torch._utils._flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat)
+        flat /= trainer.world_size
+        for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+
+# ---------------------------------------------------------------------------------------------------- scale-out
+
+
+def enable_ddp_unused_parameters(trainer: L.Trainer | None) -> bool:
+    """Turn on DDP's ``find_unused_parameters`` when the strategy is plain ``ddp`` (the user did not choose).
+
+    A batch in which no sample has, say, audio leaves the audio encoder and the fusion layer's audio projection
+    without gradients, which plain DDP treats as an error. ``ddp_find_unused_parameters_false`` (an explicit choice)
+    and ``static_graph`` are left alone. Call before the strategy wraps the model (``LightningModule.setup``).
+    Returns True when it changed the setting.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = getattr(trainer, "strategy", None)
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(strategy, DDPStrategy) or not isinstance(kwargs, dict):
+        return False
+    if "find_unused_parameters" in kwargs or kwargs.get("static_graph"):
+        return False
+    kwargs["find_unused_parameters"] = True
+    return True
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class FSDPMixedPrecision(MixedPrecision):
+    """``torch.distributed.fsdp.MixedPrecision`` with dtypes given by name, so a YAML config can set it::
+
+        strategy:
+          class_path: lightning.pytorch.strategies.FSDPStrategy
+          init_args:
+            mixed_precision:
+              class_path: omnifuse.tasks.finetune.FSDPMixedPrecision
+              init_args: {param_dtype: bfloat16, reduce_dtype: float32, buffer_dtype: float32}
+
+    Lightning's own FSDP ``bf16-mixed`` casts buffers to bf16; the routers' balancing bias (steps of 1e-3) and
+    token counts need fp32, hence ``buffer_dtype: float32`` by default.
+    """
+
+    def __init__(
+        self,
+        param_dtype: str = "bfloat16",
+        reduce_dtype: str = "float32",
+        buffer_dtype: str = "float32",
+        keep_low_precision_grads: bool = False,
+        cast_forward_inputs: bool = False,
+    ) -> None:
+        for name, value in (
+            ("param_dtype", param_dtype),
+            ("reduce_dtype", reduce_dtype),
+            ("buffer_dtype", buffer_dtype),
+        ):
+            if value not in _DTYPES:
+                raise ValueError(f"{name} must be one of {sorted(_DTYPES)}, got {value!r}")
+        super().__init__(
+            param_dtype=_DTYPES[param_dtype],
+            reduce_dtype=_DTYPES[reduce_dtype],
+            buffer_dtype=_DTYPES[buffer_dtype],
+            keep_low_precision_grads=keep_low_precision_grads,
+            cast_forward_inputs=cast_forward_inputs,
+        )
+
+
+def fsdp_wrap_classes() -> set[type[nn.Module]]:
+    """The classes worth an FSDP unit each: decoder blocks, fusion blocks, encoder transformer blocks."""
+    from omnifuse.encoders.layers import TransformerBlock
+    from omnifuse.fusion.attention import CrossModalBlock
+    from omnifuse.moe_core.decoder import DecoderBlock
+
+    return {DecoderBlock, CrossModalBlock, TransformerBlock}
+
+
+class OmniFSDPStrategy(FSDPStrategy):
+    """Lightning's ``FSDPStrategy`` with what an omnifuse model needs, settable from YAML:
+
+    * mixed precision by dtype names (:class:`FSDPMixedPrecision`; buffers fp32 by default so the routers' balancing
+      bias and token counts keep their precision - Lightning's own bf16 setting casts buffers to bf16);
+    * one FSDP unit per decoder / fusion / encoder transformer block (:class:`OmniWrapPolicy`), and the same blocks
+      recomputed in the backward with ``activation_checkpointing: true``;
+    * full (single-file) checkpoints by default, which ``omnifuse export`` and ``init_from`` read like any other.
+    """
+
+    def __init__(
+        self,
+        param_dtype: str = "bfloat16",
+        reduce_dtype: str = "float32",
+        buffer_dtype: str = "float32",
+        sharding_strategy: str = "FULL_SHARD",
+        state_dict_type: str = "full",
+        activation_checkpointing: bool = False,
+        cpu_offload: bool = False,
+    ) -> None:
+        super().__init__(
+            mixed_precision=FSDPMixedPrecision(param_dtype, reduce_dtype, buffer_dtype),
+            auto_wrap_policy=OmniWrapPolicy(),
+            activation_checkpointing_policy=OmniWrapPolicy() if activation_checkpointing else None,
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            cpu_offload=cpu_offload,
+        )
+
+
+class OmniWrapPolicy(ModuleWrapPolicy):
+    """FSDP ``ModuleWrapPolicy`` over :func:`fsdp_wrap_classes` (also usable as the activation-checkpointing
+    policy); a YAML config names it by ``class_path``."""
+
+    def __init__(self) -> None:
+        super().__init__(fsdp_wrap_classes())
+
+
+__all__ = [
+    "MODULE_GROUPS",
+    "FSDPMixedPrecision",
+    "FinetuneSchedule",
+    "OmniFSDPStrategy",
+    "OmniWrapPolicy",
+    "InitReport",
+    "count_parameters",
+    "enable_ddp_unused_parameters",
+    "freeze_groups",
+    "freeze_modules",
+    "fsdp_wrap_classes",
+    "load_matching_weights",
+    "read_model_state",
+    "resolve_modules",
+    "setup_finetuning",
+    "trainable_summary",
+    "unfreeze_modules",
+]

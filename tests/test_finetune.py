@@ -1,0 +1,272 @@
+"""Fine-tuning: init_from (key report, values), freezing by module groups, the staged unfreeze schedule, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from omnifuse.tasks import CaptionTask, VQATask
+from omnifuse.tasks.cli import cli_main, main
+from omnifuse.tasks.finetune import (
+    MODULE_GROUPS,
+    FSDPMixedPrecision,
+    OmniFSDPStrategy,
+    enable_ddp_unused_parameters,
+    freeze_groups,
+    resolve_modules,
+)
+from omnifuse.tasks.model import OmniModel
+
+from .test_finetune_support import AUDIO, DECODER, FUSION, IMAGE, TEXT, build_tiny_easyvqa, write_config
+
+
+@pytest.fixture(scope="module")
+def tiny_easyvqa(tmp_path_factory) -> Path:
+    return build_tiny_easyvqa(tmp_path_factory.mktemp("easyvqa"))
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _fit(config: Path, *args: str) -> None:
+    cli_main(["fit", "--config", str(config), *args])
+
+
+@pytest.fixture(scope="module")
+def vqa_ckpt(tmp_path_factory, tiny_easyvqa) -> Path:
+    """A tiny image+text VQA run (3 steps): its last.ckpt is the starting point of the fine-tuning tests."""
+    run = tmp_path_factory.mktemp("vqa_run")
+    config = write_config(
+        run / "vqa.yaml",
+        {
+            "trainer": {
+                "max_steps": 3,
+                "limit_val_batches": 0,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": str(run / "ckpt"), "save_last": True},
+                    }
+                ],
+            },
+            "model": {"init_args": {"decoder": DECODER}},
+            "data": {"train_manifest": str(tiny_easyvqa / "vqa_train.jsonl")},
+        },
+    )
+    _fit(config)
+    return run / "ckpt" / "last.ckpt"
+
+
+def _source_state(path: Path) -> dict[str, torch.Tensor]:
+    """The source weights read independently of the code under test."""
+    if path.is_dir():
+        return load_file(str(path / "model.safetensors"))
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _build(cls, seed: int, **kwargs):
+    torch.manual_seed(seed)
+    return cls(fusion=FUSION, decoder=DECODER, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["vqa->caption", "vqa->spoken", "text->mixed"])
+def test_init_from_loads_matching_tensors_and_reports_the_rest(case, vqa_ckpt, tmp_path, capsys):
+    if case == "vqa->caption":  # a Lightning checkpoint of another task; the target drops the text encoder
+        source, cls, encoders = vqa_ckpt, CaptionTask, {"image_encoder": IMAGE}
+    elif case == "vqa->spoken":  # a save_pretrained folder; the target gains an audio encoder
+        source = OmniModel.from_pretrained(vqa_ckpt).save_pretrained(tmp_path / "vqa_model")
+        cls, encoders = VQATask, {"image_encoder": IMAGE, "audio_encoder": AUDIO}
+    else:  # text-only -> image + text, with a longer text encoder (its position table changes shape)
+        torch.manual_seed(1)
+        OmniModel(text_encoder=TEXT, fusion=FUSION, decoder=DECODER).save_pretrained(tmp_path / "text_model")
+        source = tmp_path / "text_model"
+        longer = {**TEXT, "init_args": {**TEXT["init_args"], "max_len": 96}}
+        cls, encoders = VQATask, {"image_encoder": IMAGE, "text_encoder": longer}
+
+    task = _build(cls, 7, init_from=str(source), **encoders)
+    fresh = _build(cls, 7, **encoders).model.state_dict()  # the same initialisation, nothing loaded
+    src = _source_state(Path(source))
+    got = task.model.state_dict()
+
+    expected_loaded = {k for k in got if k in src and src[k].shape == got[k].shape}
+    report = task.init_report
+    assert set(report.loaded) == expected_loaded
+    assert set(report.new) == set(got) - expected_loaded
+    assert set(report.unused) == set(src) - set(got)
+    assert set(report.mismatched) == {k for k in got if k in src and src[k].shape != got[k].shape}
+    for k in report.loaded:
+        torch.testing.assert_close(got[k], src[k], rtol=0, atol=0, msg=k)
+    for k in report.new:
+        torch.testing.assert_close(got[k], fresh[k], rtol=0, atol=0, msg=k)
+    assert any(k.startswith("decoder.blocks.1.ffn.router") for k in report.loaded)  # router and its bias buffer
+
+    if case == "vqa->caption":
+        assert not report.new and {k.split(".")[1] for k in report.unused if k.startswith("encoders.")} == {"text"}
+    elif case == "vqa->spoken":
+        assert {k for k in report.new if not k.startswith(("encoders.audio.", "fusion.embed.audio."))} == set()
+        assert any(k.startswith("fusion.embed.text.") for k in report.unused)
+    else:
+        assert set(report.mismatched) == {"encoders.text.pos"}
+        assert all(k.startswith(("encoders.image.", "fusion.embed.image.", "encoders.text.pos")) for k in report.new)
+    out = capsys.readouterr().out
+    assert f"init_from {source}: loaded {len(report.loaded)} tensors, {len(report.new)} new" in out
+    assert "trainable parameters" in out
+
+
+def test_init_from_rejects_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        _build(VQATask, 0, image_encoder=IMAGE, init_from=str(tmp_path / "nope.ckpt"))
+
+
+def test_module_groups_resolve_and_unknown_names_fail():
+    model = _build(VQATask, 0, image_encoder=IMAGE, text_encoder=TEXT).model
+    for name in MODULE_GROUPS:
+        resolve_modules(model, [name])  # every group resolves on an image+text MoE model
+    assert resolve_modules(model, ["audio_encoder"]) == []  # a group this model lacks is empty
+    assert resolve_modules(model, ["fusion.embed.image"]) == [model.fusion.embed["image"]]
+    assert resolve_modules(model, ["decoder.blocks.*.self_attn"]) == [b.self_attn for b in model.decoder.blocks]
+    with pytest.raises(ValueError, match="known groups"):
+        resolve_modules(model, ["decoder_atention"])
+    with pytest.raises(ValueError, match="matches no module"):
+        resolve_modules(model, ["decoder.blocks.9.*"])
+    attention = resolve_modules(model, ["decoder_attention"])
+    assert len(attention) == 2 * DECODER["n_layers"]
+
+
+def test_freeze_from_the_cli_keeps_frozen_groups_and_router_bias(vqa_ckpt, tiny_easyvqa, tmp_path):
+    run = tmp_path / "run"
+    config = write_config(
+        tmp_path / "ft.yaml",
+        {
+            "trainer": {
+                "max_steps": 2,
+                "limit_val_batches": 0,
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": str(run), "save_last": True},
+                    }
+                ],
+            },
+            "model": {"init_args": {"decoder": DECODER}},
+            "data": {"train_manifest": str(tiny_easyvqa / "vqa_train.jsonl")},
+        },
+    )
+    _fit(config, "--model.init_from", str(vqa_ckpt), "--model.freeze", "[image_encoder, router]")
+    before, after = _source_state(vqa_ckpt), _source_state(run / "last.ckpt")
+    frozen = [k for k in after if k.startswith("encoders.image.") or ".router." in k]
+    assert any(k.endswith("running_mean") for k in frozen) and any(k.endswith("expert_bias") for k in frozen)
+    for k in frozen:  # weights, BatchNorm statistics and the balancing bias all unchanged
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    trained = [k for k in after if ".self_attn." in k or k.startswith("encoders.text.")]
+    assert all(not torch.equal(after[k], before[k]) for k in trained)
+
+
+def test_freeze_groups_unit():
+    model = _build(VQATask, 0, image_encoder=IMAGE, text_encoder=TEXT).model
+    freeze_groups(model, ["experts", "router"])
+    for layer in model.decoder.moe_layers:
+        assert not any(p.requires_grad for p in layer.experts.parameters())
+        assert not any(p.requires_grad for p in layer.shared.parameters())
+        assert not layer.router.weight.requires_grad and layer.router.bias_update_rate == 0.0
+    assert all(p.requires_grad for p in model.fusion.parameters())
+
+
+def test_staged_unfreeze_schedule_and_resume(vqa_ckpt, tiny_easyvqa, tmp_path):
+    run = tmp_path / "run"
+
+    def config(max_epochs: int) -> Path:
+        return write_config(
+            tmp_path / f"sched{max_epochs}.yaml",
+            {
+                "trainer": {
+                    "max_steps": -1,
+                    "max_epochs": max_epochs,
+                    "limit_train_batches": 2,
+                    "limit_val_batches": 0,
+                    "callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {"dirpath": str(run), "filename": "{epoch}", "save_top_k": -1},
+                        },
+                        {
+                            "class_path": "omnifuse.tasks.finetune.FinetuneSchedule",
+                            "init_args": {"unfreeze": {1: ["fusion"]}, "lr_ratio": 0.5},
+                        },
+                    ],
+                },
+                "model": {"init_args": {"decoder": DECODER, "init_from": str(vqa_ckpt)}},
+                "data": {"train_manifest": str(tiny_easyvqa / "vqa_train.jsonl")},
+            },
+        )
+
+    _fit(config(2))
+    start, e0, e1 = (_source_state(p) for p in (vqa_ckpt, run / "epoch=0.ckpt", run / "epoch=1.ckpt"))
+    fusion = [k for k in e0 if k.startswith("fusion.") and not k.startswith("fusion.embed.")]
+    assert all(torch.equal(e0[k], start[k]) for k in fusion)  # frozen during epoch 0
+    assert all(not torch.equal(e1[k], e0[k]) for k in fusion if k.endswith("weight"))  # trained in epoch 1
+    assert all(not torch.equal(e0[k], start[k]) for k in e0 if k.startswith("decoder.blocks"))  # trained from epoch 0
+
+    ckpt = torch.load(run / "epoch=1.ckpt", map_location="cpu", weights_only=False)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 4  # decay / no-decay of the task + decay / no-decay of the unfrozen fusion
+    assert [g["weight_decay"] for g in groups] == [groups[0]["weight_decay"], 0.0, groups[0]["weight_decay"], 0.0]
+    for g in groups[2:]:  # the new groups follow the task's LR schedule at lr_ratio
+        assert g["lr"] == pytest.approx(0.5 * groups[0]["lr"], rel=1e-6)
+    assert len(ckpt["lr_schedulers"][0]["base_lrs"]) == 4
+
+    # Resume for one more epoch: fusion keeps training (the schedule restores its groups and trainability).
+    _fit(config(3), "--ckpt_path", str(run / "epoch=1.ckpt"))
+    e2 = _source_state(run / "epoch=2.ckpt")
+    assert all(not torch.equal(e2[k], e1[k]) for k in fusion if k.endswith("weight"))
+
+
+def test_enable_ddp_unused_parameters_only_for_plain_ddp():
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    class _T:
+        def __init__(self, strategy):
+            self.strategy = strategy
+
+    plain, explicit = DDPStrategy(), DDPStrategy(find_unused_parameters=False)
+    assert enable_ddp_unused_parameters(_T(plain)) and plain._ddp_kwargs["find_unused_parameters"] is True
+    assert not enable_ddp_unused_parameters(_T(explicit)) and explicit._ddp_kwargs["find_unused_parameters"] is False
+    assert not enable_ddp_unused_parameters(_T(SingleDeviceStrategy("cpu")))
+
+
+@pytest.mark.parametrize(
+    ("base", "overlay", "expect", "absent"),
+    [
+        ("easyvqa.yaml", "gpu_bf16.yaml", ["precision: bf16-mixed", "accelerator: gpu"], []),
+        ("easyvqa.yaml", "fsdp_bf16.yaml", ["OmniFSDPStrategy", "buffer_dtype: float32", "precision: bf16-mixed"], []),
+        ("finetune_vqa_to_caption.yaml", None, ["CaptionTask", "init_from: runs/easyvqa/checkpoints/last.ckpt"], []),
+        ("finetune_vqa_to_spoken.yaml", None, ["AudioEncoder", "modality_dropout: 0.2", "init_from: runs/easyvqa"], []),
+        ("finetune_vqa_to_spoken.yaml", "finetune_lora.yaml", ["SaveLoRAAdapters", "- experts"], ["FinetuneSchedule"]),
+    ],
+)
+def test_shipped_configs_parse(base, overlay, expect, absent, capsys):
+    args = ["fit", "--config", str(CONFIGS / base)] + (["--config", str(CONFIGS / overlay)] if overlay else [])
+    with pytest.raises(SystemExit):
+        main([*args, "--print_config"])
+    printed = capsys.readouterr().out
+    for text in expect:
+        assert text in printed
+    for text in absent:
+        assert text not in printed
+
+
+def test_fsdp_strategy_keeps_buffers_fp32_and_wraps_blocks():
+    from omnifuse.moe_core.decoder import DecoderBlock
+
+    strategy = OmniFSDPStrategy()
+    mp = strategy.mixed_precision_config
+    assert isinstance(mp, FSDPMixedPrecision)
+    assert DecoderBlock in strategy.kwargs["auto_wrap_policy"]._module_classes
+    mp = FSDPMixedPrecision()
+    assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    with pytest.raises(ValueError, match="param_dtype"):
+        FSDPMixedPrecision(param_dtype="bf16")
