@@ -15,6 +15,10 @@ Parts (``prepare_easyvqa(out_dir, parts)``), each written as ``{part}_{train,val
   from the pixels.
 - ``json``: image -> ``{shape, color, size, position, bbox}`` validated by ``scene.schema.json`` (JSON Schema
   2020-12), referenced from each record by relative path.
+- ``mixed``: the ``vqa`` and ``spoken`` records of one question combined; each record asks its question as text, as
+  audio or both (``meta['view']``, a seeded choice per question), so one model learns to serve all three. Besides
+  ``mixed_{train,val,test}.jsonl`` it writes ``mixed_test_{text,audio,both}.jsonl``: every test question in one view,
+  to measure each view separately. Audio clips are the ``spoken`` part's (test voices unheard in training).
 
 Images are copied under ``out_dir/images/{train,test}/`` so every manifest path stays inside the manifest folder.
 Building is deterministic and idempotent: a part whose manifests exist and were built with the same settings is
@@ -42,8 +46,11 @@ from omnifuse.data.speech import Voice, synthesize_many
 
 log = logging.getLogger(__name__)
 
-PARTS: tuple[str, ...] = ("vqa", "spoken", "caption", "json")
+PARTS: tuple[str, ...] = ("vqa", "spoken", "caption", "json", "mixed")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# How a ``mixed`` record asks its question, and the extra per-view test manifests of that part.
+MIXED_VIEWS: tuple[str, ...] = ("text", "audio", "both")
+PART_SPLITS: dict[str, tuple[str, ...]] = {"mixed": (*SPLITS, *(f"test_{v}" for v in MIXED_VIEWS))}
 SHAPES: tuple[str, ...] = ("circle", "rectangle", "triangle")
 # The exact RGB values easy-VQA draws with (its generator's colour table); measured colours are matched to these.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -491,11 +498,31 @@ class _Build:
             )
         return rows
 
+    def build_mixed(self) -> dict[str, list[dict]]:
+        text_rows, audio_rows = self.build_vqa(), self.build_spoken()
+        rows: dict[str, list[dict]] = {s: [] for s in PART_SPLITS["mixed"]}
+        for split in SPLITS:
+            for t, a in zip(text_rows[split], audio_rows[split], strict=True):
+                key = t["id"].removeprefix("vqa-")  # "{source}-q{index}", shared by both parts' records
+                if a["id"] != f"spoken-{key}":
+                    raise AssertionError(f"mixed: vqa record {t['id']} paired with spoken record {a['id']}")
+                seeded = random.Random(f"{self.seed}:mixed:{key}").choice(MIXED_VIEWS)
+                for name, view in [(split, seeded)] + [(f"test_{v}", v) for v in MIXED_VIEWS if split == "test"]:
+                    record = {"id": f"mixed-{key}-{view}", "task": "vqa", "image": t["image"]}
+                    if view in ("text", "both"):
+                        record["text"] = t["text"]
+                    if view in ("audio", "both"):
+                        record["audio"] = a["audio"]
+                    record["target"] = t["target"]
+                    record["meta"] = {"view": view, **a["meta"]}
+                    rows[name].append(record)
+        return rows
+
 
 def manifest_paths(out_dir: str | Path, parts: Iterable[str] = PARTS) -> dict[str, Path]:
     """``{'vqa_train': out_dir/vqa_train.jsonl, ...}`` for the given parts (whether built or not)."""
     out_dir = Path(out_dir)
-    return {f"{p}_{s}": out_dir / f"{p}_{s}.jsonl" for p in _check_parts(parts) for s in SPLITS}
+    return {f"{p}_{s}": out_dir / f"{p}_{s}.jsonl" for p in _check_parts(parts) for s in PART_SPLITS.get(p, SPLITS)}
 
 
 def _check_parts(parts: Iterable[str] | str) -> list[str]:
@@ -522,7 +549,7 @@ def prepare_easyvqa(
 
     Args:
         out_dir: output folder (manifests at its top, ``images/``, ``audio/``, ``scene.schema.json``).
-        parts: any of ``vqa``, ``spoken``, ``caption``, ``json`` (list or comma-separated string).
+        parts: any of ``vqa``, ``spoken``, ``caption``, ``json``, ``mixed`` (list or comma-separated string).
         seed: seeds the validation split and the spoken styles.
         val_fraction: share of the official train images held out for validation.
         limit_images: use only the first N images of each official split (quick builds and tests).
@@ -540,7 +567,7 @@ def prepare_easyvqa(
     def up_to_date(part: str) -> bool:
         built = info.get(part, {})
         same = {k: built.get(k) for k in settings} == settings
-        return same and all(paths[f"{part}_{s}"].is_file() for s in SPLITS)
+        return same and all(paths[f"{part}_{s}"].is_file() for s in PART_SPLITS.get(part, SPLITS))
 
     todo = [p for p in parts if force or not up_to_date(p)]
     if todo:
@@ -548,7 +575,7 @@ def prepare_easyvqa(
         _copy_images(out_dir, build.refs)
         for part in todo:
             rows = getattr(build, f"build_{part}")()
-            counts = {s: _write_jsonl(paths[f"{part}_{s}"], rows[s]) for s in SPLITS}
+            counts = {s: _write_jsonl(paths[f"{part}_{s}"], rows[s]) for s in PART_SPLITS.get(part, SPLITS)}
             info[part] = {**settings, "counts": counts}
             _write_json(info_path, info)  # after the manifests: an interrupted part is rebuilt next time
             log.info("easy-VQA %s: %s", part, counts)
@@ -566,6 +593,7 @@ def manifest_counts(paths: dict[str, Path]) -> dict[str, int]:
 
 __all__ = [
     "COLORS",
+    "MIXED_VIEWS",
     "PARTS",
     "POSITIONS",
     "SHAPES",
