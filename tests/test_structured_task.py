@@ -50,7 +50,8 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
         ["predict", "--config", TINY, TASK, "--model.generation.max_new_tokens=120",
          "--data.predict_manifest", str(manifest),
          "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
-         f"--trainer.callbacks.output_dir={out}", "--ckpt_path", str(ckpt)]
+         f"--trainer.callbacks.output_dir={out}", "--trainer.default_root_dir", str(tmp_path),
+         "--ckpt_path", str(ckpt)]
     )
     preds = {p["id"]: p for p in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     errors = {e["id"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}

@@ -73,6 +73,7 @@ def test_fit_writes_checkpoint_and_predict_accounts_for_every_id(trained, easyvq
             "--data.predict_manifest", str(manifest),
             "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
             f"--trainer.callbacks.output_dir={out}",
+            "--trainer.default_root_dir", str(tmp_path),  # where LightningCLI saves the run's config.yaml
             "--ckpt_path", str(last),
         ]
     )
