@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -42,9 +41,6 @@ class OmniCLI(LightningCLI):
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> OmniCLI:
     """Entry point tests call directly: ``cli_main(["fit", "--config", path, ...])``."""
-    # Adam's second-moment estimates decay into denormal floats, which x86 CPUs process ~100x slower: measured, the
-    # optimizer step took over half of each easy-VQA training step until denormals were flushed to zero.
-    torch.set_flush_denormal(True)
     return OmniCLI(
         OmniTask,
         MultimodalDataModule,

@@ -4,8 +4,6 @@ import torch
 # Tests use tiny models, where a second intra-op thread costs more in synchronisation than it gains, and on a shared
 # machine two spinning threads per process slowed some ops 10-20x (measured). One thread keeps the suite steady.
 torch.set_num_threads(1)
-# Adam's second moments decay into denormals, which x86 handles ~100x slower; the CLI flushes them, and so do tests.
-torch.set_flush_denormal(True)
 
 
 @pytest.fixture(autouse=True)

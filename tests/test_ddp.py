@@ -85,7 +85,9 @@ def test_ddp_two_cpu_ranks_stay_identical_and_all_reduce_router_counts(tmp_path_
                     },
                 ],
             },
-            "model": {"init_args": {"decoder": {"bias_update_rate": 0.01}}},
+            # 8 experts (not the tiny config's 4) so that one rank's loads and the summed loads differ in sign pattern:
+            # otherwise a rank updating from its own counts could not be told apart from the all-reduced update.
+            "model": {"init_args": {"decoder": {"bias_update_rate": 0.01, "n_routed_experts": 8}}},
             # Image-only and text-only records, one per rank and step: each step leaves one encoder unused.
             "data": {"train_manifest": str(data / "mixed_train.jsonl"), "batch_size": 1},
         },
@@ -135,7 +137,8 @@ def test_ddp_two_cpu_ranks_stay_identical_and_all_reduce_router_counts(tmp_path_
             expected = s0["bias_before"][layer] + rate * torch.sign(total.mean() - total)
             for s in (s0, s1):
                 torch.testing.assert_close(s["bias_after"][layer], expected, rtol=0, atol=1e-7)
-            local = s0["counts"][layer]
-            local_only = s0["bias_before"][layer] + rate * torch.sign(local.mean() - local)
-            discriminating |= not torch.allclose(local_only, expected)
+            for s in (s0, s1):  # either rank updating from its own counts alone would have ended elsewhere
+                local = s["counts"][layer]
+                local_only = s["bias_before"][layer] + rate * torch.sign(local.mean() - local)
+                discriminating |= not torch.allclose(local_only, expected)
     assert discriminating  # a rank updating from its own counts would have ended elsewhere
