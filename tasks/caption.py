@@ -8,12 +8,9 @@ from typing import Any
 import torch.distributed as dist
 
 from omnifuse.data.batch import MultimodalBatch
-from omnifuse.encoders.base import Encoder
-from omnifuse.moe_core import MoEDecoderConfig
-from omnifuse.tasks.lora import LoRAConfig
+from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.metrics import caption_scores, tokenize_caption
-from omnifuse.tasks.model import FusionConfig
-from omnifuse.tasks.module import GenerationConfig, OmniTask, OptimizerConfig
+from omnifuse.tasks.module import OmniTask
 
 CAPTION_METRICS: tuple[str, ...] = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
 
@@ -37,34 +34,9 @@ class CaptionTask(OmniTask):
     monitor = "val/cider_d"
     monitor_mode = "max"
 
-    def __init__(
-        self,
-        image_encoder: Encoder | None = None,
-        audio_encoder: Encoder | None = None,
-        text_encoder: Encoder | None = None,
-        fusion: FusionConfig | None = None,
-        decoder: MoEDecoderConfig | None = None,
-        optimizer: OptimizerConfig | None = None,
-        generation: GenerationConfig | None = None,
-        eval_generate: bool = True,
-        init_from: str | None = None,
-        freeze: list[str] | None = None,
-        lora: LoRAConfig | None = None,
-    ) -> None:
-        """As :class:`OmniTask`; ``generation=None`` means :func:`default_caption_generation` (beam search)."""
-        super().__init__(
-            image_encoder,
-            audio_encoder,
-            text_encoder,
-            fusion=fusion,
-            decoder=decoder,
-            optimizer=optimizer,
-            generation=generation or default_caption_generation(),
-            eval_generate=eval_generate,
-            init_from=init_from,
-            freeze=freeze,
-            lora=lora,
-        )
+    @staticmethod
+    def default_generation() -> GenerationConfig:
+        return default_caption_generation()
 
     def reset_metrics(self) -> None:
         self._hypotheses: list[str] = []

@@ -38,6 +38,11 @@ class OmniTask(L.LightningModule):
     monitor: str = "val/loss"
     monitor_mode: str = "min"
 
+    @staticmethod
+    def default_generation() -> GenerationConfig:
+        """Decoding used when the config gives no ``generation`` (a task may override it)."""
+        return GenerationConfig()
+
     def __init__(
         self,
         image_encoder: Encoder | None = None,
@@ -57,7 +62,7 @@ class OmniTask(L.LightningModule):
         # Fine-tuning (tasks/finetune.py): load matching weights of another run, add LoRA adapters, freeze groups.
         self.init_report = setup_finetuning(self.model, init_from=init_from, freeze=freeze, lora=lora)
         self.optimizer_config = optimizer or OptimizerConfig()
-        self.generation_config = generation or GenerationConfig()
+        self.generation_config = generation or self.default_generation()
         self.eval_generate = eval_generate
         self.save_hyperparameters(ignore=["image_encoder", "audio_encoder", "text_encoder"])
         # Store encoders as specs (never as pickled modules) so load_from_checkpoint can rebuild them.

@@ -201,6 +201,7 @@ def test_lora_fine_tuning_from_the_cli_exports_merged(tiny_easyvqa, tmp_path):
             "trainer": {
                 "max_steps": 2,
                 "limit_val_batches": 0,
+                "default_root_dir": str(run),  # where LightningCLI saves the run's config.yaml
                 "callbacks": [
                     {
                         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
