@@ -92,6 +92,8 @@ def write_config(path: Path, overrides: dict) -> Path:
                 base[k] = v
 
     merge(config, overrides)
+    # LightningCLI saves the run's config.yaml in the log folder: keep it out of the working directory.
+    config["trainer"].setdefault("default_root_dir", str(path.parent))
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
