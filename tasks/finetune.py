@@ -176,6 +176,7 @@ class InitReport:
     loaded: list[str] = field(default_factory=list)  # name and shape matched: copied from the source
     new: list[str] = field(default_factory=list)  # not in the source: initialised (includes shape mismatches)
     unused: list[str] = field(default_factory=list)  # in the source, not in the model
+    skipped: list[str] = field(default_factory=list)  # matched, but under an ``init_skip`` group: kept initialised
     mismatched: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)  # name -> (source, model)
 
     def summary(self) -> str:
@@ -185,10 +186,13 @@ class InitReport:
 
         lines = [
             f"init_from {self.source}: loaded {len(self.loaded)} tensors, {len(self.new)} new, "
-            f"{len(self.unused)} unused, {len(self.mismatched)} shape-mismatched",
+            f"{len(self.unused)} unused, {len(self.mismatched)} shape-mismatched"
+            + (f", {len(self.skipped)} skipped" if self.skipped else ""),
             f"  new (initialised): {grouped(self.new)}",
             f"  unused (in the source only): {grouped(self.unused)}",
         ]
+        if self.skipped:
+            lines.append(f"  skipped (init_skip, initialised): {grouped(self.skipped)}")
         for name, (src, dst) in sorted(self.mismatched.items()):
             lines.append(f"  shape mismatch (initialised): {name} source {tuple(src)} model {tuple(dst)}")
         return "\n".join(lines)
@@ -199,6 +203,7 @@ class InitReport:
             "loaded": list(self.loaded),
             "new": list(self.new),
             "unused": list(self.unused),
+            "skipped": list(self.skipped),
             "mismatched": {k: [list(a), list(b)] for k, (a, b) in self.mismatched.items()},
         }
 
@@ -239,15 +244,26 @@ def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     return merge_lora_state(state)
 
 
-def load_matching_weights(model: nn.Module, path: str | Path, verbose: bool = True) -> InitReport:
-    """Copy into ``model`` every tensor of the checkpoint at ``path`` whose name and shape match; the rest of
-    ``model`` keeps its initialisation. Returns (and, with ``verbose``, prints) the :class:`InitReport`."""
+def _skipped_prefixes(model: nn.Module, skip: Iterable[str]) -> tuple[str, ...]:
+    paths = {id(m): name for name, m in model.named_modules()}
+    return tuple(f"{paths[id(m)]}." for m in resolve_modules(model, skip))
+
+
+def load_matching_weights(
+    model: nn.Module, path: str | Path, skip: Iterable[str] = (), verbose: bool = True
+) -> InitReport:
+    """Copy into ``model`` every tensor of the checkpoint at ``path`` whose name and shape match, except those of the
+    module groups / patterns in ``skip``; the rest of ``model`` keeps its initialisation. Returns (and, with
+    ``verbose``, prints) the :class:`InitReport`."""
     source = read_model_state(path)
     target = model.state_dict()
+    skipped = _skipped_prefixes(model, skip) if skip else ()
     report = InitReport(source=str(path))
     matched: dict[str, torch.Tensor] = {}
     for name, tensor in target.items():
-        if name not in source:
+        if skipped and name.startswith(skipped):
+            (report.skipped if name in source else report.new).append(name)
+        elif name not in source:
             report.new.append(name)
         elif tuple(source[name].shape) != tuple(tensor.shape):
             report.mismatched[name] = (list(source[name].shape), list(tensor.shape))
@@ -271,10 +287,11 @@ def setup_finetuning(
     init_from: str | None = None,
     freeze: list[str] | None = None,
     lora: LoRAConfig | None = None,
+    init_skip: list[str] | None = None,
 ) -> InitReport | None:
-    """What ``OmniTask(init_from=..., freeze=..., lora=...)`` does to its freshly built model, in this order:
+    """What ``OmniTask(init_from=..., init_skip=..., freeze=..., lora=...)`` does to its freshly built model, in order:
 
-    1. ``init_from``: load the matching weights (:func:`load_matching_weights`);
+    1. ``init_from``: load the matching weights (:func:`load_matching_weights`), except the ``init_skip`` groups;
     2. ``lora``: add the adapters and freeze everything else except ``lora.trainable`` groups and, when
        ``lora.train_new`` (default), the tensors ``init_from`` did not provide (e.g. a new audio encoder);
     3. ``freeze``: freeze these groups (adapters inside them stay trainable).
@@ -282,11 +299,13 @@ def setup_finetuning(
     Prints the load report and the trainable-parameter count; returns the :class:`InitReport` (None without
     ``init_from``).
     """
-    report = load_matching_weights(model, init_from) if init_from else None
+    if init_skip and not init_from:
+        raise ValueError("init_skip names groups not to load from init_from, but init_from is not set")
+    report = load_matching_weights(model, init_from, skip=init_skip or ()) if init_from else None
     if lora is not None:
         from omnifuse.tasks.lora import apply_lora
 
-        apply_lora(model, lora, new_keys=report.new if report is not None else None)
+        apply_lora(model, lora, new_keys=report.new + report.skipped if report is not None else None)
     if freeze:
         freeze_groups(model, freeze)
     if init_from or freeze or lora is not None:

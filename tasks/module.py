@@ -56,11 +56,14 @@ class OmniTask(L.LightningModule):
         init_from: str | None = None,
         freeze: list[str] | None = None,
         lora: LoRAConfig | None = None,
+        init_skip: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.model = OmniModel(image_encoder, audio_encoder, text_encoder, fusion=fusion, decoder=decoder)
         # Fine-tuning (tasks/finetune.py): load matching weights of another run, add LoRA adapters, freeze groups.
-        self.init_report = setup_finetuning(self.model, init_from=init_from, freeze=freeze, lora=lora)
+        self.init_report = setup_finetuning(
+            self.model, init_from=init_from, freeze=freeze, lora=lora, init_skip=init_skip
+        )
         self.optimizer_config = optimizer or OptimizerConfig()
         self.generation_config = generation or self.default_generation()
         self.eval_generate = eval_generate

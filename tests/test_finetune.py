@@ -73,10 +73,13 @@ def _build(cls, seed: int, **kwargs):
     return cls(fusion=FUSION, decoder=DECODER, **kwargs)
 
 
-@pytest.mark.parametrize("case", ["vqa->caption", "vqa->spoken", "text->mixed"])
+@pytest.mark.parametrize("case", ["vqa->caption", "vqa->caption-skip", "vqa->spoken", "text->mixed"])
 def test_init_from_loads_matching_tensors_and_reports_the_rest(case, vqa_ckpt, tmp_path, capsys):
-    if case == "vqa->caption":  # a Lightning checkpoint of another task; the target drops the text encoder
+    skip = {}
+    if case.startswith("vqa->caption"):  # a Lightning checkpoint of another task; the target drops the text encoder
         source, cls, encoders = vqa_ckpt, CaptionTask, {"image_encoder": IMAGE}
+        if case.endswith("skip"):  # ... and keeps a fresh image encoder
+            skip = {"init_skip": ["image_encoder"]}
     elif case == "vqa->spoken":  # a save_pretrained folder; the target gains an audio encoder
         source = OmniModel.from_pretrained(vqa_ckpt).save_pretrained(tmp_path / "vqa_model")
         cls, encoders = VQATask, {"image_encoder": IMAGE, "audio_encoder": AUDIO}
@@ -87,24 +90,28 @@ def test_init_from_loads_matching_tensors_and_reports_the_rest(case, vqa_ckpt, t
         longer = {**TEXT, "init_args": {**TEXT["init_args"], "max_len": 96}}
         cls, encoders = VQATask, {"image_encoder": IMAGE, "text_encoder": longer}
 
-    task = _build(cls, 7, init_from=str(source), **encoders)
+    task = _build(cls, 7, init_from=str(source), **encoders, **skip)
     fresh = _build(cls, 7, **encoders).model.state_dict()  # the same initialisation, nothing loaded
     src = _source_state(Path(source))
     got = task.model.state_dict()
 
-    expected_loaded = {k for k in got if k in src and src[k].shape == got[k].shape}
+    expected_skipped = {k for k in got if k in src and skip and k.startswith("encoders.image.")}
+    expected_loaded = {k for k in got if k in src and src[k].shape == got[k].shape} - expected_skipped
     report = task.init_report
     assert set(report.loaded) == expected_loaded
-    assert set(report.new) == set(got) - expected_loaded
+    assert set(report.skipped) == expected_skipped
+    assert set(report.new) == set(got) - expected_loaded - expected_skipped
     assert set(report.unused) == set(src) - set(got)
     assert set(report.mismatched) == {k for k in got if k in src and src[k].shape != got[k].shape}
     for k in report.loaded:
         torch.testing.assert_close(got[k], src[k], rtol=0, atol=0, msg=k)
-    for k in report.new:
+    for k in report.new + report.skipped:
         torch.testing.assert_close(got[k], fresh[k], rtol=0, atol=0, msg=k)
     assert any(k.startswith("decoder.blocks.1.ffn.router") for k in report.loaded)  # router and its bias buffer
 
-    if case == "vqa->caption":
+    if case == "vqa->caption-skip":
+        assert expected_skipped and any(k.endswith("running_mean") for k in report.skipped) and not report.new
+    elif case == "vqa->caption":
         assert not report.new and {k.split(".")[1] for k in report.unused if k.startswith("encoders.")} == {"text"}
     elif case == "vqa->spoken":
         assert {k for k in report.new if not k.startswith(("encoders.audio.", "fusion.embed.audio."))} == set()
@@ -117,9 +124,11 @@ def test_init_from_loads_matching_tensors_and_reports_the_rest(case, vqa_ckpt, t
     assert "trainable parameters" in out
 
 
-def test_init_from_rejects_a_missing_file(tmp_path):
+def test_init_from_rejects_a_missing_file_and_init_skip_alone(tmp_path):
     with pytest.raises(FileNotFoundError):
         _build(VQATask, 0, image_encoder=IMAGE, init_from=str(tmp_path / "nope.ckpt"))
+    with pytest.raises(ValueError, match="init_from is not set"):
+        _build(VQATask, 0, image_encoder=IMAGE, init_skip=["image_encoder"])
 
 
 def test_module_groups_resolve_and_unknown_names_fail():
@@ -243,7 +252,7 @@ def test_enable_ddp_unused_parameters_only_for_plain_ddp():
     [
         ("easyvqa.yaml", "gpu_bf16.yaml", ["precision: bf16-mixed", "accelerator: gpu"], []),
         ("easyvqa.yaml", "fsdp_bf16.yaml", ["OmniFSDPStrategy", "buffer_dtype: float32", "precision: bf16-mixed"], []),
-        ("finetune_vqa_to_caption.yaml", None, ["CaptionTask", "init_from: runs/easyvqa/checkpoints/last.ckpt"], []),
+        ("finetune_vqa_to_caption.yaml", None, ["CaptionTask", "init_from: runs/easyvqa", "- image_encoder"], []),
         ("finetune_vqa_to_spoken.yaml", None, ["AudioEncoder", "modality_dropout: 0.2", "init_from: runs/easyvqa"], []),
         ("finetune_vqa_to_spoken.yaml", "finetune_lora.yaml", ["SaveLoRAAdapters", "- experts"], ["FinetuneSchedule"]),
     ],
