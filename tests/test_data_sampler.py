@@ -1,0 +1,111 @@
+"""The training sampler: seeded shuffles and target-balanced draws, sharding over ranks, resuming mid-epoch."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from omnifuse.data.datamodule import MultimodalDataModule
+from omnifuse.data.sampler import ResumableSampler, balancing_weights
+
+
+def test_balancing_weights_against_hand_computed_values():
+    keys = ["yes"] * 6 + ["no"] * 3 + ["red"]
+    w = balancing_weights(keys, 1.0)
+    # power 1: each key's records share 1/3 of the mass (3 distinct keys).
+    assert w[:6].sum().item() == pytest.approx(1 / 3) and w[6:9].sum().item() == pytest.approx(1 / 3)
+    assert w[9].item() == pytest.approx(1 / 3)
+    # power 0.5: weight of one record is count ** -0.5, normalised.
+    w = balancing_weights(keys, 0.5)
+    raw = [6**-0.5] * 6 + [3**-0.5] * 3 + [1.0]
+    assert w.tolist() == pytest.approx([r / sum(raw) for r in raw])
+    assert balancing_weights(keys, 0.0).tolist() == pytest.approx([0.1] * 10)
+    with pytest.raises(ValueError, match="power"):
+        balancing_weights(keys, -1.0)
+
+
+def test_weighted_epochs_follow_the_weights():
+    keys = ["a"] * 900 + ["b"] * 90 + ["c"] * 10
+    sampler = ResumableSampler(range(1000), seed=3, weights=balancing_weights(keys, 1.0))
+    seen = Counter()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        assert len(indices) == 1000
+        seen.update(keys[i] for i in indices)
+    # 20,000 draws, each key with probability 1/3: binomial sd is about 67, so 5 sd is 333.
+    for key in "abc":
+        assert abs(seen[key] - 20000 / 3) < 333
+
+
+def test_weighted_draws_are_seeded_sharded_and_resumable():
+    weights = torch.rand(101, generator=torch.Generator().manual_seed(0))
+    one = ResumableSampler(range(101), seed=5, weights=weights)
+    one.set_epoch(2)
+    epoch2 = list(one)
+    assert list(one) == epoch2  # the same (seed, epoch) gives the same epoch
+    one.set_epoch(3)
+    assert list(one) != epoch2
+
+    # Two ranks deal out one shared stream of draws, in turn.
+    ranks = [ResumableSampler(range(101), num_replicas=2, rank=r, seed=5, weights=weights) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(2)
+    r0, r1 = (list(s) for s in ranks)
+    assert len(r0) == len(r1) == 51
+    stream = torch.multinomial(
+        weights.double() / weights.double().sum(), 102, replacement=True, generator=torch.Generator().manual_seed(7)
+    ).tolist()
+    assert r0 == stream[0::2] and r1 == stream[1::2]
+
+    # Resuming skips exactly what this rank already consumed.
+    ranks[1].start_at(2, 20)
+    assert list(ranks[1]) == r1[20:]
+    assert list(ranks[1]) == r1  # only the next iteration skips
+
+
+def test_bad_weights_are_refused():
+    with pytest.raises(ValueError, match="one entry per record"):
+        ResumableSampler(range(4), weights=torch.ones(3))
+    with pytest.raises(ValueError, match="non-negative"):
+        ResumableSampler(range(4), weights=torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="not all zero"):
+        ResumableSampler(range(4), weights=torch.zeros(4))
+
+
+def test_datamodule_balances_targets(tmp_path: Path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(folder / "img.png")
+    targets = ["yes"] * 40 + ["no"] * 40 + ["circle"] * 4
+    lines = [
+        json.dumps({"id": f"q{i}", "task": "vqa", "image": "img.png", "text": "q?", "target": t})
+        for i, t in enumerate(targets)
+    ]
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    by_id = {f"q{i}": t for i, t in enumerate(targets)}
+
+    def drawn(balance: float) -> Counter:
+        dm = MultimodalDataModule(
+            train_manifest=str(folder / "train.jsonl"), batch_size=12, image_size=8, balance_targets=balance
+        )
+        dm.setup("fit")
+        counts = Counter()
+        for epoch in range(25):
+            loader = dm.train_dataloader()
+            loader.sampler.set_epoch(epoch)
+            counts.update(by_id[i] for b in loader for i in b.ids)
+        return counts
+
+    plain, balanced = drawn(0.0), drawn(1.0)
+    assert plain == Counter({"yes": 1000, "no": 1000, "circle": 100})  # a shuffle: every record once per epoch
+    # 2,100 draws, 1/3 each: sd about 22.
+    assert all(abs(balanced[k] - 700) < 110 for k in ("yes", "no", "circle"))
+    with pytest.raises(ValueError, match="balance_targets"):
+        MultimodalDataModule(train_manifest="x.jsonl", balance_targets=-0.5)
