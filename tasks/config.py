@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class OptimizerConfig:
-    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``."""
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``.
+
+    ``lr_scale`` maps a parameter-name prefix of the model (``encoders.image``, ``fusion``, ``decoder.blocks.0.moe``)
+    to a multiplier of ``lr`` for the parameters under it; the longest matching prefix wins, and a prefix that matches
+    no parameter is an error (a typo must not silently train at the wrong rate).
+    """
 
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -15,6 +20,7 @@ class OptimizerConfig:
     beta2: float = 0.95
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,6 +26,48 @@ from omnifuse.tasks.predict import generation_kwargs, predict_batch
 IGNORE_INDEX = -100
 
 
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float] | None = None
+) -> list[dict]:
+    """AdamW parameter groups of ``model``'s trainable parameters: (decay, no-decay) per learning-rate scale.
+
+    No weight decay on norms, biases and embeddings (1-D tensors and embedding tables). ``lr_scale`` maps name
+    prefixes to multipliers of ``lr`` (longest prefix wins); unscaled parameters come first, so without ``lr_scale``
+    the groups are exactly [decay, no-decay].
+    """
+    lr_scale = dict(lr_scale or {})
+    for prefix, scale in lr_scale.items():
+        if scale < 0:
+            raise ValueError(f"optimizer.lr_scale[{prefix!r}] must be >= 0, got {scale}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    all_names = [n for n, _ in model.named_parameters()]
+    unmatched = [k for k in lr_scale if not any(n == k or n.startswith(k + ".") for n in all_names)]
+    if unmatched:
+        raise ValueError(f"optimizer.lr_scale prefixes {unmatched} match no parameter of the model")
+
+    def scale_of(name: str) -> float:
+        hits = [k for k in lr_scale if name == k or name.startswith(k + ".")]
+        return lr_scale[max(hits, key=len)] if hits else 1.0
+
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in named:
+        no_decay = p.ndim < 2 or "embed" in name or "norm" in name
+        groups.setdefault((scale_of(name), no_decay), []).append(p)
+    scales = sorted({s for s, _ in groups}, key=lambda s: (s != 1.0, s))  # scale 1 first
+    out = []
+    for scale in scales:
+        for no_decay in (False, True):
+            if (scale, no_decay) in groups:
+                out.append(
+                    {
+                        "params": groups[(scale, no_decay)],
+                        "weight_decay": 0.0 if no_decay else weight_decay,
+                        "lr": lr * scale,
+                    }
+                )
+    return out
+
+
 class OmniTask(L.LightningModule):
     """Base task: an ``OmniModel`` trained with teacher forcing, evaluated by generation.
 
@@ -145,14 +187,8 @@ class OmniTask(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_config
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            # No weight decay on norms, biases and embeddings (1-D tensors and embedding tables).
-            (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            parameter_groups(self.model, cfg.weight_decay, cfg.lr, cfg.lr_scale),
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
         )

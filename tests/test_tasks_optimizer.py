@@ -1,0 +1,76 @@
+"""Optimizer parameter groups: weight-decay split and per-prefix learning-rate scales."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from omnifuse.tasks.module import parameter_groups
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict({"image": nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))})
+        self.fusion = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.decoder = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+
+
+def _lookup(groups: list[dict]) -> dict[int, tuple[float, float]]:
+    out: dict[int, tuple[float, float]] = {}
+    for g in groups:
+        for p in g["params"]:
+            assert id(p) not in out, "a parameter is in two groups"
+            out[id(p)] = (g["lr"], g["weight_decay"])
+    return out
+
+
+def test_groups_match_a_per_parameter_reference():
+    net = _Net()
+    net.decoder["head"].weight.requires_grad_(False)
+    scales = {"encoders.image": 0.1, "encoders.image.1": 0.5, "fusion.0": 2.0}
+    got = _lookup(parameter_groups(net, weight_decay=0.05, lr=1e-3, lr_scale=scales))
+
+    # (lr, weight decay) per parameter, written out by hand rather than derived by the same rules.
+    table = {
+        "encoders.image.0.weight": (1e-4, 0.05),  # conv kernel under "encoders.image"
+        "encoders.image.0.bias": (1e-4, 0.0),
+        "encoders.image.1.weight": (5e-4, 0.0),  # BatchNorm: the longer prefix "encoders.image.1" wins
+        "encoders.image.1.bias": (5e-4, 0.0),
+        "fusion.0.weight": (2e-3, 0.05),
+        "fusion.0.bias": (2e-3, 0.0),
+        "fusion.1.weight": (1e-3, 0.0),  # LayerNorm, no scale
+        "fusion.1.bias": (1e-3, 0.0),
+        "decoder.embed.weight": (1e-3, 0.0),  # embedding table: no decay
+    }  # decoder.head.weight is frozen and must be in no group
+    params = dict(net.named_parameters())
+    expected = {id(params[name]): v for name, v in table.items()}
+    assert set(got) == set(expected)
+    for key, (lr, decay) in expected.items():
+        assert got[key][0] == pytest.approx(lr) and got[key][1] == decay
+
+
+def test_without_scales_the_groups_are_decay_then_no_decay():
+    net = _Net()
+    groups = parameter_groups(net, weight_decay=0.05, lr=1e-3)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+
+
+def test_unknown_prefix_and_negative_scale_are_errors():
+    with pytest.raises(ValueError, match="encoders.audio"):
+        parameter_groups(_Net(), 0.05, 1e-3, {"encoders.audio": 0.1})
+    with pytest.raises(ValueError, match="fusion"):
+        parameter_groups(_Net(), 0.05, 1e-3, {"fusion": -1.0})
+    # A prefix must end on a name boundary: "fus" is not a prefix of "fusion.0.weight".
+    with pytest.raises(ValueError, match="fus"):
+        parameter_groups(_Net(), 0.05, 1e-3, {"fus": 0.1})
+
+
+def test_scheduler_keeps_each_group_at_its_scale():
+    net = _Net()
+    opt = torch.optim.AdamW(parameter_groups(net, 0.0, 1e-2, {"encoders": 0.1}), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([5e-4, 5e-4, 5e-3, 5e-3])
+    del sched
