@@ -10,10 +10,25 @@ from torch.utils.data import DataLoader
 
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
+from omnifuse.data.records import Record, RecordError
 from omnifuse.data.sampler import ResumableSampler, balancing_weights
 from omnifuse.data.tokenizer import ByteTokenizer
 
 PREPARERS: tuple[str, ...] = ("easyvqa",)
+
+
+def balance_key(record: Record, field: str) -> str:
+    """The value of ``field`` (``target``, ``task`` or ``meta.<key>``) of ``record`` as a hashable key."""
+    if field == "target":
+        value = record.target
+    elif field == "task":
+        value = record.task
+    else:
+        key = field.removeprefix("meta.")
+        if key not in (record.meta or {}):
+            raise RecordError(record.id, field, "missing; balance_by needs it on every training record")
+        value = record.meta[key]
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -44,9 +59,12 @@ class MultimodalDataModule(L.LightningDataModule):
         limit_val: the same for validation.
         limit_test: the same for test.
         seed: seed of those subsets and of the training shuffle.
-        balance_targets: draw training records with probability proportional to ``count(target) ** -balance_targets``
-            (with replacement, ``len(train)`` draws per epoch): 0 is a plain shuffle, 1 makes every distinct target
-            equally frequent (on easy-VQA 74 % of the questions are yes/no; 1 gives each of the 13 answers 1/13).
+        balance_by: a record field (``target``, ``task`` or ``meta.<key>``) whose values are balanced in training:
+            records are drawn with probability proportional to ``count(value) ** -balance_power`` (with replacement,
+            ``len(train)`` draws per epoch). None is a plain shuffle. A record without the field is an error.
+        balance_power: 1 makes every distinct value equally frequent, 0 keeps the plain shuffle, values between
+            soften the imbalance. easy-VQA is 74 % yes/no questions; ``balance_by: meta.answer_type`` gives yes/no, colour and
+            shape questions a third each, and that is what lets the model learn shapes (see README).
     """
 
     def __init__(
@@ -71,7 +89,8 @@ class MultimodalDataModule(L.LightningDataModule):
         limit_val: int | None = None,
         limit_test: int | None = None,
         seed: int = 0,
-        balance_targets: float = 0.0,
+        balance_by: str | None = None,
+        balance_power: float = 1.0,
     ) -> None:
         super().__init__()
         if prepare is not None and prepare not in PREPARERS:
@@ -93,9 +112,12 @@ class MultimodalDataModule(L.LightningDataModule):
         self.prepare_limit_images = prepare_limit_images
         self.limits = {"train": limit_train, "val": limit_val, "test": limit_test}
         self.seed = seed
-        if balance_targets < 0:
-            raise ValueError(f"balance_targets must be >= 0, got {balance_targets}")
-        self.balance_targets = balance_targets
+        if balance_by is not None and balance_by not in ("target", "task") and not balance_by.startswith("meta."):
+            raise ValueError(f"balance_by must be 'target', 'task' or 'meta.<key>', got {balance_by!r}")
+        if balance_power < 0:
+            raise ValueError(f"balance_power must be >= 0, got {balance_power}")
+        self.balance_by = balance_by
+        self.balance_power = balance_power
         self.tokenizer = ByteTokenizer()
         self.collator = Collator(self.tokenizer, max_text_len=max_text_len, max_target_len=max_target_len)
         # Ids the prediction writer already wrote in an earlier, interrupted run (set by JsonlPredictionWriter).
@@ -118,18 +140,22 @@ class MultimodalDataModule(L.LightningDataModule):
         return [p for p in PARTS if p in parts] or list(PARTS)
 
     def prepare_data(self) -> None:
-        """Build missing manifests with the configured builder (Lightning calls this on one process per node)."""
-        missing = [m for m in self._manifests() if not Path(m).is_file()]
-        if not missing or self.prepare is None:
+        """Build missing manifests with the configured builder (Lightning calls this on one process per node), and
+        rebuild the builder's own parts when they were built by an older version or with other settings."""
+        if self.prepare is None:
             return
-        from omnifuse.data.easyvqa import prepare_easyvqa
+        from omnifuse.data.easyvqa import PARTS, prepare_easyvqa
 
-        prepare_easyvqa(
-            self.prepare_dir,
-            parts=self._parts_for(missing),
-            seed=self.seed,
-            limit_images=self.prepare_limit_images,
-        )
+        missing = [m for m in self._manifests() if not Path(m).is_file()]
+        parts = self._parts_for(missing) if missing else []
+        # Existing manifests in the builder's folder: the builder checks their build info and skips up-to-date parts.
+        root = Path(self.prepare_dir).resolve()
+        for m in self._manifests():
+            name = Path(m).name.split("_", 1)[0]
+            if Path(m).resolve().parent == root and name in PARTS and name not in parts:
+                parts.append(name)
+        if parts:
+            prepare_easyvqa(self.prepare_dir, parts=parts, seed=self.seed, limit_images=self.prepare_limit_images)
 
     def _dataset(self, split: str, manifest: str | None) -> ManifestDataset | None:
         if manifest is None:
@@ -192,11 +218,10 @@ class MultimodalDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         weights = None
-        if self.balance_targets > 0:
+        if self.balance_by is not None and self.balance_power > 0:
             # Training datasets hold only valid records (fit mode is strict), so records line up with indices.
-            targets = [r.target for r in dataset.records]
-            keys = [t if isinstance(t, str) else json.dumps(t, sort_keys=True) for t in targets]
-            weights = balancing_weights(keys, self.balance_targets)
+            keys = [balance_key(r, self.balance_by) for r in dataset.records]
+            weights = balancing_weights(keys, self.balance_power)
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed, weights=weights)
         if self._resume_at is not None:
             epoch, batches = self._resume_at

@@ -100,7 +100,7 @@ SAMPLE_RATE = 16000
 SCHEMA_FILE = "scene.schema.json"
 BUILD_INFO_FILE = "build_info.json"
 # Bump when a part's output changes for the same settings, so existing builds are rebuilt rather than reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: meta.answer_type on vqa / spoken / mixed records
 
 
 # ----------------------------------------------------------------------------------------------------------- source
@@ -124,6 +124,18 @@ def _source(split: str) -> tuple[list[tuple[str, str, int]], dict[int, str]]:
 # ------------------------------------------------------------------------------------------------- facts from answers
 
 _WORD = re.compile(r"[a-z]+")
+
+
+def answer_type(answer: str) -> str:
+    """``yes/no``, ``shape`` or ``color``: the kind of answer (VQA's ``answer_type``, with easy-VQA's two "other"
+    kinds told apart), stored as ``meta['answer_type']`` so that training can balance them (``balance_by``)."""
+    if answer in ("yes", "no"):
+        return "yes/no"
+    if answer in SHAPES:
+        return "shape"
+    if answer in PALETTE:
+        return "color"
+    raise ValueError(f"easy-VQA answer {answer!r} is none of yes/no, {sorted(SHAPES)}, {sorted(PALETTE)}")
 
 
 def question_facts(question: str, answer: str) -> dict[str, str]:
@@ -421,7 +433,12 @@ class _Build:
                     "image": ref.rel_path,
                     "text": question,
                     "target": answer,
-                    "meta": {"answers": [answer], "image_id": ref.image_id, "source_split": ref.source},
+                    "meta": {
+                        "answers": [answer],
+                        "answer_type": answer_type(answer),
+                        "image_id": ref.image_id,
+                        "source_split": ref.source,
+                    },
                 }
             )
         return rows
@@ -448,6 +465,7 @@ class _Build:
                     "target": answer,
                     "meta": {
                         "answers": [answer],
+                        "answer_type": answer_type(answer),
                         "transcript": question,
                         "voice": voice.name,
                         "speed": voice.speed,

@@ -63,6 +63,22 @@ def test_vqa_no_question_lost_or_duplicated(rows):
     assert len(ids) == len(set(ids))
 
 
+def test_vqa_answer_type_follows_the_question(rows):
+    # Told from the question's wording (easy-VQA's templates), independently of the answer-based labelling.
+    def from_question(q: str) -> str:
+        if q.startswith("what shape") or (q.startswith("what is the") and q.endswith(" shape?") and "color" not in q):
+            return "shape"
+        if q.startswith("what"):
+            return "color"
+        return "yes/no"
+
+    for split in SPLITS:
+        for r in rows[f"vqa_{split}"]:
+            assert r["meta"]["answer_type"] == from_question(r["text"]), r
+    counts = Counter(r["meta"]["answer_type"] for r in rows["vqa_train"])
+    assert counts["yes/no"] > 5 * counts["shape"]  # the imbalance balance_by exists for
+
+
 def test_vqa_validation_is_split_by_image(rows):
     train_images = {r["image"] for r in rows["vqa_train"]}
     val_images = {r["image"] for r in rows["vqa_val"]}

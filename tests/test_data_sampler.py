@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from omnifuse.data.datamodule import MultimodalDataModule
+from omnifuse.data.records import RecordError
 from omnifuse.data.sampler import ResumableSampler, balancing_weights
 
 
@@ -84,17 +85,18 @@ def test_datamodule_balances_targets(tmp_path: Path):
 
     Image.new("RGB", (8, 8), "red").save(folder / "img.png")
     targets = ["yes"] * 40 + ["no"] * 40 + ["circle"] * 4
+    kinds = {"yes": "yes/no", "no": "yes/no", "circle": "shape"}
     lines = [
-        json.dumps({"id": f"q{i}", "task": "vqa", "image": "img.png", "text": "q?", "target": t})
+        json.dumps(
+            {"id": f"q{i}", "task": "vqa", "image": "img.png", "text": "q?", "target": t, "meta": {"kind": kinds[t]}}
+        )
         for i, t in enumerate(targets)
     ]
     (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
     by_id = {f"q{i}": t for i, t in enumerate(targets)}
 
-    def drawn(balance: float) -> Counter:
-        dm = MultimodalDataModule(
-            train_manifest=str(folder / "train.jsonl"), batch_size=12, image_size=8, balance_targets=balance
-        )
+    def drawn(**balance) -> Counter:
+        dm = MultimodalDataModule(train_manifest=str(folder / "train.jsonl"), batch_size=12, image_size=8, **balance)
         dm.setup("fit")
         counts = Counter()
         for epoch in range(25):
@@ -103,9 +105,21 @@ def test_datamodule_balances_targets(tmp_path: Path):
             counts.update(by_id[i] for b in loader for i in b.ids)
         return counts
 
-    plain, balanced = drawn(0.0), drawn(1.0)
+    plain = drawn()
     assert plain == Counter({"yes": 1000, "no": 1000, "circle": 100})  # a shuffle: every record once per epoch
-    # 2,100 draws, 1/3 each: sd about 22.
-    assert all(abs(balanced[k] - 700) < 110 for k in ("yes", "no", "circle"))
-    with pytest.raises(ValueError, match="balance_targets"):
-        MultimodalDataModule(train_manifest="x.jsonl", balance_targets=-0.5)
+    assert drawn(balance_by="target", balance_power=0.0) == plain  # power 0: each record once per epoch
+    # 2,100 draws of 1/3 each: sd about 22.
+    by_target = drawn(balance_by="target")
+    assert all(abs(by_target[k] - 700) < 110 for k in ("yes", "no", "circle"))
+    # By meta.kind: yes/no and shape half each, yes and no sharing their half.
+    by_kind = drawn(balance_by="meta.kind")
+    assert abs(by_kind["circle"] - 1050) < 120 and abs(by_kind["yes"] + by_kind["no"] - 1050) < 120
+
+    with pytest.raises(ValueError, match="balance_power"):
+        MultimodalDataModule(train_manifest="x.jsonl", balance_by="target", balance_power=-0.5)
+    with pytest.raises(ValueError, match="balance_by"):
+        MultimodalDataModule(train_manifest="x.jsonl", balance_by="answers")
+    dm = MultimodalDataModule(train_manifest=str(folder / "train.jsonl"), image_size=8, balance_by="meta.view")
+    dm.setup("fit")
+    with pytest.raises(RecordError, match=r"record 'q0': field 'meta.view': missing"):
+        dm.train_dataloader()
