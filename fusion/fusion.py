@@ -31,6 +31,10 @@ class ModalityFusion(nn.Module):
         max_positions: most tokens one modality may bring (size of its learned position table).
         gate_floor: each present modality's weight is at least ``gate_floor / n_present`` (see ``ModalityGate``), so
             no present modality can be silenced entirely; 0 gives the plain masked softmax.
+        film: before the cross-modal blocks, modulate each modality's tokens by the others (FiLM, Perez et al. 2018):
+            ``x * (1 + gamma) + beta`` with ``(gamma, beta)`` a linear map of the mean of the other present modalities'
+            tokens (zero-initialised, so it starts as the identity). Attention can only mix values; FiLM gives a
+            direct product between, say, a question's words and every image token.
 
     Memory layout, along N: ``[null] + [tokens of modalities[0]] + [tokens of modalities[1]] + ...``, where only the
     modalities found in ``sequences`` have a block. The null token is a learned vector, always attendable, so no
@@ -56,6 +60,7 @@ class ModalityFusion(nn.Module):
         modality_dropout: float = 0.0,
         max_positions: int = 1024,
         gate_floor: float = 0.5,
+        film: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
@@ -68,9 +73,26 @@ class ModalityFusion(nn.Module):
         self.modality_dropout = modality_dropout
         self.embed = nn.ModuleDict({m: ModalityEmbedding(int(d), d_model, max_positions) for m, d in in_dims.items()})
         self.null_token = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.film = nn.ModuleDict({m: nn.Linear(d_model, 2 * d_model) for m in in_dims}) if film else None
+        if self.film is not None:
+            for layer in self.film.values():
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.blocks = nn.ModuleList([CrossModalBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.gate = ModalityGate(d_model, len(self.modalities), floor=gate_floor)
+
+    def _film(self, names: list[str], parts: list[torch.Tensor], valids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each modality's tokens (B, N_m, D) modulated by the mean of the *other* modalities' valid tokens."""
+        sums = [_zero_where_not(x, v).sum(dim=1) for x, v in zip(parts, valids)]  # (B, D) each
+        counts = [v.sum(dim=1, keepdim=True).to(parts[0].dtype) for v in valids]  # (B, 1) each
+        total, n_total = sum(sums), sum(counts)
+        out = []
+        for name, x, v, s, n in zip(names, parts, valids, sums, counts):
+            context = (total - s) / (n_total - n).clamp(min=1)  # (B, D); 0 when no other modality is present
+            gamma, beta = self.film[name](context).chunk(2, dim=-1)  # (B, D) each
+            out.append(_zero_where_not(x * (1 + gamma[:, None]) + beta[:, None], v))
+        return out
 
     def forward(self, sequences: Mapping[str, TokenSequence], present: torch.Tensor) -> FusedMemory:
         """``sequences``: modality -> TokenSequence (B, N_m, in_dim) (modalities no sample has may be omitted);
@@ -104,6 +126,8 @@ class ModalityFusion(nn.Module):
             parts.append(self.embed[name](_zero_where_not(seq.tokens, valid)))  # (B, N_m, D)
             valids.append(valid)
             segments.append(torch.full((valid.shape[1],), col, dtype=torch.long, device=device))
+        if self.film is not None:
+            parts[1:] = self._film(names, parts[1:], valids[1:])
         x = torch.cat(parts, dim=1)  # (B, N, D), N = 1 + sum N_m
         valid = torch.cat(valids, dim=1)  # (B, N)
         segment = torch.cat(segments)  # (N,)

@@ -38,6 +38,7 @@ class FusionConfig:
     dropout: float = 0.0
     modality_dropout: float = 0.0
     gate_floor: float = 0.5
+    film: bool = False
 
 
 @dataclass

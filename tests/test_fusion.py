@@ -20,7 +20,13 @@ B = PRESENT.shape[0]
 
 def make_fusion(**kwargs) -> ModalityFusion:
     torch.manual_seed(0)
-    return ModalityFusion(32, IN_DIMS, MODALITIES, n_layers=2, n_heads=2, **kwargs).eval()
+    fusion = ModalityFusion(32, IN_DIMS, MODALITIES, n_layers=2, n_heads=2, **kwargs).eval()
+    if fusion.film is not None:  # FiLM starts as the identity; give it weights so that it acts
+        with torch.no_grad():
+            for layer in fusion.film.values():
+                layer.weight.normal_(0, 0.2)
+                layer.bias.normal_(0, 0.2)
+    return fusion
 
 
 def make_sequences(junk: bool = False) -> dict[str, TokenSequence]:
@@ -69,8 +75,9 @@ def test_gate_matches_masked_softmax_reference(floor):
         assert_close(weights[b], ref)
 
 
-def test_fusion_output_shapes_and_gate_weights():
-    fusion = make_fusion()
+@pytest.mark.parametrize("film", [False, True])
+def test_fusion_output_shapes_and_gate_weights(film):
+    fusion = make_fusion(film=film)
     out = fusion(make_sequences(), PRESENT)
     assert isinstance(out, FusedMemory)
     n = 1 + sum(WIDTHS.values())
@@ -92,8 +99,9 @@ def test_fusion_output_shapes_and_gate_weights():
     assert out.mask.sum(-1).tolist() == expected.tolist()
 
 
-def test_padding_and_absent_modalities_do_not_change_any_output_bit():
-    fusion = make_fusion()
+@pytest.mark.parametrize("film", [False, True])
+def test_padding_and_absent_modalities_do_not_change_any_output_bit(film):
+    fusion = make_fusion(film=film)
     with torch.no_grad():
         a = fusion(make_sequences(), PRESENT)
         b = fusion(make_sequences(junk=True), PRESENT)
@@ -101,8 +109,9 @@ def test_padding_and_absent_modalities_do_not_change_any_output_bit():
         assert_close(x, y, rtol=0, atol=0)
 
 
-def test_mixed_batch_equals_each_sample_alone():
-    fusion = make_fusion()
+@pytest.mark.parametrize("film", [False, True])
+def test_mixed_batch_equals_each_sample_alone(film):
+    fusion = make_fusion(film=film)
     seqs = make_sequences()
     with torch.no_grad():
         batch = fusion(seqs, PRESENT)
@@ -115,6 +124,33 @@ def test_mixed_batch_equals_each_sample_alone():
             alone = fusion(alone_seqs, PRESENT[b : b + 1])
             assert_close(alone.modality_weights[0], batch.modality_weights[b])
             assert_close(alone.tokens[0][alone.mask[0]], batch.tokens[b][batch.mask[b]], rtol=1e-5, atol=1e-5)
+
+
+def test_film_matches_a_per_sample_loop():
+    fusion = make_fusion(film=True)
+    seqs = make_sequences()
+    with torch.no_grad():
+        names = list(MODALITIES)
+        parts = [fusion.embed[m](s.tokens) for m, s in seqs.items()]
+        valids = [s.mask & PRESENT[:, c, None] for c, s in enumerate(seqs.values())]
+        got = fusion._film(names, parts, valids)
+        for b in range(B):
+            for i, m in enumerate(names):
+                others = [parts[j][b][valids[j][b]] for j in range(3) if j != i]
+                others = torch.cat(others) if others else torch.zeros(0, 32)
+                context = others.mean(0) if len(others) else torch.zeros(32)
+                gamma, beta = fusion.film[m](context).chunk(2)
+                want = parts[i][b] * (1 + gamma) + beta
+                want[~valids[i][b]] = 0
+                assert_close(got[i][b], want, rtol=1e-5, atol=1e-6)
+    # Zero-initialised FiLM is the identity: the same memory as without it.
+    torch.manual_seed(0)
+    plain = ModalityFusion(32, IN_DIMS, MODALITIES, n_layers=2, n_heads=2).eval()
+    torch.manual_seed(0)
+    fresh = ModalityFusion(32, IN_DIMS, MODALITIES, n_layers=2, n_heads=2, film=True).eval()
+    fresh.load_state_dict({**plain.state_dict(), **{k: v for k, v in fresh.state_dict().items() if "film" in k}})
+    with torch.no_grad():
+        assert_close(fresh(seqs, PRESENT).tokens, plain(seqs, PRESENT).tokens, rtol=0, atol=0)
 
 
 def test_omitted_modality_and_validation():
@@ -131,8 +167,9 @@ def test_omitted_modality_and_validation():
         fusion(seqs, PRESENT[:, :2])
 
 
-def test_gradients_reach_every_fusion_parameter():
-    fusion = make_fusion().train()
+@pytest.mark.parametrize("film", [False, True])
+def test_gradients_reach_every_fusion_parameter(film):
+    fusion = make_fusion(film=film).train()
     out = fusion(make_sequences(), PRESENT)
     (out.tokens.square().mean() + out.modality_weights[:, 0].sum()).backward()
     missing = [n for n, p in fusion.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
