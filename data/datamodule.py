@@ -63,8 +63,8 @@ class MultimodalDataModule(L.LightningDataModule):
             records are drawn with probability proportional to ``count(value) ** -balance_power`` (with replacement,
             ``len(train)`` draws per epoch). None is a plain shuffle. A record without the field is an error.
         balance_power: 1 makes every distinct value equally frequent, 0 keeps the plain shuffle, values between
-            soften the imbalance. easy-VQA is 74 % yes/no questions; ``balance_by: meta.answer_type`` gives yes/no, colour and
-            shape questions a third each, and that is what lets the model learn shapes (see README).
+            soften the imbalance. easy-VQA is 74 % yes/no questions; ``balance_by: meta.answer_type`` gives yes/no,
+            colour and shape questions a third each, and that is what lets the model learn shapes (see README).
     """
 
     def __init__(
