@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from omnifuse.encoders.base import Encoder, TokenSequence
-from omnifuse.encoders.open_clip_utils import create_open_clip
+from omnifuse.encoders.open_clip_utils import create_open_clip, with_tower_cfg
 from omnifuse.encoders.registry import register_encoder
 from omnifuse.encoders.utils import ImageNormalizer, as_2tuple, freeze_
 
@@ -47,7 +47,9 @@ class OpenClipImageEncoder(Encoder):
         freeze: no gradients to the tower, which stays in eval mode.
         img_size: build the tower for this input size (``force_image_size``); default: the model config's size.
         feature_level: ``forward_intermediates`` level (-1 = last block / stage).
-        model_kwargs: forwarded to ``open_clip.create_model`` (e.g. ``vision_cfg=...`` for tiny test models).
+        vision_cfg: overrides of the visual tower's config (``width``, ``layers``, ``patch_size`` ...), e.g. a small
+            random-init tower; a plain dict so that YAML configs can set it.
+        model_kwargs: forwarded to ``open_clip.create_model``.
 
     Images are resized to the tower's input size and normalised with its preprocess config's mean/std.
     """
@@ -61,9 +63,11 @@ class OpenClipImageEncoder(Encoder):
         freeze: bool = False,
         img_size: int | tuple[int, int] | None = None,
         feature_level: int = -1,
+        vision_cfg: dict | None = None,
         **model_kwargs,
     ) -> None:
         super().__init__()
+        model_kwargs = with_tower_cfg(model_name, model_kwargs, vision_cfg=vision_cfg)
         if img_size is not None:
             model_kwargs = {**model_kwargs, "force_image_size": img_size}
         model = create_open_clip(model_name, pretrained, **model_kwargs)

@@ -32,6 +32,17 @@ def create_open_clip(model_name: str, pretrained: str | None = None, **model_kwa
         root.removeFilter(_expected_random_init)
 
 
+def with_tower_cfg(model_name: str, model_kwargs: dict, **tower_cfgs: dict | None) -> dict:
+    """``model_kwargs`` plus each given tower config (``vision_cfg`` / ``text_cfg``) merged over the named model's own,
+    so that ``{"width": 128}`` changes the width and keeps every other setting of ``model_name``'s tower."""
+    out = dict(model_kwargs)
+    base = open_clip.get_model_config(model_name) or {}
+    for key, cfg in tower_cfgs.items():
+        if cfg is not None:
+            out[key] = {**base.get(key, {}), **out.get(key, {}), **cfg}
+    return out
+
+
 def _expected_random_init(record: logging.LogRecord) -> bool:
     """Logging filter: drop open_clip's "No pretrained weights loaded" warning (random init is intended here)."""
     return not record.getMessage().startswith("No pretrained weights loaded")

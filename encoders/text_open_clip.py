@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from omnifuse.encoders.base import Encoder, TokenSequence
-from omnifuse.encoders.open_clip_utils import create_open_clip
+from omnifuse.encoders.open_clip_utils import create_open_clip, with_tower_cfg
 from omnifuse.encoders.registry import register_encoder
 from omnifuse.encoders.utils import freeze_, safe_key_mask, zero_masked
 
@@ -34,16 +34,23 @@ class OpenClipTextEncoder(Encoder):
         model_name: any ``open_clip.list_models()`` name with a standard ``TextTransformer`` tower.
         pretrained: None or a local full-CLIP checkpoint file; only the text tower is kept.
         freeze: no gradients to the tower (kept in eval mode).
-        model_kwargs: forwarded to ``open_clip.create_model`` (e.g. ``text_cfg=...`` for tiny test models).
+        text_cfg: overrides of the text tower's config (``width``, ``layers``, ``heads``, ``context_length`` ...), e.g.
+            a small random-init tower; a plain dict so that YAML configs can set it.
+        model_kwargs: forwarded to ``open_clip.create_model``.
     """
 
     modality = "text"
 
     def __init__(
-        self, model_name: str = "ViT-B-32", pretrained: str | None = None, freeze: bool = False, **model_kwargs
+        self,
+        model_name: str = "ViT-B-32",
+        pretrained: str | None = None,
+        freeze: bool = False,
+        text_cfg: dict | None = None,
+        **model_kwargs,
     ) -> None:
         super().__init__()
-        model = create_open_clip(model_name, pretrained, **model_kwargs)
+        model = create_open_clip(model_name, pretrained, **with_tower_cfg(model_name, model_kwargs, text_cfg=text_cfg))
         tower = getattr(model, "text", model)  # CustomTextCLIP keeps the tower in .text; CLIP holds its parts
         if type(tower).__name__ not in ("TextTransformer", "CLIP") or getattr(tower, "cls_emb", None) is not None:
             raise NotImplementedError(f"{model_name}: only standard open_clip TextTransformer towers are supported")

@@ -139,6 +139,41 @@ def test_print_config_round_trips(tmp_path, capsys):
     assert cli.model.model.decoder_config.n_routed_experts == 4
 
 
+def test_open_clip_tower_settings_from_yaml(tmp_path):
+    # Tower overrides are plain dicts in the encoders' signatures, so LightningCLI accepts them from YAML and merges
+    # them over the named model's config (unset keys keep ViT-S-32's values).
+    override = tmp_path / "oc.yaml"
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "class_path": "omnifuse.tasks.VQATask",
+                    "init_args": {
+                        "text_encoder": {
+                            "class_path": "omnifuse.encoders.OpenClipTextEncoder",
+                            "init_args": {"model_name": "ViT-S-32", "text_cfg": {"width": 96, "layers": 1}},
+                        },
+                        "image_encoder": {
+                            "class_path": "omnifuse.encoders.OpenClipImageEncoder",
+                            "init_args": {
+                                "model_name": "ViT-S-32",
+                                "feature_level": -1,
+                                "vision_cfg": {"image_size": 32, "width": 64, "layers": 1, "head_width": 32},
+                            },
+                        },
+                    },
+                }
+            }
+        )
+    )
+    cli = cli_main(["--config", TINY, "--config", str(override)], run=False)
+    text = cli.model.model.encoders["text"]
+    assert text.out_dim == 96 and len(text.tower.transformer.resblocks) == 1
+    assert text.context_length == 77 and text.n_heads == 6  # ViT-S-32 values, kept
+    image = cli.model.model.encoders["image"]
+    assert image.out_dim == 64 and image.normalize.output_size((64, 64)) == (32, 32)
+
+
 def test_prepare_subcommand(tmp_path):
     assert main(["prepare", "easyvqa", "--out", str(tmp_path), "--parts", "vqa", "--limit-images", "3"]) == 0
     assert (tmp_path / "vqa_test.jsonl").is_file()
