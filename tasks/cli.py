@@ -56,11 +56,22 @@ def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="omnifuse export", description=export_main.__doc__)
     parser.add_argument("checkpoint", help="a .ckpt written by omnifuse fit")
     parser.add_argument("--out", required=True, help="output folder for config.json + model.safetensors")
+    parser.add_argument(
+        "--adapters-only",
+        action="store_true",
+        help="write only the LoRA adapters of a LoRA fine-tuning checkpoint (out/adapters.safetensors, or --out "
+        "itself when it ends in .safetensors); load them with omnifuse.tasks.lora.load_lora_adapters",
+    )
     args = parser.parse_args(argv)
-    from omnifuse.tasks.model import OmniModel
+    if args.adapters_only:
+        from omnifuse.tasks.lora import export_adapters
 
-    OmniModel.from_pretrained(args.checkpoint).save_pretrained(args.out)
-    print(f"exported {args.checkpoint} -> {args.out}")
+        written = export_adapters(args.checkpoint, args.out)
+    else:
+        from omnifuse.tasks.model import OmniModel
+
+        written = OmniModel.from_pretrained(args.checkpoint).save_pretrained(args.out)
+    print(f"exported {args.checkpoint} -> {written}")
     return 0
 
 

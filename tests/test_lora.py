@@ -233,6 +233,13 @@ def test_lora_fine_tuning_from_the_cli_exports_merged(tiny_easyvqa, tmp_path):
     for k, v in adapters.items():
         torch.testing.assert_close(state[f"model.{k}"], v, rtol=0, atol=0, msg=k)
 
+    # The CLI's adapters-only export holds exactly the adapters the callback wrote, and nothing of the base.
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "only"), "--adapters-only"]) == 0
+    only = load_file(str(tmp_path / "only" / "adapters.safetensors"))
+    assert only.keys() == adapters.keys()
+    for k, v in adapters.items():
+        torch.testing.assert_close(only[k], v, rtol=0, atol=0, msg=k)
+
     assert main(["export", str(ckpt), "--out", str(tmp_path / "export")]) == 0
     exported = OmniModel.from_pretrained(tmp_path / "export").eval()
     assert not lora_state(exported)
