@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from omnifuse.data.collate import Collator
@@ -208,6 +209,9 @@ class MultimodalDataModule(L.LightningDataModule):
             self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             sampler=self._train_sampler(self.datasets[split]) if shuffle else None,
+            # Worker seeds come from this generator, not the global RNG, so starting a loader (e.g. after a resume)
+            # does not shift the draws of dropout and modality dropout.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             collate_fn=self.collator,
             persistent_workers=self.num_workers > 0,

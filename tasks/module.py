@@ -8,9 +8,11 @@ logits mask for structured output) and in what they measure.
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,31 @@ from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
 from omnifuse.tasks.predict import generation_kwargs, predict_batch
 
 IGNORE_INDEX = -100
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states (torch, CUDA, numpy, random) as tensors and plain Python values, so that checkpoints
+    holding them still load with ``torch.load(weights_only=True)`` (numpy arrays would not)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def parameter_groups(
@@ -252,3 +279,10 @@ class OmniTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lets OmniModel.from_pretrained(<file>.ckpt) rebuild the architecture without the training config.
         checkpoint["omnifuse_model_config"] = self.model.config()
+        # The global RNGs (torch, CUDA, numpy, random) drive dropout and modality dropout; a run resumed from this
+        # checkpoint continues with the same draws as an uninterrupted one (the data order has its own seeds).
+        checkpoint["omnifuse_rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "omnifuse_rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
+            set_rng_states(checkpoint["omnifuse_rng_states"])

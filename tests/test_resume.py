@@ -76,7 +76,10 @@ def _config(tmp: Path, data: Path, name: str, ckpt_dir: Path, extra_callbacks: l
                     *(extra_callbacks or []),
                 ],
             },
-            "model": {"init_args": {"optimizer": {"lr": 0.003, "warmup_steps": 3}}},
+            # Modality dropout draws from the global RNG in every forward: the resumed run must restore it.
+            "model": {
+                "init_args": {"optimizer": {"lr": 0.003, "warmup_steps": 3}, "fusion": {"modality_dropout": 0.5}}
+            },
             "data": {"train_manifest": str(data / "resume_train.jsonl")},
         },
     )

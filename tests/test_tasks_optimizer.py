@@ -1,4 +1,4 @@
-"""Optimizer parameter groups: weight-decay split and per-prefix learning-rate scales."""
+"""Optimizer parameter groups (weight decay, per-prefix LR scales) and the RNG states saved in checkpoints."""
 
 from __future__ import annotations
 
@@ -74,3 +74,22 @@ def test_scheduler_keeps_each_group_at_its_scale():
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
     assert sorted(g["lr"] for g in opt.param_groups) == pytest.approx([5e-4, 5e-4, 5e-3, 5e-3])
     del sched
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from omnifuse.tasks.module import rng_states, set_rng_states
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    torch.save({"rng": rng_states()}, tmp_path / "c.pt")
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    for seed in (torch.manual_seed, np.random.seed, random.seed):  # move every generator elsewhere
+        seed(9)
+    set_rng_states(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
+    got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
