@@ -142,21 +142,29 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Build missing manifests with the configured builder (Lightning calls this on one process per node), and
-        rebuild the builder's own parts when they were built by an older version or with other settings."""
+        rebuild the parts that an older version of the builder wrote (their build info records the version)."""
         if self.prepare is None:
             return
-        from omnifuse.data.easyvqa import PARTS, prepare_easyvqa
+        from omnifuse.data.easyvqa import BUILD_INFO_FILE, BUILD_VERSION, prepare_easyvqa
 
         missing = [m for m in self._manifests() if not Path(m).is_file()]
         parts = self._parts_for(missing) if missing else []
-        # Existing manifests in the builder's folder: the builder checks their build info and skips up-to-date parts.
+        # Only a version change triggers a rebuild of existing files: other settings (seed, image limit) may differ on
+        # purpose, and files the builder never wrote (no build-info entry) are the user's.
+        info_path = Path(self.prepare_dir) / BUILD_INFO_FILE
+        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         root = Path(self.prepare_dir).resolve()
+        stale = []
         for m in self._manifests():
-            name = Path(m).name.split("_", 1)[0]
-            if Path(m).resolve().parent == root and name in PARTS and name not in parts:
-                parts.append(name)
+            part = Path(m).name.split("_", 1)[0]
+            ours = Path(m).resolve().parent == root and part in info
+            if ours and info[part].get("version") != BUILD_VERSION and part not in parts + stale:
+                stale.append(part)
         if parts:
             prepare_easyvqa(self.prepare_dir, parts=parts, seed=self.seed, limit_images=self.prepare_limit_images)
+        for part in stale:  # rebuilt with the settings it was built with
+            built = info[part]
+            prepare_easyvqa(self.prepare_dir, parts=[part], seed=built["seed"], limit_images=built["limit_images"])
 
     def _dataset(self, split: str, manifest: str | None) -> ManifestDataset | None:
         if manifest is None:

@@ -67,8 +67,11 @@ class ResumableSampler(DistributedSampler):
     def _epoch_indices(self) -> list[int]:
         if self.weights is None:
             return list(super().__iter__())
+        # Inverse-CDF sampling (torch.multinomial refuses more than 2**24 categories, i.e. records).
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+        cdf = self.weights.cumsum(0)
+        u = torch.rand(self.total_size, generator=g, dtype=torch.float64) * cdf[-1]
+        draws = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)
         return draws[self.rank : self.total_size : self.num_replicas].tolist()
 
     def __iter__(self) -> Iterator[int]:

@@ -11,7 +11,8 @@ class OptimizerConfig:
 
     ``lr_scale`` maps a parameter-name prefix of the model (``encoders.image``, ``fusion``, ``decoder.blocks.0.moe``)
     to a multiplier of ``lr`` for the parameters under it; the longest matching prefix wins, and a prefix that matches
-    no parameter is an error (a typo must not silently train at the wrong rate).
+    no parameter is an error (a typo must not silently train at the wrong rate). It applies to the parameters that are
+    trainable when training starts; groups a ``FinetuneSchedule`` unfreezes later get its ``lr_ratio`` instead.
     """
 
     lr: float = 1e-3

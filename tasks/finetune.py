@@ -316,8 +316,9 @@ def setup_finetuning(
 # ---------------------------------------------------------------------------------------------------- schedule
 
 
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    # Same rule as OmniTask.configure_optimizers: no weight decay on norms, biases and embeddings.
+def no_weight_decay(name: str, p: torch.Tensor) -> bool:
+    """The optimizer rule of every task (``parameter_groups``) and of late-unfrozen groups: no weight decay on norms,
+    biases and embeddings (1-D tensors and embedding tables)."""
     return p.ndim < 2 or "embed" in name or "norm" in name
 
 
@@ -374,10 +375,13 @@ class FinetuneSchedule(BaseFinetuning):
         if not params:
             return
         names = {id(p): n for n, p in pl_module.named_parameters()}
+        # The task's configured LR (group 0 may be a group scaled by optimizer.lr_scale); lr_scale itself applies to the
+        # parameters trainable at the start, not to groups unfrozen here.
+        config = getattr(pl_module, "optimizer_config", None)
         base = optimizer.param_groups[0]
-        lr = self.lr_ratio * base.get("initial_lr", base["lr"])
-        decay = [p for p in params if not _no_decay(names.get(id(p), ""), p)]
-        no_decay = [p for p in params if _no_decay(names.get(id(p), ""), p)]
+        lr = self.lr_ratio * (config.lr if config is not None else base.get("initial_lr", base["lr"]))
+        decay = [p for p in params if not no_weight_decay(names.get(id(p), ""), p)]
+        no_decay = [p for p in params if no_weight_decay(names.get(id(p), ""), p)]
         weight_decay = max((g.get("weight_decay", 0.0) for g in optimizer.param_groups), default=0.0)
         for group_params, wd in ((decay, weight_decay), (no_decay, 0.0)):
             if group_params:

@@ -20,7 +20,7 @@ from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import Encoder
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
-from omnifuse.tasks.finetune import enable_ddp_unused_parameters, setup_finetuning
+from omnifuse.tasks.finetune import enable_ddp_unused_parameters, no_weight_decay, setup_finetuning
 from omnifuse.tasks.lora import LoRAConfig
 from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
 from omnifuse.tasks.predict import generation_kwargs, predict_batch
@@ -37,8 +37,8 @@ def rng_states() -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_initialized():  # never start CUDA just to read its RNG
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's device (under DDP, rank 0's device)
     return states
 
 
@@ -50,7 +50,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state(states["cuda"])  # onto this process's current device
 
 
 def parameter_groups(
@@ -78,8 +78,7 @@ def parameter_groups(
 
     groups: dict[tuple[float, bool], list] = {}
     for name, p in named:
-        no_decay = p.ndim < 2 or "embed" in name or "norm" in name
-        groups.setdefault((scale_of(name), no_decay), []).append(p)
+        groups.setdefault((scale_of(name), no_weight_decay(name, p)), []).append(p)
     scales = sorted({s for s, _ in groups}, key=lambda s: (s != 1.0, s))  # scale 1 first
     out = []
     for scale in scales:

@@ -131,3 +131,33 @@ def test_batches_move_to_device(out: Path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader())).to(torch.device("cpu"))
     assert batch.image.device.type == "cpu"
+
+
+def test_prepare_rebuilds_only_parts_an_older_builder_wrote(out: Path):
+    first = _module(out)
+    first.prepare_data()
+    manifest = out / "vqa_train.jsonl"
+    info_path = out / "build_info.json"
+    stamp = manifest.stat().st_mtime_ns
+
+    # Another data seed (it also seeds the shuffle) must not rebuild, nor re-split, the existing data.
+    _module(out, seed=7).prepare_data()
+    assert manifest.stat().st_mtime_ns == stamp
+
+    # A build recorded by an older builder version is rebuilt, with the settings it was built with.
+    info = json.loads(info_path.read_text())
+    info["vqa"]["version"] = 1
+    info_path.write_text(json.dumps(info))
+    manifest.write_text(manifest.read_text().replace('"answer_type"', '"old_key"'))
+    _module(out, seed=7).prepare_data()
+    rebuilt = json.loads(info_path.read_text())["vqa"]
+    assert rebuilt["seed"] == 0 and rebuilt["version"] != 1
+    assert '"answer_type"' in manifest.read_text()
+
+    # Files the builder never wrote (no build-info entry) are left alone.
+    info = json.loads(info_path.read_text())
+    del info["vqa"]
+    info_path.write_text(json.dumps(info))
+    manifest.write_text(manifest.read_text().splitlines()[0] + "\n")
+    _module(out).prepare_data()
+    assert len(manifest.read_text().splitlines()) == 1

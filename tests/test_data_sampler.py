@@ -52,21 +52,31 @@ def test_weighted_draws_are_seeded_sharded_and_resumable():
     one.set_epoch(3)
     assert list(one) != epoch2
 
-    # Two ranks deal out one shared stream of draws, in turn.
-    ranks = [ResumableSampler(range(101), num_replicas=2, rank=r, seed=5, weights=weights) for r in (0, 1)]
-    for s in ranks:
+    # Two ranks deal out, in turn, the stream a single process draws for the same (seed, epoch).
+    single = ResumableSampler(range(100), seed=5, weights=weights[:100])
+    ranks = [ResumableSampler(range(100), num_replicas=2, rank=r, seed=5, weights=weights[:100]) for r in (0, 1)]
+    for s in (single, *ranks):
         s.set_epoch(2)
-    r0, r1 = (list(s) for s in ranks)
-    assert len(r0) == len(r1) == 51
-    stream = torch.multinomial(
-        weights.double() / weights.double().sum(), 102, replacement=True, generator=torch.Generator().manual_seed(7)
-    ).tolist()
+    stream, r0, r1 = list(single), list(ranks[0]), list(ranks[1])
+    assert len(r0) == len(r1) == 50
     assert r0 == stream[0::2] and r1 == stream[1::2]
 
     # Resuming skips exactly what this rank already consumed.
     ranks[1].start_at(2, 20)
     assert list(ranks[1]) == r1[20:]
     assert list(ranks[1]) == r1  # only the next iteration skips
+
+
+def test_zero_weight_records_are_never_drawn():
+    weights = torch.zeros(1000)
+    weights[[3, 500, 999]] = torch.tensor([1.0, 2.0, 1.0])
+    sampler = ResumableSampler(range(1000), seed=0, weights=weights)
+    drawn = Counter()
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        drawn.update(sampler)
+    assert set(drawn) == {3, 500, 999}
+    assert abs(drawn[500] - 2000) < 5 * (4000 * 0.25) ** 0.5  # p = 1/2 over 4,000 draws
 
 
 def test_bad_weights_are_refused():
