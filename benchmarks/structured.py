@@ -149,19 +149,36 @@ def bench_masks(schema: dict, name: str, batch: int, max_new: int, repeats: int)
     )
 
 
-def bench_decoder(batch: int, max_new: int, repeats: int) -> None:
-    """Constrained / unconstrained generation with omnifuse's MoE decoder (CPU time per step, same step count)."""
-    try:
-        from omnifuse.moe_core import MoEDecoder, MoEDecoderConfig
-    except ImportError:  # the decoder is not there yet
-        print("  (moe_core decoder not available: ratio skipped)")
-        return
+def _trained_decoder(ckpt: str, manifest: str, batch: int):
+    """A trained model's decoder and the fused memory of the first ``batch`` records of ``manifest``."""
+    from omnifuse.data.collate import Collator
+    from omnifuse.data.dataset import ManifestDataset
+    from omnifuse.tasks.model import OmniModel
+
+    model = OmniModel.from_pretrained(ckpt).eval()
+    data = ManifestDataset(manifest, mode="predict")
+    records = Collator()([data[i] for i in range(batch)])
+    with torch.no_grad():
+        memory = model.encode(records)
+    return model.decoder, memory.tokens, memory.mask
+
+
+def bench_decoder(batch: int, max_new: int, repeats: int, ckpt: str | None = None, manifest: str = "") -> None:
+    """Constrained / unconstrained generation with omnifuse's MoE decoder (CPU time per step, same step count): a
+    small random one, or a trained checkpoint's decoder over the memory of real records (``ckpt``)."""
+    from omnifuse.moe_core import MoEDecoder, MoEDecoderConfig
+
     tok = ByteTokenizer()
     torch.manual_seed(0)
-    cfg = MoEDecoderConfig(d_model=64, n_layers=2, n_heads=4, d_ff_dense=128, n_routed_experts=4, d_expert=64)
-    model = MoEDecoder(cfg).eval()
-    mem = torch.randn(batch, 8, cfg.d_model)
-    mmask = torch.ones(batch, 8, dtype=torch.bool)
+    if ckpt:
+        model, mem, mmask = _trained_decoder(ckpt, manifest, batch)
+        label = f"trained decoder (d_model {model.config.d_model}, {model.config.n_layers} layers)"
+    else:
+        cfg = MoEDecoderConfig(d_model=64, n_layers=2, n_heads=4, d_ff_dense=128, n_routed_experts=4, d_expert=64)
+        model = MoEDecoder(cfg).eval()
+        mem = torch.randn(batch, 8, cfg.d_model)
+        mmask = torch.ones(batch, 8, dtype=torch.bool)
+        label = "small MoE decoder (d_model 64, 2 layers)"
     prompt = torch.full((batch, 1), tok.task_id("json"))
 
     class NoEos:  # unconstrained, but never stops early: the same number of steps as the constrained run
@@ -185,8 +202,8 @@ def bench_decoder(batch: int, max_new: int, repeats: int) -> None:
             tc, nc = run(proc)
             ratios.append((tc / nc) / (tu / nu))
         print(
-            f"  {name:7s} batch {batch:2d}: constrained/unconstrained CPU time per step with a small MoE decoder"
-            f" (d_model 64, 2 layers): {statistics.median(ratios[-repeats:]):.3f} (median of {repeats};"
+            f"  {name:7s} batch {batch:2d}: constrained/unconstrained CPU time per step with a {label}:"
+            f" {statistics.median(ratios[-repeats:]):.3f} (median of {repeats};"
             f" unconstrained {tu / nu * 1e3:.2f} ms/step)"
         )
 
@@ -251,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny tensors: 1)")
     parser.add_argument("--decoder", action="store_true", help="also time generation with a small MoE decoder")
+    parser.add_argument("--ckpt", help="time generation with this trained model's decoder instead (implies --decoder)")
+    parser.add_argument("--manifest", default="datasets/easyvqa/json_test.jsonl", help="records whose memory --ckpt uses")
     args = parser.parse_args(argv)
     if args.write_expected_unsupported:
         write_expected_unsupported()
@@ -264,9 +283,10 @@ def main(argv: list[str] | None = None) -> None:
             bench_masks(schema, name, batch, args.max_new_tokens, args.repeats)
     for batch in (1, 16):
         bench_unconstrained(batch)
-    if args.decoder:
+    if args.decoder or args.ckpt:
         print("generation ratio:")
-        bench_decoder(16, args.max_new_tokens, args.repeats)
+        for batch in (1, 16) if args.ckpt else (16,):
+            bench_decoder(batch, args.max_new_tokens, args.repeats, args.ckpt, args.manifest)
 
 
 if __name__ == "__main__":
