@@ -129,7 +129,15 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> Predictor:
-        """From a ``save_pretrained`` folder or an omnifuse ``.ckpt``."""
+        """From a ``save_pretrained`` folder or an omnifuse ``.ckpt``. A ``.ckpt`` also brings the task's decoding
+        settings (e.g. the JSON recipe's 160-token budget), unless ``generation`` is given."""
+        if "generation" not in kwargs and Path(path).is_file():
+            hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
+            saved = hparams.get("generation")
+            if isinstance(saved, dict):
+                kwargs["generation"] = GenerationConfig(**saved)
+            elif isinstance(saved, GenerationConfig):
+                kwargs["generation"] = saved
         return cls(OmniModel.from_pretrained(path), **kwargs)
 
     def predict(self, records: str | Path | Iterable[dict], root: str | Path = ".") -> dict[str, list[dict]]:

@@ -185,7 +185,8 @@ def test_python_predictor_matches_cli_and_reports_bad_dicts(trained, easyvqa_sma
     last = trained / "checkpoints" / "last.ckpt"
     manifest = easyvqa_small / "vqa_test.jsonl"
     predictor = Predictor.from_pretrained(last, image_size=32, batch_size=5)
-    predictor.generation.max_new_tokens = 8
+    # The run's decoding settings come with its checkpoint (tiny_vqa.yaml: max_new_tokens 8; the default is 32).
+    assert predictor.generation.max_new_tokens == 8
     out = predictor.predict(manifest)
     assert [p["prediction"] for p in out["predictions"]] == _generate(predictor.model, manifest, 8)
     records = [json.loads(line) for line in manifest.read_text().splitlines()[:3]]
