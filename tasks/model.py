@@ -234,13 +234,20 @@ class OmniModel(nn.Module):
             model.load_state_dict(merge_lora_state(load_file(str(weights_file), device=str(map_location))))
             return model
         if path.suffix == ".ckpt":
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-            config = checkpoint.get("omnifuse_model_config")
-            if config is None:
-                raise ValueError(f"{path} was not written by an omnifuse task (no 'omnifuse_model_config')")
-            model = cls.from_config(config)
-            prefix = "model."
-            state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-            model.load_state_dict(merge_lora_state(state))  # a LoRA run exports with its adapters merged
-            return model
+            return cls.from_checkpoint(torch.load(path, map_location=map_location, weights_only=False), str(path))
         raise FileNotFoundError(f"{path}: expected a save_pretrained folder or a .ckpt file")
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], source: str = "checkpoint") -> OmniModel:
+        """The model of an already loaded Lightning checkpoint written by an omnifuse task (``source`` names it in
+        errors)."""
+        from omnifuse.tasks.lora import merge_lora_state
+
+        config = checkpoint.get("omnifuse_model_config")
+        if config is None:
+            raise ValueError(f"{source} was not written by an omnifuse task (no 'omnifuse_model_config')")
+        model = cls.from_config(config)
+        prefix = "model."
+        state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        model.load_state_dict(merge_lora_state(state))  # a LoRA run exports with its adapters merged
+        return model

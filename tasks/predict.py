@@ -131,14 +131,13 @@ class Predictor:
     def from_pretrained(cls, path: str | Path, **kwargs) -> Predictor:
         """From a ``save_pretrained`` folder or an omnifuse ``.ckpt``. A ``.ckpt`` also brings the task's decoding
         settings (e.g. the JSON recipe's 160-token budget), unless ``generation`` is given."""
-        if "generation" not in kwargs and Path(path).is_file():
-            hparams = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
-            saved = hparams.get("generation")
-            if isinstance(saved, dict):
-                kwargs["generation"] = GenerationConfig(**saved)
-            elif isinstance(saved, GenerationConfig):
-                kwargs["generation"] = saved
-        return cls(OmniModel.from_pretrained(path), **kwargs)
+        if Path(path).suffix != ".ckpt":
+            return cls(OmniModel.from_pretrained(path), **kwargs)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # read once for model and settings
+        saved = (checkpoint.get("hyper_parameters") or {}).get("generation")
+        if "generation" not in kwargs and isinstance(saved, (dict, GenerationConfig)):
+            kwargs["generation"] = GenerationConfig(**saved) if isinstance(saved, dict) else saved
+        return cls(OmniModel.from_checkpoint(checkpoint, str(path)), **kwargs)
 
     def predict(self, records: str | Path | Iterable[dict], root: str | Path = ".") -> dict[str, list[dict]]:
         """Predict a JSONL manifest (path) or raw record dicts (paths inside resolve against ``root``)."""
