@@ -197,11 +197,13 @@ def _reference_answer(gt_answers: Sequence[str]) -> str:
 class VQAAccuracy:
     """Accumulates VQA accuracy and exact match over batches; pure Python, safe to merge across workers.
 
-    ``update(preds, gts_lists)`` takes one prediction string per question and, per question, either the list of
-    human answers or a single answer string (treated as a one-answer list). ``compute()`` returns
-    ``{"vqa_accuracy": mean official accuracy, "exact_match": mean exact match, "n": number of questions}``;
-    exact match compares the normalised prediction with the most frequent normalised answer. With no questions
-    seen both means are 0.0 and ``n`` is 0.
+    ``update(preds, gts_lists, answer_types=None)`` takes one prediction string per question and, per question,
+    either the list of human answers or a single answer string (treated as a one-answer list). ``compute()`` returns
+    ``{"vqa_accuracy": mean official accuracy, "exact_match": mean exact match, "n": number of questions,
+    "per_answer_type": {type: mean official accuracy}}``; exact match compares the normalised prediction with the
+    most frequent normalised answer. ``answer_types`` (one string or None per question, e.g. VQA's "yes/no",
+    "number", "other") gives the breakdown the official evaluation reports as ``perAnswerType``; questions without
+    a type count only in the overall means. With no questions seen both means are 0.0 and ``n`` is 0.
     """
 
     def __init__(self) -> None:
@@ -211,27 +213,51 @@ class VQAAccuracy:
         self.vqa_sum = 0.0
         self.exact_sum = 0.0
         self.n = 0
+        self.by_type: dict[str, list[float]] = {}  # answer type -> [vqa_sum, n]
 
-    def update(self, preds: Sequence[str], gts_lists: Sequence[Sequence[str] | str]) -> None:
+    def update(
+        self,
+        preds: Sequence[str],
+        gts_lists: Sequence[Sequence[str] | str],
+        answer_types: Sequence[str | None] | None = None,
+    ) -> None:
         if len(preds) != len(gts_lists):
             raise ValueError(f"got {len(preds)} predictions but {len(gts_lists)} ground-truth entries")
-        for pred, gts in zip(preds, gts_lists):
+        if answer_types is not None and len(answer_types) != len(preds):
+            raise ValueError(f"got {len(preds)} predictions but {len(answer_types)} answer types")
+        for i, (pred, gts) in enumerate(zip(preds, gts_lists)):
             answers = [gts] if isinstance(gts, str) else list(gts)
-            self.vqa_sum += vqa_accuracy(pred, answers)
+            accuracy = vqa_accuracy(pred, answers)
+            self.vqa_sum += accuracy
             self.exact_sum += float(normalize_vqa_answer(pred) == _reference_answer(answers))
             self.n += 1
+            kind = answer_types[i] if answer_types is not None else None
+            if kind is not None:
+                totals = self.by_type.setdefault(str(kind), [0.0, 0])
+                totals[0] += accuracy
+                totals[1] += 1
 
     def merge(self, other: VQAAccuracy) -> VQAAccuracy:
         """Add another accumulator's state into this one (for example gathered from other ranks)."""
         self.vqa_sum += other.vqa_sum
         self.exact_sum += other.exact_sum
         self.n += other.n
+        for kind, (total, count) in other.by_type.items():
+            mine = self.by_type.setdefault(kind, [0.0, 0])
+            mine[0] += total
+            mine[1] += count
         return self
 
-    def compute(self) -> dict[str, float | int]:
+    def compute(self) -> dict[str, Any]:
+        per_type = {kind: total / count for kind, (total, count) in sorted(self.by_type.items())}
         if self.n == 0:
-            return {"vqa_accuracy": 0.0, "exact_match": 0.0, "n": 0}
-        return {"vqa_accuracy": self.vqa_sum / self.n, "exact_match": self.exact_sum / self.n, "n": self.n}
+            return {"vqa_accuracy": 0.0, "exact_match": 0.0, "n": 0, "per_answer_type": per_type}
+        return {
+            "vqa_accuracy": self.vqa_sum / self.n,
+            "exact_match": self.exact_sum / self.n,
+            "n": self.n,
+            "per_answer_type": per_type,
+        }
 
 
 # ----------------------------------------------------------------------------------------------------------------------

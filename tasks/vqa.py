@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import torch.distributed as dist
+
 from omnifuse.data.batch import MultimodalBatch
 from omnifuse.tasks.metrics import VQAAccuracy
 from omnifuse.tasks.module import OmniTask
@@ -9,8 +14,18 @@ from omnifuse.tasks.module import OmniTask
 SINGLE_ANSWER_ANNOTATORS = 10
 
 
+def answer_type_metric_name(answer_type: str) -> str:
+    """Metric-name form of an answer type: ``"yes/no"`` -> ``"yes_no"`` (a "/" would nest it in TensorBoard)."""
+    return re.sub(r"[^\w.-]+", "_", answer_type).strip("_") or "untyped"
+
+
 class VQATask(OmniTask):
-    """VQA: greedy answers by default; metrics ``vqa_accuracy`` (official formula) and ``exact_match``."""
+    """VQA: greedy answers by default; metrics ``vqa_accuracy`` (official formula) and ``exact_match``.
+
+    Records whose ``meta["answer_type"]`` is set (VQA's "yes/no" / "number" / "other"; easy-VQA's "yes/no" /
+    "shape" / "color") also get ``vqa_accuracy/<type>``, the official evaluation's per-answer-type accuracy. The
+    accumulators of all processes are gathered before computing, so every rank logs the same numbers.
+    """
 
     task = "vqa"
     monitor = "val/vqa_accuracy"
@@ -22,12 +37,24 @@ class VQATask(OmniTask):
     def update_metrics(self, predictions: list[str], batch: MultimodalBatch) -> None:
         # A record may carry all human answers in meta["answers"]. A single answer (easy-VQA) counts as given by all
         # 10 annotators: the official leave-one-out formula would score a lone reference 0 whatever the prediction.
-        references = []
+        references, answer_types = [], []
         for meta, target in zip(batch.meta, batch.targets):
             answers = list((meta or {}).get("answers") or [target])
             references.append(answers * SINGLE_ANSWER_ANNOTATORS if len(answers) == 1 else answers)
-        self._accuracy.update(predictions, references)
+            kind = (meta or {}).get("answer_type")
+            answer_types.append(None if kind is None else str(kind))
+        self._accuracy.update(predictions, references, answer_types)
 
     def compute_metrics(self) -> dict[str, float]:
-        result = self._accuracy.compute()
-        return {"vqa_accuracy": result["vqa_accuracy"], "exact_match": result["exact_match"]}
+        accuracy = self._accuracy
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, accuracy)
+            accuracy = VQAAccuracy()
+            for part in gathered:
+                accuracy.merge(part)
+        result = accuracy.compute()
+        metrics = {"vqa_accuracy": result["vqa_accuracy"], "exact_match": result["exact_match"]}
+        for kind, value in result["per_answer_type"].items():
+            metrics[f"vqa_accuracy/{answer_type_metric_name(kind)}"] = value
+        return metrics

@@ -1,6 +1,7 @@
 """VQA accuracy against the published vectors and a plain transcription of the official evaluation loop."""
 
 import ast
+import random
 import re
 import sys
 from pathlib import Path
@@ -255,7 +256,7 @@ def test_exact_match():
 
 def test_accumulator():
     acc = VQAAccuracy()
-    assert acc.compute() == {"vqa_accuracy": 0.0, "exact_match": 0.0, "n": 0}
+    assert acc.compute() == {"vqa_accuracy": 0.0, "exact_match": 0.0, "n": 0, "per_answer_type": {}}
     acc.update(["yes", "2"], [["yes"] * 2 + ["no"] * 8, ["two"] * 3 + ["2"] * 7])
     other = VQAAccuracy()
     other.update(["Circle"], ["circle"])  # a single string is a one-answer list (easy-VQA)
@@ -269,6 +270,29 @@ def test_accumulator():
         acc.update(["a"], [])
     acc.reset()
     assert acc.compute()["n"] == 0
+
+
+def test_accumulator_per_answer_type_matches_a_plain_loop():
+    # Reference: the official evaluation's perAnswerType, i.e. the mean accuracy over the questions of each type,
+    # computed here with a dict of lists; untyped questions count only in the overall mean.
+    rng = random.Random(3)
+    vocab = ["yes", "no", "2", "two", "red", "Red", "circle"]
+    rows = []
+    for _ in range(60):
+        answers = [rng.choice(vocab) for _ in range(rng.choice([1, 3, 10]))]
+        rows.append((rng.choice(vocab), answers, rng.choice(["yes/no", "number", "other", None])))
+    expected: dict[str, list[float]] = {}
+    for pred, answers, kind in rows:
+        if kind is not None:
+            expected.setdefault(kind, []).append(vqa_accuracy(pred, answers))
+    halves = VQAAccuracy(), VQAAccuracy()
+    for half, part in zip(halves, (rows[:25], rows[25:])):
+        half.update([p for p, _, _ in part], [a for _, a, _ in part], [k for _, _, k in part])
+    out = halves[0].merge(halves[1]).compute()
+    assert out["per_answer_type"] == pytest.approx({k: sum(v) / len(v) for k, v in expected.items()})
+    assert out["vqa_accuracy"] == pytest.approx(sum(vqa_accuracy(p, a) for p, a, _ in rows) / len(rows))
+    with pytest.raises(ValueError, match="answer types"):
+        VQAAccuracy().update(["yes"], [["yes"]], [])
 
 
 def test_metrics_module_imports_only_the_standard_library():

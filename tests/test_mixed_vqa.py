@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.easyvqa import MIXED_VIEWS, SPLITS, manifest_paths, prepare_easyvqa
 from omnifuse.tasks.cli import cli_main, main
 from omnifuse.tasks.predict import Predictor
+from omnifuse.tasks.vqa import answer_type_metric_name
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
@@ -152,6 +154,13 @@ def test_recipe_trains_and_reports_gate_weights_per_view(built: Path, tmp_path: 
         logged = {k.removeprefix("test/weight_") for k in metrics if k.startswith("test/weight_")}
         assert logged == modalities, view
         assert 0.0 <= metrics["test/vqa_accuracy"] <= 1.0
+        # Per answer type (the official perAnswerType): the types of the tested records, and their
+        # count-weighted mean is the overall accuracy.
+        types = Counter(r.meta["answer_type"] for r in cli.datamodule.datasets["test"].records)
+        per_type = {k.removeprefix("test/vqa_accuracy/"): v for k, v in metrics.items() if "vqa_accuracy/" in k}
+        assert set(per_type) == {answer_type_metric_name(t) for t in types}
+        weighted = sum(n * per_type[answer_type_metric_name(t)] for t, n in types.items()) / types.total()
+        assert weighted == pytest.approx(metrics["test/vqa_accuracy"])
         if view == "both":
             assert sum(metrics[f"test/weight_{m}"] for m in modalities) == pytest.approx(1.0, abs=1e-5)
 
