@@ -9,8 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a boolean key mask (True = attend)."""
+class MaskedAttention(nn.Module):
+    """Multi-head attention over one sequence with a boolean mask (True = the query may attend to the key).
+
+    The mask is either a key mask (B, N), the same for every query (padding), or a full mask broadcastable to
+    (B, heads, N, N), e.g. the fusion's cross-/self-modality masks. Every query row needs at least one True key
+    (see ``utils.safe_key_mask``), or SDPA returns NaN for it. The encoders' blocks and the fusion's blocks share
+    this one module, so their state-dict names (``qkv``, ``out``) are the same.
+    """
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -21,12 +27,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, N, D); ``mask`` (B, N) key mask or (B, 1, N, N) bool -> (B, N, D)."""
         B, N, D = x.shape
+        if mask.dim() == 2:
+            mask = mask[:, None, None, :]  # (B, 1, 1, N): broadcast over heads and queries
         q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, hs)
-        # key_mask (B, N) -> (B, 1, 1, N): broadcast over heads and queries.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, h, N, hs)
         return self.out(y.transpose(1, 2).reshape(B, N, D))
 
@@ -37,7 +45,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, ffn_mult: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.attn = MaskedAttention(d_model, n_heads, dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(
             nn.Linear(d_model, ffn_mult * d_model),

@@ -2,36 +2,15 @@
 
 All modalities live in one concatenated sequence; which key each query may see is decided by a boolean mask
 (B, 1, N, N), so one SDPA call serves every modality pair. Masked keys get exactly zero weight, so padding and
-absent modalities cannot change any valid output.
+absent modalities cannot change any valid output. The attention module itself is the encoders' ``MaskedAttention``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-class MaskedAttention(nn.Module):
-    """Multi-head attention over one sequence with an arbitrary boolean mask (True = query may attend to key)."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, D); ``attn_mask`` (B, 1, N, N) bool with at least one True per query row."""
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, h, N, hs)
-        return self.out(y.transpose(1, 2).reshape(B, N, D))
+from omnifuse.encoders.layers import MaskedAttention
 
 
 class CrossModalBlock(nn.Module):
