@@ -39,6 +39,15 @@ class MaskedAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, N, D))
 
 
+class FeedForward(nn.Sequential):
+    """The blocks' FFN: ``Linear(d, mult*d) -> GELU -> Dropout -> Linear(mult*d, d)`` (state-dict names ``0``, ``3``)."""
+
+    def __init__(self, d_model: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__(
+            nn.Linear(d_model, mult * d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(mult * d_model, d_model)
+        )
+
+
 class TransformerBlock(nn.Module):
     """Pre-LN block: ``x + attn(LN(x))`` then ``x + FFN(LN(x))`` with GELU."""
 
@@ -47,12 +56,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.attn = MaskedAttention(d_model, n_heads, dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, ffn_mult * d_model),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(ffn_mult * d_model, d_model),
-        )
+        self.ffn = FeedForward(d_model, ffn_mult, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 All modalities live in one concatenated sequence; which key each query may see is decided by a boolean mask
 (B, 1, N, N), so one SDPA call serves every modality pair. Masked keys get exactly zero weight, so padding and
-absent modalities cannot change any valid output. The attention module itself is the encoders' ``MaskedAttention``.
+absent modalities cannot change any valid output. The attention and FFN modules are the encoders' (``MaskedAttention``, ``FeedForward``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from omnifuse.encoders.layers import MaskedAttention
+from omnifuse.encoders.layers import FeedForward, MaskedAttention
 
 
 class CrossModalBlock(nn.Module):
@@ -23,12 +23,7 @@ class CrossModalBlock(nn.Module):
         self.norm_self = nn.LayerNorm(d_model)
         self.self_attn = MaskedAttention(d_model, n_heads, dropout)
         self.norm_ffn = nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(
-            nn.Linear(d_model, ffn_mult * d_model),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(ffn_mult * d_model, d_model),
-        )
+        self.ffn = FeedForward(d_model, ffn_mult, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cross_mask: torch.Tensor, self_mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ padding (generation with prompts of different lengths) both work: positions coun
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -273,26 +272,7 @@ class MoEDecoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(
-        self,
-        memory: Tensor,
-        memory_mask: Tensor,
-        prompt_ids: Tensor,
-        max_new_tokens: int,
-        eos_id: int,
-        strategy: str = "greedy",
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        num_beams: int = 4,
-        length_penalty: float = 1.0,
-        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
-        generator: torch.Generator | None = None,
-        prompt_mask: Tensor | None = None,
-        use_cache: bool = True,
-    ) -> GenerationOutput:
-        """Generate after ``prompt_ids: (B, P)``; see :func:`omnifuse.moe_core.generation.generate`."""
-        return generate(
-            self, memory, memory_mask, prompt_ids, max_new_tokens, eos_id, strategy=strategy,
-            temperature=temperature, top_p=top_p, num_beams=num_beams, length_penalty=length_penalty,
-            logits_processor=logits_processor, generator=generator, prompt_mask=prompt_mask, use_cache=use_cache,
-        )  # fmt: skip
+    def generate(self, memory: Tensor, memory_mask: Tensor, prompt_ids: Tensor, *args, **kwargs) -> GenerationOutput:
+        """Generate after ``prompt_ids: (B, P)``: :func:`omnifuse.moe_core.generation.generate` with this decoder;
+        every other argument (``max_new_tokens``, ``eos_id``, ``strategy``, ...) is passed on unchanged."""
+        return generate(self, memory, memory_mask, prompt_ids, *args, **kwargs)
