@@ -1,5 +1,6 @@
 """The training sampler: a shuffle that depends only on (seed, epoch), sharded over ranks, able to start mid-epoch,
-optionally drawing records with per-record weights (e.g. to balance rare answers against frequent ones).
+optionally drawing records with per-record weights (e.g. to balance rare answers against frequent ones) and optionally
+placing records that share a key (e.g. an image) next to each other, so one batch can encode that image once.
 
 Lightning restores the model, optimizer, schedulers and loop counters of a killed run; where the data stood is up to
 the data module. ``MultimodalDataModule.state_dict`` records (epoch, batches consumed) in each checkpoint and its
@@ -9,6 +10,7 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Hashable, Iterator, Sequence, Sized
 
@@ -38,6 +40,13 @@ class ResumableSampler(DistributedSampler):
     With ``num_replicas=1`` (one process) it is a plain seeded shuffle of the whole dataset. With ``weights`` (one
     non-negative number per record) an epoch is instead ``len(dataset)`` draws with replacement in proportion to
     the weights, from the same (seed, epoch) generator, dealt out to the ranks in turn.
+
+    With ``groups`` (one hashable key per record, None for a record of its own) and ``group_size`` k > 1, the epoch's
+    indices (the same multiset as without grouping) are reordered: the indices of each key are cut into runs of
+    ``k * num_replicas`` and the runs are shuffled, so each rank gets about k records of one key in a row. VQA sets
+    ask ~10 questions per image; with the image as key a batch of 64 holds ~64/k distinct images, and the model
+    encodes each distinct image once (``OmniModel.encode``). Which records an epoch uses does not change, only
+    which of them share a batch.
     """
 
     def __init__(
@@ -48,6 +57,8 @@ class ResumableSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         weights: torch.Tensor | None = None,
+        groups: Sequence[Hashable | None] | None = None,
+        group_size: int = 1,
     ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         if weights is not None:
@@ -56,7 +67,13 @@ class ResumableSampler(DistributedSampler):
                 raise ValueError(f"weights must have one entry per record ({len(dataset)}), got {tuple(weights.shape)}")
             if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
                 raise ValueError("weights must be finite, non-negative and not all zero")
+        if groups is not None and len(groups) != len(dataset):
+            raise ValueError(f"groups must have one key per record ({len(dataset)}), got {len(groups)}")
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.weights = weights
+        self.groups = list(groups) if groups is not None and group_size > 1 else None
+        self.group_size = group_size
         self._skip = 0
 
     def start_at(self, epoch: int, samples_done: int) -> None:
@@ -64,15 +81,37 @@ class ResumableSampler(DistributedSampler):
         self.set_epoch(epoch)
         self._skip = max(0, int(samples_done))
 
-    def _epoch_indices(self) -> list[int]:
-        if self.weights is None:
-            return list(super().__iter__())
-        # Inverse-CDF sampling (torch.multinomial refuses more than 2**24 categories, i.e. records).
+    def _epoch_order(self) -> list[int]:
+        """All ``total_size`` indices of this epoch, before they are dealt to the ranks."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        cdf = self.weights.cumsum(0)
-        u = torch.rand(self.total_size, generator=g, dtype=torch.float64) * cdf[-1]
-        draws = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1)
-        return draws[self.rank : self.total_size : self.num_replicas].tolist()
+        if self.weights is not None:
+            # Inverse-CDF sampling (torch.multinomial refuses more than 2**24 categories, i.e. records).
+            cdf = self.weights.cumsum(0)
+            u = torch.rand(self.total_size, generator=g, dtype=torch.float64) * cdf[-1]
+            order = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1).tolist()
+        else:
+            # DistributedSampler's own order: a seeded permutation padded by repetition to a multiple of the ranks.
+            n = len(self.dataset)
+            order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+            pad = self.total_size - n
+            if pad > 0:
+                order += (order * math.ceil(pad / n))[:pad]
+        if self.groups is not None:
+            order = self._grouped(order, g)
+        return order
+
+    def _grouped(self, order: list[int], g: torch.Generator) -> list[int]:
+        """``order`` with the indices of each group key cut into runs of ``group_size * num_replicas``, runs shuffled."""
+        buckets: dict[Hashable, list[int]] = {}
+        for position, index in enumerate(order):
+            key = self.groups[index]
+            buckets.setdefault(("group", key) if key is not None else ("alone", position), []).append(index)
+        run = self.group_size * self.num_replicas
+        runs = [bucket[i : i + run] for bucket in buckets.values() for i in range(0, len(bucket), run)]
+        return [index for r in torch.randperm(len(runs), generator=g).tolist() for index in runs[r]]
+
+    def _epoch_indices(self) -> list[int]:
+        return self._epoch_order()[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         indices = self._epoch_indices()

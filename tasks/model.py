@@ -19,7 +19,7 @@ from torch import nn
 
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.data.tokenizer import ByteTokenizer
-from omnifuse.encoders.base import Encoder
+from omnifuse.encoders.base import Encoder, TokenSequence
 from omnifuse.fusion import FusedMemory, ModalityFusion
 from omnifuse.moe_core import DecoderOutput, MoEDecoder, MoEDecoderConfig
 
@@ -49,6 +49,22 @@ class Generation:
     tokens: torch.Tensor  # (B, L) generated ids after the task token, right-padded
     modality_weights: torch.Tensor  # (B, M)
     expert_counts: torch.Tensor  # (B, n_moe_layers, E)
+
+
+def encode_distinct_images(encoder: nn.Module, images: torch.Tensor) -> TokenSequence:
+    """``encoder(images)`` computed once per distinct image of the batch (B, 3, H, W), rows copied back in place.
+
+    VQA manifests ask several questions per image (easy-VQA ~10, VQA v2 ~5); batch inference over them, and training
+    with ``data.group_by: image``, see the same image many times in a batch. Duplicates are found by exact content,
+    so nothing depends on file names, and the gradients of all copies add up in the one encoding. A batch without
+    duplicates runs exactly as before. In training, copies share one dropout mask, and BatchNorm statistics count
+    each distinct image once.
+    """
+    distinct, inverse = torch.unique(images.flatten(1), dim=0, return_inverse=True)  # (U, 3*H*W), (B,)
+    if distinct.shape[0] == images.shape[0]:
+        return encoder(images)
+    sequence = encoder(distinct.view(-1, *images.shape[1:]))  # (U, N, D)
+    return TokenSequence(sequence.tokens[inverse], sequence.mask[inverse])  # (B, N, D), (B, N)
 
 
 def build_module(spec: dict[str, Any]) -> nn.Module:
@@ -136,7 +152,7 @@ class OmniModel(nn.Module):
             if not batch.has(modality):
                 continue
             if modality == "image":
-                sequences[modality] = encoder(batch.image)
+                sequences[modality] = encode_distinct_images(encoder, batch.image)
             elif modality == "audio":
                 sequences[modality] = encoder(batch.audio, batch.audio_mask)
             else:

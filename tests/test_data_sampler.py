@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from omnifuse.data.datamodule import MultimodalDataModule
 from omnifuse.data.records import RecordError
@@ -133,3 +134,97 @@ def test_datamodule_balances_targets(tmp_path: Path):
     dm.setup("fit")
     with pytest.raises(RecordError, match=r"record 'q0': field 'meta.view': missing"):
         dm.train_dataloader()
+
+
+@pytest.mark.parametrize(("n", "replicas"), [(100, 1), (101, 2), (7, 3), (2, 5)])
+def test_plain_order_is_distributed_samplers(n: int, replicas: int):
+    # Reference: torch's own DistributedSampler (seeded shuffle, padded by repetition to a multiple of the ranks).
+    for rank in range(replicas):
+        ours = ResumableSampler(range(n), num_replicas=replicas, rank=rank, seed=3)
+        theirs = DistributedSampler(range(n), num_replicas=replicas, rank=rank, seed=3)
+        for epoch in (0, 4):
+            ours.set_epoch(epoch)
+            theirs.set_epoch(epoch)
+            assert list(ours) == list(theirs)
+
+
+def test_grouping_reorders_an_epoch_into_runs_of_one_key():
+    images = [f"img{i // 4}" for i in range(40)]  # 10 images, 4 records each
+    plain = ResumableSampler(range(40), seed=1)
+    grouped = ResumableSampler(range(40), seed=1, groups=images, group_size=4)
+    for s in (plain, grouped):
+        s.set_epoch(2)
+    order = list(grouped)
+    assert sorted(order) == sorted(plain) == list(range(40))  # the same records, once each
+    assert order != list(plain)
+    # Every image's 4 records form one run, so the epoch is 10 aligned blocks of one image each.
+    blocks = [{images[i] for i in order[j : j + 4]} for j in range(0, 40, 4)]
+    assert all(len(b) == 1 for b in blocks) and len(set().union(*blocks)) == 10
+    # group_size 1 (or no groups) is the plain order.
+    off = ResumableSampler(range(40), seed=1, groups=images, group_size=1)
+    off.set_epoch(2)
+    assert list(off) == list(plain)
+
+    # Two ranks: runs of 2 * 2 records dealt in turn, so each rank sees pairs of one image, aligned.
+    ranks = [ResumableSampler(range(40), num_replicas=2, rank=r, seed=1, groups=images, group_size=2) for r in (0, 1)]
+    streams = []
+    for s in ranks:
+        s.set_epoch(2)
+        streams.append(list(s))
+    assert sorted(streams[0] + streams[1]) == list(range(40))
+    for stream in streams:
+        assert all(images[stream[j]] == images[stream[j + 1]] for j in range(0, 20, 2))
+
+
+def test_grouped_weighted_draws_keep_the_drawn_multiset_and_resume():
+    weights = torch.rand(60, generator=torch.Generator().manual_seed(0))
+    keys = [f"img{i % 7}" if i % 5 else None for i in range(60)]  # every 5th record has no key: a group of its own
+    plain = ResumableSampler(range(60), seed=4, weights=weights)
+    grouped = ResumableSampler(range(60), seed=4, weights=weights, groups=keys, group_size=3)
+    for s in (plain, grouped):
+        s.set_epoch(1)
+    order = list(grouped)
+    assert Counter(order) == Counter(plain)
+    # Runs: splitting the order wherever the key changes, no run of a key is longer than 3 unless two of its runs
+    # happen to meet, so count maximal runs per key against the fewest the grouping allows, ceil(count / 3).
+    per_key = Counter(keys[i] for i in order if keys[i] is not None)
+    segments = Counter(keys[order[j]] for j in range(len(order)) if j == 0 or keys[order[j]] != keys[order[j - 1]])
+    for key, count in per_key.items():
+        assert -(-count // 3) - segments[key] <= count // 3  # merges only: never more segments than runs
+        assert segments[key] <= -(-count // 3)
+    grouped.start_at(1, 25)
+    assert list(grouped) == order[25:]
+    with pytest.raises(ValueError, match="one key per record"):
+        ResumableSampler(range(60), groups=keys[:5], group_size=2)
+    with pytest.raises(ValueError, match="group_size"):
+        ResumableSampler(range(60), groups=keys, group_size=0)
+
+
+def test_datamodule_groups_records_by_image(tmp_path: Path):
+    from PIL import Image
+
+    lines = []
+    for i in range(8):
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(tmp_path / f"img{i}.png")
+        lines += [
+            json.dumps({"id": f"i{i}q{j}", "task": "vqa", "image": f"img{i}.png", "text": "q?", "target": "a"})
+            for j in range(6)
+        ]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+
+    def images_per_batch(**grouping) -> list[int]:
+        dm = MultimodalDataModule(train_manifest=str(tmp_path / "train.jsonl"), batch_size=6, image_size=8, **grouping)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        ids = [i for b in loader for i in b.ids]
+        assert sorted(ids) == sorted(json.loads(line)["id"] for line in lines)  # every record once per epoch
+        return [len({i.split("q")[0] for i in ids[k : k + 6]}) for k in range(0, len(ids), 6)]
+
+    # Each image's 6 records are 2 runs of 3, so a batch of 6 holds exactly 2 runs: at most 2 images.
+    assert max(images_per_batch(group_by="image", group_size=3)) <= 2
+    assert max(images_per_batch()) > 2
+    with pytest.raises(ValueError, match="group_by"):
+        MultimodalDataModule(train_manifest="x.jsonl", group_by="text")
+    with pytest.raises(ValueError, match="group_size"):
+        MultimodalDataModule(train_manifest="x.jsonl", group_by="image", group_size=0)
