@@ -1,0 +1,95 @@
+"""Fine-tuning from a checkpoint vs training from scratch: the same recipe run twice, validation curves side by side.
+
+    python benchmarks/finetune_vs_scratch.py --config configs/finetune_vqa_to_caption.yaml \\
+        [--init-from runs/easyvqa/checkpoints/last.ckpt] [--out runs/finetune_vs_scratch] [--threads 2]
+
+Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer and budget: once as written (or with
+``--init-from``), once with ``model.init_from: null``. Both runs log to ``<out>/<recipe>/{finetune,scratch}``. Prints
+the task's validation metric at every validation step of both runs, and how many steps each needed to reach the
+scratch run's final value (the target; ``--target`` sets another). Figures, not pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from omnifuse.tasks.cli import cli_main
+
+
+def _retarget(config: dict, root: Path) -> None:
+    """Point the recipe's run folder, loggers and checkpoints at ``root``."""
+    trainer = config["trainer"]
+    trainer["default_root_dir"] = str(root)
+    for logger in trainer.get("logger") or []:
+        logger.setdefault("init_args", {})["save_dir"] = str(root)
+    for callback in trainer.get("callbacks") or []:
+        if callback["class_path"].endswith("ModelCheckpoint"):
+            callback["init_args"]["dirpath"] = str(root / "checkpoints")
+
+
+def _curve(root: Path, metric: str) -> list[tuple[int, float]]:
+    logs = sorted(root.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows = list(csv.DictReader(logs[-1].open()))
+    return [(int(r["step"]), float(r[metric])) for r in rows if r.get(metric)]
+
+
+def _steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> int | None:
+    return next((step for step, value in curve if (value >= target if higher else value <= target)), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a fine-tuning recipe (sets model.init_from)")
+    parser.add_argument("--init-from", help="checkpoint to fine-tune from (default: the recipe's model.init_from)")
+    parser.add_argument("--out", default="runs/finetune_vs_scratch")
+    parser.add_argument("--target", type=float, help="metric value to reach (default: the scratch run's last value)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # LightningCLI below gets its arguments explicitly
+    torch.set_num_threads(args.threads)
+
+    recipe = yaml.safe_load(Path(args.config).read_text())
+    init_from = args.init_from or recipe["model"]["init_args"].get("init_from")
+    if not init_from:
+        raise SystemExit(f"{args.config} has no model.init_from; pass --init-from")
+    out = Path(args.out) / Path(args.config).stem
+    curves, seconds, monitor = {}, {}, None
+    for name, start in (("finetune", init_from), ("scratch", None)):
+        config = yaml.safe_load(Path(args.config).read_text())
+        config["model"]["init_args"]["init_from"] = start
+        _retarget(config, out / name)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        path = out / name / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        begin = time.perf_counter()
+        cli = cli_main(["fit", "--config", str(path)])
+        seconds[name] = time.perf_counter() - begin
+        monitor, mode = cli.model.monitor, cli.model.monitor_mode
+        curves[name] = _curve(out / name, monitor)
+
+    higher = mode == "max"
+    target = args.target if args.target is not None else curves["scratch"][-1][1]
+    print(f"\n{args.config}: {monitor} on validation, fine-tuned from {init_from} vs from scratch")
+    steps = sorted({s for c in curves.values() for s, _ in c})
+    print(f"{'step':>6} {'finetune':>9} {'scratch':>9}")
+    for step in steps:
+        row = [dict(curves[n]).get(step) for n in ("finetune", "scratch")]
+        print(f"{step:>6} " + " ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row))
+    reach = {n: _steps_to(c, target, higher) for n, c in curves.items()}
+    print(f"target {monitor} {'>=' if higher else '<='} {target:.4f}: " + ", ".join(
+        f"{n} at step {s}" if s is not None else f"{n} not reached" for n, s in reach.items()
+    ))  # fmt: skip
+    if reach["finetune"] and reach["scratch"]:
+        print(f"steps to target, scratch / finetune: {reach['scratch'] / reach['finetune']:.2f}")
+    print("wall time: " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
+
+
+if __name__ == "__main__":
+    main()
