@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import string
+
 import open_clip
 import pytest
 import timm
@@ -9,16 +12,19 @@ import torch
 import torchaudio
 from torch.testing import assert_close
 
+from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.encoders import (
     LogMelFrontend,
     OpenClipImageEncoder,
     OpenClipTextEncoder,
+    TextEncoder,
     TimmImageEncoder,
     TokenSequence,
     build_encoder,
     list_encoders,
 )
 from omnifuse.encoders.layers import TransformerBlock
+from omnifuse.encoders.text import word_bucket_ids
 
 # Tiny open_clip configs (random init): override the named model's towers through create_model kwargs.
 OC_VISION = dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32)
@@ -251,3 +257,59 @@ def test_open_clip_local_weights_reproduce_the_original_model(tmp_path):
         eot = out.mask.sum(-1) - 1
         pooled = out.tokens[torch.arange(2), eot] @ original.text_projection
     assert_close(pooled, ref)
+
+
+def _reference_word_buckets(text: str, buckets: int) -> list[int]:
+    """Plain-Python reference: split the UTF-8 bytes on ASCII whitespace/punctuation; every byte of a word gets
+    ``1 + (sum((byte + 1) * 257**i) mod (2**31 - 1)) % buckets``, separators 0."""
+    data = text.encode("utf-8")
+    separators = set(b" \t\n\r\x0b\x0c") | {ord(c) for c in string.punctuation}
+    out, word = [], []
+    for byte in list(data) + [None]:
+        if byte is None or byte in separators:
+            h = sum((b + 1) * pow(257, i, 2**31 - 1) for i, b in enumerate(word)) % (2**31 - 1)
+            out += [1 + h % buckets] * len(word)
+            word = []
+            if byte is not None:
+                out.append(0)
+        else:
+            word.append(byte)
+    return out
+
+
+def test_word_buckets_match_a_plain_reference():
+    rng = random.Random(0)
+    pieces = ["red", "Red", "naïve", "日本", "😀x", "shape", "a", "", " ", "  ", ",", "?", "-", "\t", "\n", "12"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) for _ in range(200)]
+    texts += ["is there a red shape in the image?", "red red, blue! naïve"]
+    tok = ByteTokenizer()
+    encoded = [tok.encode(t) for t in texts]
+    width = max(map(len, encoded)) + 2  # right padding with pad ids
+    ids = torch.full((len(texts), width), tok.pad_id)
+    mask = torch.zeros(len(texts), width, dtype=torch.bool)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e)] = torch.tensor(e, dtype=torch.long)
+        mask[i, : len(e)] = True
+    got = word_bucket_ids(ids, mask, 1000)
+    for i, text in enumerate(texts):
+        assert got[i, : len(encoded[i])].tolist() == _reference_word_buckets(text, 1000), text
+        assert not got[i, len(encoded[i]) :].any()  # padding is never in a word
+    # The same word lands in the same bucket wherever it stands.
+    first = got[-2].tolist()
+    assert first[11] == got[-1, 0] == got[-1, 4]  # "red" in both texts
+
+
+def test_text_encoder_with_word_buckets_keeps_the_masking_invariants():
+    enc = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=64, word_buckets=64).eval()
+    clean, junk = make_inputs("text"), make_inputs("text", junk=True)
+    with torch.no_grad():
+        a, b = enc(*clean), enc(*junk)
+        alone = enc(clean[0][1:2, :5], clean[1][1:2, :5])
+    assert_close(a.tokens, b.tokens, rtol=0, atol=0)  # junk under the mask changes nothing, word hashes included
+    assert_close(alone.tokens[0], a.tokens[1][:5])
+    plain = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=64).eval()
+    plain.load_state_dict(enc.state_dict(), strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(plain(*clean).tokens[0], a.tokens[0])  # the word embedding is used
+    with pytest.raises(ValueError, match="word_buckets"):
+        TextEncoder(word_buckets=-1)
