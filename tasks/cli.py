@@ -79,6 +79,7 @@ export_main.__doc__ = "Export a Lightning checkpoint as a save_pretrained folder
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "prepare":
         from omnifuse.data.prepare import main as prepare_main
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         from omnifuse.tasks.plots import main as plot_main
 
         return plot_main(argv[1:])
-    cli_main(argv)
+    # From the console script LightningCLI reads sys.argv itself: handing it sys.argv[1:] as well makes it warn that
+    # "args" and command-line arguments were both given, on every run.
+    cli_main(None if from_command_line else argv)
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,15 @@ def test_python_predictor_matches_cli_and_reports_bad_dicts(trained, easyvqa_sma
         "no-task": (True, False),
         "bad-text": (False, True),
     }
+
+
+def test_console_script_reads_the_command_line_without_lightning_warnings(monkeypatch, capsys):
+    # `omnifuse fit ...` calls main() with no arguments; LightningCLI then parses sys.argv itself. Passing it
+    # sys.argv[1:] as `args` too made it warn on every run that both were given.
+    monkeypatch.setattr(sys, "argv", ["omnifuse", "fit", "--config", TINY, "--print_config"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            main()
+    assert "n_routed_experts: 4" in capsys.readouterr().out  # the command line was read
+    assert not [w for w in caught if "args parameter is intended" in str(w.message)]
