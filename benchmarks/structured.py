@@ -29,49 +29,10 @@ from omnifuse.tasks.structured.compiled import CompiledSchema
 
 SUITE = Path(__file__).resolve().parents[1] / "tests" / "json_schema_suite"
 
-SCENE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "shape": {"enum": ["circle", "rectangle", "triangle"]},
-        "color": {"enum": ["red", "green", "blue", "yellow", "teal", "brown", "gray", "black"]},
-        "count": {"type": "integer", "minimum": 1, "maximum": 3},
-        "answer": {"type": "string", "maxLength": 24},
-    },
-    "required": ["shape", "color", "answer"],
-    "additionalProperties": False,
-}
-NESTED_SCHEMA = {
-    "$defs": {
-        "point": {
-            "type": "object",
-            "properties": {"x": {"type": "number", "minimum": -1, "maximum": 1}, "y": {"type": "number"}},
-            "required": ["x", "y"],
-            "additionalProperties": False,
-        },
-        "tree": {
-            "type": "object",
-            "properties": {
-                "label": {"type": "string", "minLength": 1, "maxLength": 8},
-                "children": {"type": "array", "items": {"$ref": "#/$defs/tree"}, "maxItems": 3},
-            },
-            "required": ["label"],
-        },
-    },
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "format": "uuid"},
-        "when": {"type": "string", "format": "date-time"},
-        "points": {"type": "array", "items": {"$ref": "#/$defs/point"}, "minItems": 1, "maxItems": 4},
-        "tree": {"$ref": "#/$defs/tree"},
-        "score": {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5}, {"type": "null"}]},
-        "kind": {"oneOf": [{"type": "string", "pattern": "^[a-z]{2,4}-\\d+$"}, {"type": "integer", "minimum": 10}]},
-        "word": {"enum": ["naïve", "日本", "😀x"]},
-        "mail": {"type": "string", "format": "email", "maxLength": 30},
-        "extra": {"type": "object", "additionalProperties": {"type": "integer"}, "maxProperties": 3},
-    },
-    "required": ["id", "points", "tree", "word"],
-    "additionalProperties": False,
-}
+# The easy-VQA scene schema and a nested one (recursion, formats, patterns, numeric bounds, non-ASCII enums), shared
+# with tests/test_structured_generate.py.
+SCENE_SCHEMA = json.loads((SUITE.parent / "schemas" / "scene.json").read_text(encoding="utf-8"))
+NESTED_SCHEMA = json.loads((SUITE.parent / "schemas" / "nested.json").read_text(encoding="utf-8"))
 
 
 def _suite_groups():
