@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
 from pathlib import Path
 
 import lightning as L
@@ -19,16 +18,16 @@ from omnifuse.data.tokenizer import ByteTokenizer
 PREPARERS: tuple[str, ...] = ("easyvqa",)
 
 
-def balance_key(record: Record, field: str) -> str:
-    """The value of ``field`` (``target``, ``task`` or ``meta.<key>``) of ``record`` as a hashable key."""
-    if field == "target":
-        value = record.target
-    elif field == "task":
-        value = record.task
+def record_field_key(record: Record, field: str, option: str) -> str:
+    """The value of ``field`` (``target``, ``task``, ``image`` or ``meta.<key>``) of ``record`` as a hashable key; a
+    ``meta`` key the record lacks is a ``RecordError`` naming the record, the field and ``option`` that needs it."""
+    if field in ("target", "task", "image"):
+        value = getattr(record, field)
+        value = str(value) if field == "image" and value is not None else value
     else:
         key = field.removeprefix("meta.")
         if key not in (record.meta or {}):
-            raise RecordError(record.id, field, "missing; balance_by needs it on every training record")
+            raise RecordError(record.id, field, f"missing; {option} needs it on every training record")
         value = record.meta[key]
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
@@ -38,16 +37,6 @@ def _check_field_option(option: str, value: str | None, fields: tuple[str, ...])
     if value is not None and value not in fields and not value.startswith("meta."):
         names = ", ".join(repr(f) for f in fields)
         raise ValueError(f"{option} must be {names} or 'meta.<key>', got {value!r}")
-
-
-def group_key(record: Record, field: str) -> Hashable | None:
-    """The key ``group_by`` puts ``record`` under: its ``image`` / ``audio`` path or a ``meta.<key>`` value; None (a
-    group of its own) when the record has no such field."""
-    if field in ("image", "audio"):
-        path = getattr(record, field)
-        return None if path is None else str(path)
-    value = (record.meta or {}).get(field.removeprefix("meta."))
-    return None if value is None else value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -84,7 +73,7 @@ class MultimodalDataModule(L.LightningDataModule):
         balance_power: 1 makes every distinct value equally frequent, 0 keeps the plain shuffle, values between
             soften the imbalance. easy-VQA is 74 % yes/no questions; ``balance_by: meta.answer_type`` gives yes/no,
             colour and shape questions a third each, and that is what lets the model learn shapes (see README).
-        group_by: ``image``, ``audio`` or ``meta.<key>``: training batches hold runs of about ``group_size`` records
+        group_by: ``image`` or ``meta.<key>``: training batches hold runs of about ``group_size`` records
             that share this field (see ``ResumableSampler``); the model encodes an image shared within a batch once,
             so with ~10 questions per image ``group_by: image`` cuts the image tower's share of a step by up to
             ``group_size``x. An epoch still uses the same records; only which ones share a batch changes. None: off.
@@ -143,7 +132,7 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"balance_power must be >= 0, got {balance_power}")
         self.balance_by = balance_by
         self.balance_power = balance_power
-        _check_field_option("group_by", group_by, ("image", "audio"))
+        _check_field_option("group_by", group_by, ("image",))
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.group_by = group_by
@@ -261,11 +250,15 @@ class MultimodalDataModule(L.LightningDataModule):
         weights = None
         if self.balance_by is not None and self.balance_power > 0:
             # Training datasets hold only valid records (fit mode is strict), so records line up with indices.
-            keys = [balance_key(r, self.balance_by) for r in dataset.records]
+            keys = [record_field_key(r, self.balance_by, "balance_by") for r in dataset.records]
             weights = balancing_weights(keys, self.balance_power)
         groups = None
         if self.group_by is not None and self.group_size > 1:
-            groups = [group_key(r, self.group_by) for r in dataset.records]
+            # A record without an image (group_by: image) is a group of its own.
+            groups = [
+                None if self.group_by == "image" and r.image is None else record_field_key(r, self.group_by, "group_by")
+                for r in dataset.records
+            ]
         sampler = ResumableSampler(
             dataset, num_replicas=world, rank=rank, seed=self.seed, weights=weights, groups=groups,
             group_size=self.group_size,

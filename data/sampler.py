@@ -101,14 +101,16 @@ class ResumableSampler(DistributedSampler):
         return order
 
     def _grouped(self, order: list[int], g: torch.Generator) -> list[int]:
-        """``order`` with the indices of each group key cut into runs of ``group_size * num_replicas``, runs shuffled."""
+        """``order`` with the indices of each group key cut into runs of ``group_size * num_replicas``; the runs are
+        shuffled (or, with ``shuffle=False``, kept in the order their keys first appear)."""
         buckets: dict[Hashable, list[int]] = {}
         for position, index in enumerate(order):
             key = self.groups[index]
             buckets.setdefault(("group", key) if key is not None else ("alone", position), []).append(index)
         run = self.group_size * self.num_replicas
         runs = [bucket[i : i + run] for bucket in buckets.values() for i in range(0, len(bucket), run)]
-        return [index for r in torch.randperm(len(runs), generator=g).tolist() for index in runs[r]]
+        run_order = torch.randperm(len(runs), generator=g).tolist() if self.shuffle else range(len(runs))
+        return [index for r in run_order for index in runs[r]]
 
     def _epoch_indices(self) -> list[int]:
         return self._epoch_order()[self.rank : self.total_size : self.num_replicas]

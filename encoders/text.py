@@ -18,7 +18,7 @@ from omnifuse.encoders.utils import safe_key_mask, zero_masked
 _SEPARATOR_BYTES = torch.tensor(
     [b in b" \t\n\r\x0b\x0c" or chr(b) in string.punctuation if b < 128 else False for b in range(256)]
 )
-_HASH_MODULUS = 2_147_483_647  # 2**31 - 1, prime: products of two residues stay below 2**62 (no int64 overflow)
+_HASH_MODULUS = 2_147_483_647  # 2**31 - 1, prime; each term (byte + 1) * power < 2**40, far from int64 overflow
 _HASH_BASE = 257
 
 
@@ -36,7 +36,7 @@ def word_bucket_ids(
     """Per byte, ``1 + hash(word) % buckets`` for the word it belongs to, 0 for separators and padding (B, T) long.
 
     ``ids`` (B, T) byte-tokenizer ids (0..255 are bytes; larger ids, e.g. pad or special tokens, are separators).
-    The hash is the polynomial ``sum(byte_i * 257**i) mod (2**31 - 1)`` over the word's bytes, so it depends only on
+    The hash is the polynomial ``sum((byte_i + 1) * 257**i) mod (2**31 - 1)`` over the word's bytes, so it depends only on
     the word: the same word anywhere in any text lands in the same bucket. ``powers``: ``hash_powers(>= T)``, if
     the caller keeps them.
     """
@@ -72,8 +72,8 @@ class TextEncoder(Encoder):
     buckets (the hashing trick of fastText, Joulin et al. 2017; no vocabulary file, any language). A word is a
     maximal run of bytes that are not ASCII whitespace or punctuation (so UTF-8 letters of any script stay inside
     words); separators get no word embedding. Bytes alone make a word's identity something the layers must
-    assemble from its letters; with the word embedding it is there from the start, which is what lets a VQA model
-    tie "red" in a question to red in the image (measured: README, easy-VQA).
+    assemble from its letters; with the word embedding it is there from the start. No shipped recipe uses it yet:
+    in the easy-VQA probes (README) it did not by itself make yes/no questions bind to the image.
     """
 
     modality = "text"
@@ -97,7 +97,8 @@ class TextEncoder(Encoder):
         self.word_buckets = word_buckets
         # Bucket 0 is "not in a word" (separators, padding) and stays a zero vector.
         self.word_embed = nn.Embedding(word_buckets + 1, d_model, padding_idx=0) if word_buckets else None
-        self.register_buffer("hash_powers", hash_powers(max_len), persistent=False)
+        if word_buckets:
+            self.register_buffer("hash_powers", hash_powers(max_len), persistent=False)
         self.max_len = max_len
         self.embed = nn.Embedding(vocab_size, d_model)
         self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)

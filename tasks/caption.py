@@ -3,14 +3,10 @@ and CIDEr-D against every reference caption of the image."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch.distributed as dist
-
 from omnifuse.data.batch import MultimodalBatch
 from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.metrics import caption_scores, tokenize_caption
-from omnifuse.tasks.module import OmniTask
+from omnifuse.tasks.module import OmniTask, gather_from_ranks
 
 CAPTION_METRICS: tuple[str, ...] = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
 
@@ -51,11 +47,9 @@ class CaptionTask(OmniTask):
 
     def compute_metrics(self) -> dict[str, float]:
         hypotheses, references = self._hypotheses, self._references
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (hypotheses, references))
-            hypotheses = [h for part, _ in gathered for h in part]
-            references = [r for _, part in gathered for r in part]
+        parts = gather_from_ranks((hypotheses, references))
+        hypotheses = [h for part, _ in parts for h in part]
+        references = [r for _, part in parts for r in part]
         if not hypotheses:
             return {}
         # Keys are positions, not record ids: two records may describe the same image under one id.

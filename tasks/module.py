@@ -53,6 +53,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(states["cuda"])  # onto this process's current device
 
 
+def gather_from_ranks(obj: Any) -> list[Any]:
+    """``[obj]`` in one process; every rank's ``obj`` (in rank order) when several processes run (DDP), so metrics
+    that are not means of per-batch values (CIDEr-D, accuracy per answer type) are computed over all the data."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
+
+
 def parameter_groups(
     model: torch.nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float] | None = None
 ) -> list[dict]:

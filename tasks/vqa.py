@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
-
-import torch.distributed as dist
+import warnings
 
 from omnifuse.data.batch import MultimodalBatch
 from omnifuse.tasks.metrics import VQAAccuracy
-from omnifuse.tasks.module import OmniTask
+from omnifuse.tasks.module import OmniTask, gather_from_ranks
 
 SINGLE_ANSWER_ANNOTATORS = 10
 
@@ -46,15 +44,18 @@ class VQATask(OmniTask):
         self._accuracy.update(predictions, references, answer_types)
 
     def compute_metrics(self) -> dict[str, float]:
-        accuracy = self._accuracy
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, accuracy)
-            accuracy = VQAAccuracy()
-            for part in gathered:
-                accuracy.merge(part)
+        accuracy = VQAAccuracy()
+        for part in gather_from_ranks(self._accuracy):
+            accuracy.merge(part)
         result = accuracy.compute()
         metrics = {"vqa_accuracy": result["vqa_accuracy"], "exact_match": result["exact_match"]}
         for kind, value in result["per_answer_type"].items():
-            metrics[f"vqa_accuracy/{answer_type_metric_name(kind)}"] = value
+            base = name = f"vqa_accuracy/{answer_type_metric_name(kind)}"
+            suffix = 1
+            while name in metrics:  # e.g. "yes/no" and "yes no": neither may overwrite the other
+                suffix += 1
+                name = f"{base}_{suffix}"
+            if name != base:
+                warnings.warn(f"answer type {kind!r} is logged as {name!r}: {base!r} is another type's", stacklevel=2)
+            metrics[name] = value
         return metrics

@@ -304,3 +304,21 @@ def test_metrics_module_imports_only_the_standard_library():
         node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_answer_types_that_share_a_metric_name_are_both_logged():
+    from omnifuse.tasks.vqa import SINGLE_ANSWER_ANNOTATORS, VQATask, answer_type_metric_name
+
+    assert answer_type_metric_name("yes/no") == answer_type_metric_name("yes no") == "yes_no"
+
+    class Holder:  # compute_metrics only reads the accumulator
+        _accuracy = VQAAccuracy()
+
+    ten = SINGLE_ANSWER_ANNOTATORS
+    Holder._accuracy.update(
+        ["yes", "no", "no"], [["yes"] * ten, ["yes"] * ten, ["no"] * ten], ["yes/no", "yes no", "yes no"]
+    )
+    with pytest.warns(UserWarning, match="logged as"):
+        metrics = VQATask.compute_metrics(Holder())
+    # Types in sorted order: "yes no" (0.5: one of two right) keeps the name, "yes/no" (1.0) gets a suffix.
+    assert metrics["vqa_accuracy/yes_no"] == 0.5 and metrics["vqa_accuracy/yes_no_2"] == 1.0

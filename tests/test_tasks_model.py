@@ -58,3 +58,16 @@ def test_a_batch_without_duplicates_is_passed_through_unchanged():
     reference = encoder(images)
     assert encoder.calls == [5, 5]
     assert torch.equal(out.tokens, reference.tokens)  # same rows, same order: even training-mode BatchNorm agrees
+
+
+def test_images_that_differ_only_past_their_first_values_are_not_merged():
+    encoder = CountingEncoder(TimmImageEncoder("resnet10t", feature_level=-3)).eval()
+    a = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    b = a.clone()
+    b[2, 31, 31] += 0.5  # the very last value differs
+    images = torch.stack([a, b, a])
+    out = encode_distinct_images(encoder, images)
+    assert encoder.calls == [2]  # a and b both encoded, the second a reused
+    reference = encoder(images)
+    torch.testing.assert_close(out.tokens, reference.tokens, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out.tokens[0], out.tokens[1])
