@@ -6,7 +6,8 @@
 Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer and budget: once as written (or with
 ``--init-from``), once with ``model.init_from: null``. Both runs log to ``<out>/<recipe>/{finetune,scratch}``. Prints
 the task's validation metric at every validation step of both runs, and how many steps each needed to reach the
-scratch run's final value (the target; ``--target`` sets another). Figures, not pass/fail.
+scratch run's final value (the target; ``--target`` sets another). When the recipe has a test split, ``omnifuse fit``
+tests each run's best checkpoint on it, and those test metrics are printed side by side too. Figures, not pass/fail.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def main() -> None:
     if not init_from:
         raise SystemExit(f"{args.config} has no model.init_from; pass --init-from")
     out = Path(args.out) / Path(args.config).stem
-    curves, seconds, monitor = {}, {}, None
+    curves, seconds, tested, monitor = {}, {}, {}, None
     for name, start in (("finetune", init_from), ("scratch", None)):
         config = yaml.safe_load(Path(args.config).read_text())
         config["model"]["init_args"]["init_from"] = start
@@ -73,6 +74,7 @@ def main() -> None:
         seconds[name] = time.perf_counter() - begin
         monitor, mode = cli.model.monitor, cli.model.monitor_mode
         curves[name] = _curve(out / name, monitor)
+        tested[name] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
 
     higher = mode == "max"
     target = args.target if args.target is not None else curves["scratch"][-1][1]
@@ -88,7 +90,12 @@ def main() -> None:
     ))  # fmt: skip
     if reach["finetune"] and reach["scratch"]:
         print(f"steps to target, scratch / finetune: {reach['scratch'] / reach['finetune']:.2f}")
-    print("wall time: " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
+    if any(tested.values()):
+        print(f"\n{'test, best checkpoint':<36} {'finetune':>9} {'scratch':>9}")
+        for key in sorted(set(tested["finetune"]) | set(tested["scratch"])):
+            row = [tested[n].get(key) for n in ("finetune", "scratch")]
+            print(f"{key:<36} " + " ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row))
+    print("wall time (fit and test): " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
 
 
 if __name__ == "__main__":
