@@ -149,8 +149,8 @@ class OmniModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def encode(self, batch: MultimodalBatch) -> FusedMemory:
-        """Run the encoders of the modalities present in the batch and fuse them."""
+    def encode_modalities(self, batch: MultimodalBatch) -> dict[str, TokenSequence]:
+        """Each present modality's encoder output, before fusion."""
         sequences = {}
         for modality, encoder in self.encoders.items():
             if not batch.has(modality):
@@ -161,14 +161,25 @@ class OmniModel(nn.Module):
                 sequences[modality] = encoder(batch.audio, batch.audio_mask)
             else:
                 sequences[modality] = encoder(batch.text, batch.text_mask)
+        return sequences
+
+    def encode(self, batch: MultimodalBatch, sequences: dict[str, TokenSequence] | None = None) -> FusedMemory:
+        """Run the encoders of the modalities present in the batch (unless ``sequences`` are given) and fuse them."""
+        if sequences is None:
+            sequences = self.encode_modalities(batch)
         present = batch.present & self.has_encoder  # (B, M)
         return self.fusion(sequences, present)
 
-    def forward(self, batch: MultimodalBatch) -> tuple[DecoderOutput, FusedMemory]:
-        """Teacher-forced pass: the decoder reads ``target_ids[:, :-1]`` and predicts ``target_ids[:, 1:]``."""
+    def forward(
+        self, batch: MultimodalBatch, sequences: dict[str, TokenSequence] | None = None
+    ) -> tuple[DecoderOutput, FusedMemory]:
+        """Teacher-forced pass: the decoder reads ``target_ids[:, :-1]`` and predicts ``target_ids[:, 1:]``.
+
+        ``sequences``: encoder outputs already computed with ``encode_modalities`` (a task that also puts a loss on
+        an encoder's output passes them, so the encoders run once)."""
         if batch.target_ids is None:
             raise ValueError(f"batch {batch.ids[:3]}... has no targets; use generate() for inference")
-        memory = self.encode(batch)
+        memory = self.encode(batch, sequences)
         output = self.decoder(
             batch.target_ids[:, :-1], memory.tokens, memory.mask, attention_mask=batch.target_mask[:, :-1]
         )

@@ -24,6 +24,7 @@ from omnifuse.tasks.finetune import enable_ddp_unused_parameters, no_weight_deca
 from omnifuse.tasks.lora import LoRAConfig
 from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
 from omnifuse.tasks.predict import generation_kwargs, predict_batch
+from omnifuse.tasks.speech_ctc import SpeechCTCConfig, SpeechCTCHead
 
 IGNORE_INDEX = -100
 
@@ -135,6 +136,7 @@ class OmniTask(L.LightningModule):
         freeze: list[str] | None = None,
         lora: LoRAConfig | None = None,
         init_skip: list[str] | None = None,
+        speech_ctc: SpeechCTCConfig | None = None,
     ) -> None:
         super().__init__()
         self.model = OmniModel(image_encoder, audio_encoder, text_encoder, fusion=fusion, decoder=decoder)
@@ -142,6 +144,12 @@ class OmniTask(L.LightningModule):
         self.init_report = setup_finetuning(
             self.model, init_from=init_from, freeze=freeze, lora=lora, init_skip=init_skip
         )
+        # Training-only auxiliary loss: the audio encoder's tokens spell the record's transcript (tasks/speech_ctc.py).
+        self.speech_ctc = None
+        if speech_ctc is not None:
+            if "audio" not in self.model.encoders:
+                raise ValueError("speech_ctc needs an audio_encoder (it is a loss on the audio encoder's tokens)")
+            self.speech_ctc = SpeechCTCHead(self.model.encoders["audio"].out_dim, speech_ctc)
         self.optimizer_config = optimizer or OptimizerConfig()
         self.generation_config = generation or self.default_generation()
         self.eval_generate = eval_generate
@@ -171,7 +179,8 @@ class OmniTask(L.LightningModule):
     # ------------------------------------------------------------------ training
 
     def _losses(self, batch: MultimodalBatch) -> tuple[dict[str, torch.Tensor], Any, Any]:
-        output, memory = self.model(batch)
+        sequences = self.model.encode_modalities(batch)
+        output, memory = self.model(batch, sequences)
         labels = batch.target_ids[:, 1:].masked_fill(~batch.target_mask[:, 1:], IGNORE_INDEX)  # (B, T-1)
         ce = F.cross_entropy(output.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         losses = {"ce": ce, "router": output.router_loss}
@@ -181,6 +190,10 @@ class OmniTask(L.LightningModule):
                 output.mtp_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
             )
             losses["mtp"] = self.model.decoder_config.mtp_loss_coef * mtp
+        if self.speech_ctc is not None and "audio" in sequences:
+            ctc = self.speech_ctc(sequences["audio"], batch)
+            if ctc is not None:
+                losses["ctc"] = self.speech_ctc.config.weight * ctc
         losses["loss"] = sum(losses.values())
         return losses, output, memory
 
@@ -188,7 +201,7 @@ class OmniTask(L.LightningModule):
         losses, output, memory = self._losses(batch)
         bs = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        for name in ("ce", "router", "mtp"):
+        for name in ("ce", "router", "mtp", "ctc"):
             if name in losses:
                 self.log(f"train/{name}", losses[name], batch_size=bs)
         for i, stats in enumerate(output.router_stats):
