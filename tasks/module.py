@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import Encoder
@@ -150,6 +151,8 @@ class OmniTask(L.LightningModule):
             if "audio" not in self.model.encoders:
                 raise ValueError("speech_ctc needs an audio_encoder (it is a loss on the audio encoder's tokens)")
             self.speech_ctc = SpeechCTCHead(self.model.encoders["audio"].out_dim, speech_ctc)
+            if not any(p.requires_grad for p in self.model.encoders["audio"].parameters()):
+                rank_zero_warn("speech_ctc is set but the audio encoder is frozen: the CTC loss can only train its head")
         self.optimizer_config = optimizer or OptimizerConfig()
         self.generation_config = generation or self.default_generation()
         self.eval_generate = eval_generate
@@ -178,7 +181,9 @@ class OmniTask(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def _losses(self, batch: MultimodalBatch) -> tuple[dict[str, torch.Tensor], Any, Any]:
+    def _losses(self, batch: MultimodalBatch, auxiliary: bool = True) -> tuple[dict[str, torch.Tensor], Any, Any]:
+        """Training losses; ``auxiliary=False`` (evaluation) leaves out the training-only ``speech_ctc`` term, so
+        ``val/loss`` compares across runs with and without it."""
         sequences = self.model.encode_modalities(batch)
         output, memory = self.model(batch, sequences)
         labels = batch.target_ids[:, 1:].masked_fill(~batch.target_mask[:, 1:], IGNORE_INDEX)  # (B, T-1)
@@ -190,7 +195,7 @@ class OmniTask(L.LightningModule):
                 output.mtp_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
             )
             losses["mtp"] = self.model.decoder_config.mtp_loss_coef * mtp
-        if self.speech_ctc is not None and "audio" in sequences:
+        if auxiliary and self.speech_ctc is not None and "audio" in sequences:
             ctc = self.speech_ctc(sequences["audio"], batch)
             if ctc is not None:
                 losses["ctc"] = self.speech_ctc.config.weight * ctc
@@ -236,8 +241,11 @@ class OmniTask(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optimizer_config
+        groups = parameter_groups(self.model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
+        if self.speech_ctc is not None:  # after the model's groups: FinetuneSchedule reads group 0's settings
+            groups += parameter_groups(self.speech_ctc, cfg.weight_decay, cfg.lr)
         optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, cfg.weight_decay, cfg.lr, cfg.lr_scale),
+            groups,
             lr=cfg.lr,
             betas=(cfg.beta1, cfg.beta2),
         )
@@ -258,7 +266,7 @@ class OmniTask(L.LightningModule):
     def _eval_step(self, stage: str, batch: MultimodalBatch) -> None:
         if len(batch) == 0:
             return
-        losses, _, memory = self._losses(batch)
+        losses, _, memory = self._losses(batch, auxiliary=False)
         self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=len(batch), sync_dist=True)
         self._log_modality_weights(stage, memory.modality_weights, batch, len(batch))
         if self.eval_generate:
@@ -306,5 +314,14 @@ class OmniTask(L.LightningModule):
         checkpoint["omnifuse_rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The speech_ctc head is training-only: a checkpoint may be tested, or used to predict, with or without it.
+        state = checkpoint.get("state_dict", {})
+        head = [k for k in state if k.startswith("speech_ctc.")]
+        if self.speech_ctc is None:
+            for key in head:
+                del state[key]
+        elif not head:
+            rank_zero_warn("the checkpoint has no speech_ctc head; it starts from its fresh initialisation")
+            state.update({f"speech_ctc.{k}": v for k, v in self.speech_ctc.state_dict().items()})
         if "omnifuse_rng_states" in checkpoint and self._trainer is not None and self.trainer.state.fn == "fit":
             set_rng_states(checkpoint["omnifuse_rng_states"])

@@ -60,32 +60,34 @@ class SpeechCTCHead(nn.Module):
         return rows, targets
 
     def forward(self, audio: TokenSequence, batch: MultimodalBatch) -> torch.Tensor | None:
-        """Mean CTC loss (per target byte, as ``F.ctc_loss``'s ``mean``) over the rows with a transcript, or None."""
+        """Mean CTC loss (per target byte, as ``F.ctc_loss``'s ``mean``) over the rows with a transcript that the
+        audio can align, or None when there are none."""
         rows, targets = self.transcripts(batch)
-        if not rows:
+        # CTC needs a token per byte plus a blank between two equal bytes; rows whose audio is too short are dropped.
+        lengths = audio.mask.sum(dim=1).tolist()
+        needed = [len(t) + sum(a == b for a, b in zip(t, t[1:], strict=False)) for t in targets]
+        short = [i for i, row in enumerate(rows) if needed[i] > lengths[row]]
+        if short and not self._warned_unalignable:
+            self._warned_unalignable = True
+            i = short[0]
+            rank_zero_warn(
+                f"speech_ctc: the transcript of record {batch.ids[rows[i]]!r} needs {needed[i]} audio tokens and its "
+                f"audio has {lengths[rows[i]]}; such records add no CTC loss (reduce the audio encoder's subsampling "
+                "or raise max_audio_seconds)"
+            )
+        keep = [i for i in range(len(rows)) if i not in set(short)]
+        if not keep:
             return None
+        rows, targets = [rows[i] for i in keep], [targets[i] for i in keep]
         index = torch.as_tensor(rows, device=audio.tokens.device)
         log_probs = F.log_softmax(self.proj(audio.tokens.index_select(0, index)).float(), dim=-1)  # (N, T, C)
-        input_lengths = audio.mask.index_select(0, index).sum(dim=1)
-        target_lengths = torch.tensor([len(t) for t in targets], device=log_probs.device)
-        too_long = (target_lengths > input_lengths).nonzero().flatten().tolist()
-        if too_long and not self._warned_unalignable:
-            self._warned_unalignable = True
-            first = batch.ids[rows[too_long[0]]]
-            rank_zero_warn(
-                f"speech_ctc: the transcript of record {first!r} has more bytes ({int(target_lengths[too_long[0]])}) "
-                f"than its audio has tokens ({int(input_lengths[too_long[0]])}); such records add no CTC loss "
-                "(reduce the audio encoder's subsampling or raise max_audio_seconds)"
-            )
-        flat = torch.tensor([b for t in targets for b in t], device=log_probs.device)
         return F.ctc_loss(
             log_probs.transpose(0, 1),  # (T, N, C)
-            flat,
-            input_lengths,
-            target_lengths,
+            torch.tensor([b for t in targets for b in t], device=log_probs.device),
+            audio.mask.index_select(0, index).sum(dim=1),
+            torch.tensor([len(t) for t in targets], device=log_probs.device),
             blank=self.blank,
             reduction="mean",
-            zero_infinity=True,  # an unalignable row (warned above) contributes 0 instead of inf
         )
 
     @torch.no_grad()

@@ -223,7 +223,7 @@ def test_staged_unfreeze_schedule_and_resume(vqa_ckpt, tiny_easyvqa, tmp_path):
     ckpt = torch.load(run / "epoch=1.ckpt", map_location="cpu", weights_only=False)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     assert len(groups) == 4  # decay / no-decay of the task + decay / no-decay of the unfrozen fusion
-    assert [g["weight_decay"] for g in groups] == [groups[0]["weight_decay"], 0.0, groups[0]["weight_decay"], 0.0]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.05, 0.0]  # tests/configs/tiny_vqa.yaml's decay
     for g in groups[2:]:  # the new groups follow the task's LR schedule at lr_ratio
         assert g["lr"] == pytest.approx(0.5 * groups[0]["lr"], rel=1e-6)
     assert len(ckpt["lr_schedulers"][0]["base_lrs"]) == 4

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -154,12 +156,61 @@ def test_speech_ctc_needs_an_audio_encoder_and_a_positive_weight():
         _task(weight=0.0)
 
 
-def test_transcripts_too_long_for_the_audio_warn_once_and_add_zero():
-    waves = [np.random.default_rng(2).normal(0, 0.1, 1600).astype(np.float32)]  # 0.1 s: ~2 tokens
+def test_transcripts_the_audio_cannot_align_are_dropped_with_one_warning():
+    rng = np.random.default_rng(2)
+    waves = [rng.normal(0, 0.1, 1600).astype(np.float32)] * 2  # 0.1 s: 2 audio tokens each
     task = _task().eval()
-    with pytest.warns(UserWarning, match=r"record 'r0' has more bytes \(26\) than its audio has tokens"):
-        losses, _, _ = task._losses(_batch(waves, [{"transcript": "abcdefghijklmnopqrstuvwxyz"}]))
-    assert losses["ctc"].item() == 0.0
+    # "aa" needs 3 tokens (a blank between the two a's), "ab" needs 2.
+    with pytest.warns(UserWarning, match=r"record 'r0' needs 3 audio tokens and its audio has 2"):
+        losses, _, _ = task._losses(_batch(waves, [{"transcript": "aa"}, {"transcript": "ab"}]))
+    with torch.no_grad():
+        audio = task.model.encode_modalities(_batch(waves, [{}, {}]))["audio"]
+        log_probs = torch.log_softmax(task.speech_ctc.proj(audio.tokens[1]).double(), dim=-1).tolist()
+    assert losses["ctc"].item() == pytest.approx(0.5 * _ctc_nll_reference(log_probs, [97, 98], 256) / 2, rel=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second unalignable batch does not warn again
+        losses, _, _ = task._losses(_batch(waves[:1], [{"transcript": "aa"}]))
+    assert "ctc" not in losses
+
+
+def test_fit_trains_the_head_and_checkpoints_load_with_or_without_it(tmp_path):
+    rng = np.random.default_rng(3)
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (8000, 6400)]
+    batch = _batch(waves, [{"transcript": "red"}, {"transcript": "blue"}])
+    loader = torch.utils.data.DataLoader([batch] * 3, batch_size=None)
+    task = _task(eval_generate=False)
+    before = task.speech_ctc.proj.weight.detach().clone()
+    trainer = L.Trainer(
+        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.fit(task, train_dataloaders=loader)
+    assert not torch.equal(task.speech_ctc.proj.weight, before)
+    in_optimizer = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    assert all(id(p) in in_optimizer for p in task.speech_ctc.parameters())
+    path = tmp_path / "ctc.ckpt"
+    trainer.save_checkpoint(path)
+
+    # Evaluating the checkpoint without the head loads (the head is dropped), and val/loss has no CTC term.
+    plain = VQATask(
+        audio_encoder=_audio_encoder(spec_augment=False),
+        fusion=FusionConfig(n_layers=1, n_heads=2),
+        decoder=TINY_DECODER,
+        eval_generate=False,
+    )
+    evaluate = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    ctc_loss = evaluate.validate(task, dataloaders=loader, ckpt_path=path, verbose=False, weights_only=False)
+    plain_loss = evaluate.validate(plain, dataloaders=loader, ckpt_path=path, verbose=False, weights_only=False)
+    assert not any(k.startswith("speech_ctc") for k in plain.state_dict())
+    assert plain_loss[0]["val/loss"] == pytest.approx(ctc_loss[0]["val/loss"], rel=1e-6)
+
+    # A checkpoint without the head (saved from the plain task) loads into a task with one, which keeps its fresh head.
+    plain_path = tmp_path / "plain.ckpt"
+    evaluate.save_checkpoint(plain_path)
+    fresh = _task(eval_generate=False)
+    head = fresh.speech_ctc.proj.weight.detach().clone()
+    with pytest.warns(UserWarning, match="no speech_ctc head"):
+        evaluate.validate(fresh, dataloaders=loader, ckpt_path=plain_path, verbose=False, weights_only=False)
+    assert torch.equal(fresh.speech_ctc.proj.weight, head)
 
 
 def test_exported_models_leave_the_ctc_head_out(tmp_path):
