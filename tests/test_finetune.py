@@ -255,6 +255,8 @@ def test_enable_ddp_unused_parameters_only_for_plain_ddp():
         ("finetune_vqa_to_caption.yaml", None, ["CaptionTask", "init_from: runs/easyvqa", "- image_encoder"], []),
         ("finetune_vqa_to_spoken.yaml", None, ["AudioEncoder", "modality_dropout: 0.2", "init_from: runs/easyvqa"], []),
         ("finetune_vqa_to_spoken.yaml", "finetune_lora.yaml", ["SaveLoRAAdapters", "- experts"], ["FinetuneSchedule"]),
+        ("spoken_vqa.yaml", None, ["speech_ctc:\n      weight: 0.3", "modality_dropout: 0.0", "batch_size: 64"], []),
+        ("finetune_vqa_to_mixed.yaml", None, ["TextEncoder", "AudioEncoder", "init_from: runs/easyvqa", "speech_ctc"], []),
     ],
 )
 def test_shipped_configs_parse(base, overlay, expect, absent, capsys):
