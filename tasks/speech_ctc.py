@@ -75,7 +75,7 @@ class SpeechCTCHead(nn.Module):
                 f"audio has {lengths[rows[i]]}; such records add no CTC loss (reduce the audio encoder's subsampling "
                 "or raise max_audio_seconds)"
             )
-        keep = [i for i in range(len(rows)) if i not in set(short)]
+        keep = sorted(set(range(len(rows))) - set(short))
         if not keep:
             return None
         rows, targets = [rows[i] for i in keep], [targets[i] for i in keep]
