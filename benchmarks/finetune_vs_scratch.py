@@ -65,6 +65,8 @@ def main() -> None:
     for name, start in (("finetune", init_from), ("scratch", None)):
         config = yaml.safe_load(Path(args.config).read_text())
         config["model"]["init_args"]["init_from"] = start
+        if start is None:  # nothing is loaded, so nothing is skipped (init_skip without init_from is an error)
+            config["model"]["init_args"].pop("init_skip", None)
         _retarget(config, out / name)
         (out / name).mkdir(parents=True, exist_ok=True)
         path = out / name / "config.yaml"
