@@ -89,18 +89,23 @@ SIZE_THRESHOLDS: tuple[float, float] = (1 / 16, 1 / 8)
 # Measured on the 4,682 images whose shape an answer names: triangle 0.50-0.67, circle 0.74-0.91, rectangle >= 0.95.
 FILL_THRESHOLDS: tuple[float, float] = (0.70, 0.93)
 
-# Spoken questions: voices (espeak-ng voice + variant) for train/val and disjoint ones (other accents and variants)
-# for test, so the test measures generalisation to unheard speakers. Speed in words per minute, pitch 0-99.
-TRAIN_VOICES: tuple[str, ...] = ("en-us", "en-us+f2", "en-gb", "en-gb+f4", "en-gb-x-rp+m3", "en-029+f1")
+# Spoken questions. Training and validation clips draw a style per record from a wide pool: accent x variant (timbre),
+# speed and pitch from ranges. Test clips use other accents and other variants, at a few fixed speeds and pitches, so
+# the test measures generalisation to unheard speakers. Training on six fixed voices (version 2) fitted those voices:
+# 97.3 % validation, 92.95 % on the test voices; a wide pool is the usual remedy (speaker diversity, as in ASR).
+TRAIN_ACCENTS: tuple[str, ...] = ("en-us", "en-gb", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd")
+TRAIN_VARIANTS: tuple[str, ...] = ("", "f1", "f2", "f4", "f5", "m3", "m4", "m5", "m6", "m7", "klatt", "klatt2")
+TRAIN_SPEED_RANGE: tuple[int, int] = (130, 200)  # words per minute, inclusive
+TRAIN_PITCH_RANGE: tuple[int, int] = (25, 75)  # espeak-ng pitch 0-99, inclusive
 TEST_VOICES: tuple[str, ...] = ("en-gb-scotland+m2", "en-us-nyc+f3", "en-gb-x-gbclan+m1")
-SPEEDS: tuple[int, ...] = (140, 165, 190)
-PITCHES: tuple[int, ...] = (35, 50, 65)
+TEST_SPEEDS: tuple[int, ...] = (140, 165, 190)
+TEST_PITCHES: tuple[int, ...] = (35, 50, 65)
 SAMPLE_RATE = 16000
 
 SCHEMA_FILE = "scene.schema.json"
 BUILD_INFO_FILE = "build_info.json"
 # Bump when a part's output changes for the same settings, so existing builds are rebuilt rather than reused.
-BUILD_VERSION = 2  # 2: meta.answer_type on vqa / spoken / mixed records
+BUILD_VERSION = 3  # 2: meta.answer_type on vqa / spoken / mixed records; 3: the wide training voice pool
 
 
 # ----------------------------------------------------------------------------------------------------------- source
@@ -351,6 +356,21 @@ def split_images(seed: int = 0, val_fraction: float = 0.1, limit_images: int | N
     return refs
 
 
+# ------------------------------------------------------------------------------------------------------ voices
+
+
+def _train_voice(rng: random.Random) -> Voice:
+    """A training / validation speaking style: any training accent and variant, speed and pitch from their ranges."""
+    variant = rng.choice(TRAIN_VARIANTS)
+    name = rng.choice(TRAIN_ACCENTS) + (f"+{variant}" if variant else "")
+    return Voice(name, rng.randint(*TRAIN_SPEED_RANGE), rng.randint(*TRAIN_PITCH_RANGE))
+
+
+def _test_voice(rng: random.Random) -> Voice:
+    """A test speaking style. The draw is the one version 2 made, so test clips stay comparable across versions."""
+    return Voice(rng.choice(TEST_VOICES), rng.choice(TEST_SPEEDS), rng.choice(TEST_PITCHES))
+
+
 # ---------------------------------------------------------------------------------------------------------- writing
 
 
@@ -448,8 +468,7 @@ class _Build:
         for ref, index, question, answer in self.question_rows():
             # Per-record style from a string seed: stable across runs and Python versions, independent of order.
             rng = random.Random(f"{self.seed}:{ref.source}:{index}")
-            pool = TEST_VOICES if ref.split == "test" else TRAIN_VOICES
-            voice = Voice(rng.choice(pool), rng.choice(SPEEDS), rng.choice(PITCHES))
+            voice = _test_voice(rng) if ref.split == "test" else _train_voice(rng)
             planned.append((ref, index, question, answer, voice))
         jobs = [(question, voice) for _, _, question, _, voice in planned]
         log.info("spoken: %d records, %d distinct clips", len(planned), len(set(jobs)))

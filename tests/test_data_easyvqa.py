@@ -251,7 +251,13 @@ def test_spoken_subset(tmp_path: Path):
     assert len(spoken["train"]) + len(spoken["val"]) == len(questions["train"])
     assert len(spoken["test"]) == len(questions["test"])
     voices = {s: {r["meta"]["voice"] for r in spoken[s]} for s in SPLITS}
-    assert voices["test"].isdisjoint(voices["train"] | voices["val"])
+    # Unheard speakers: test accents and test variants (timbres) both differ from any heard in training.
+    accents = {s: {v.partition("+")[0] for v in voices[s]} for s in SPLITS}
+    variants = {s: {v.partition("+")[2] for v in voices[s]} for s in SPLITS}
+    for part in (accents, variants):
+        assert part["test"].isdisjoint(part["train"] | part["val"])
+    styles = {(r["meta"]["voice"], r["meta"]["speed"], r["meta"]["pitch"]) for r in spoken["train"]}
+    assert len(styles) > 0.9 * len(spoken["train"])  # training styles vary per record, not a few fixed voices
     for r in spoken["train"] + spoken["test"]:
         assert "text" not in r and r["target"] == r["meta"]["answers"][0]
     # One clip per distinct (text, voice, speed, pitch), shared by every record that needs it.
