@@ -1,7 +1,7 @@
 """Fine-tuning from a checkpoint vs training from scratch: the same recipe run twice, validation curves side by side.
 
     python benchmarks/finetune_vs_scratch.py --config configs/finetune_vqa_to_caption.yaml \\
-        [--init-from runs/easyvqa/checkpoints/last.ckpt] [--out runs/finetune_vs_scratch] [--threads 2]
+        [--init-from runs/easyvqa/checkpoints/best.ckpt] [--out runs/finetune_vs_scratch] [--threads 2]
 
 Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer and budget: once as written (or with
 ``--init-from``), once with ``model.init_from: null``. Both runs log to ``<out>/<recipe>/{finetune,scratch}``. Prints
