@@ -8,12 +8,18 @@ Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer a
 the task's validation metric at every validation step of both runs, and how many steps each needed to reach the
 scratch run's final value (the target; ``--target`` sets another). When the recipe has a test split, ``omnifuse fit``
 tests each run's best checkpoint on it, and those test metrics are printed side by side too. Figures, not pass/fail.
+
+``--scratch-run DIR`` reads the scratch half from a finished ``omnifuse fit`` run instead of training it again (e.g.
+``runs/spoken_vqa`` for ``configs/finetune_vqa_to_spoken.yaml``, whose other settings are the spoken recipe's). Every
+setting the scratch half would use must equal that run's saved ``config.yaml`` (run folders, loggers and callbacks
+aside), or the benchmark stops and names the settings that differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -36,9 +42,44 @@ def _retarget(config: dict, root: Path) -> None:
 
 
 def _curve(root: Path, metric: str) -> list[tuple[int, float]]:
-    logs = sorted(root.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    rows = list(csv.DictReader(logs[-1].open()))
+    rows = list(csv.DictReader((_run_log(root) / "metrics.csv").open()))
     return [(int(r["step"]), float(r[metric])) for r in rows if r.get(metric)]
+
+
+def _run_log(root: Path) -> Path:
+    """The newest CSV log folder (``csv/version_N``) of a run."""
+    logs = sorted(root.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not logs:
+        raise SystemExit(f"{root}: no csv/version_*/metrics.csv (a run logged by the recipe's CSVLogger)")
+    return logs[-1].parent
+
+
+def _mismatches(expected: object, actual: object, key: str = "") -> list[str]:
+    """Keys (dotted) whose value in ``expected`` differs from ``actual``; keys only ``actual`` has are defaults."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return [m for k, v in expected.items() for m in _mismatches(v, actual.get(k), f"{key}.{k}" if key else k)]
+    return [] if expected == actual else [f"{key}: {expected!r} here, {actual!r} in the run"]
+
+
+def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[str, float], str, str]:
+    """Curve, test metrics, monitor and mode of a finished scratch run that used exactly ``config``'s settings."""
+    log = _run_log(run)
+    saved = yaml.safe_load((log / "config.yaml").read_text())
+    compared = {k: v for k, v in config.items() if k != "trainer"}
+    compared["trainer"] = {
+        k: v for k, v in config["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")
+    }
+    diff = _mismatches(compared, saved)
+    if diff:
+        raise SystemExit(f"{run} is not this recipe's scratch run:\n  " + "\n  ".join(diff))
+    module, _, name = saved["model"]["class_path"].rpartition(".")
+    task = getattr(importlib.import_module(module), name)  # the task class names its monitored metric
+    monitor, mode = task.monitor, task.monitor_mode
+    rows = list(csv.DictReader((log / "metrics.csv").open()))
+    tested = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v}
+    if not tested:
+        raise SystemExit(f"{run}: no test/ metrics in {log / 'metrics.csv'}; did the run finish?")
+    return _curve(run, monitor), tested, monitor, mode
 
 
 def _steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> int | None:
@@ -52,6 +93,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/finetune_vs_scratch")
     parser.add_argument("--target", type=float, help="metric value to reach (default: the scratch run's last value)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scratch-run", type=Path, help="a finished scratch run to read instead of training one")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # LightningCLI below gets its arguments explicitly
     torch.set_num_threads(args.threads)
@@ -67,6 +109,10 @@ def main() -> None:
         config["model"]["init_args"]["init_from"] = start
         if start is None:  # nothing is loaded, so nothing is skipped (init_skip without init_from is an error)
             config["model"]["init_args"].pop("init_skip", None)
+        if start is None and args.scratch_run:
+            curves[name], tested[name], monitor, mode = _reuse_scratch(config, args.scratch_run)
+            print(f"scratch: read from {args.scratch_run} (same settings)")
+            continue
         _retarget(config, out / name)
         (out / name).mkdir(parents=True, exist_ok=True)
         path = out / name / "config.yaml"

@@ -253,10 +253,15 @@ def test_enable_ddp_unused_parameters_only_for_plain_ddp():
         ("easyvqa.yaml", "gpu_bf16.yaml", ["precision: bf16-mixed", "accelerator: gpu"], []),
         ("easyvqa.yaml", "fsdp_bf16.yaml", ["OmniFSDPStrategy", "buffer_dtype: float32", "precision: bf16-mixed"], []),
         ("finetune_vqa_to_caption.yaml", None, ["CaptionTask", "init_from: runs/easyvqa", "- image_encoder"], []),
-        ("finetune_vqa_to_spoken.yaml", None, ["AudioEncoder", "modality_dropout: 0.2", "init_from: runs/easyvqa"], []),
+        ("finetune_vqa_to_spoken.yaml", None, ["AudioEncoder", "speech_ctc", "init_from: runs/easyvqa"], []),
         ("finetune_vqa_to_spoken.yaml", "finetune_lora.yaml", ["SaveLoRAAdapters", "- experts"], ["FinetuneSchedule"]),
         ("spoken_vqa.yaml", None, ["speech_ctc:\n      weight: 0.3", "modality_dropout: 0.0", "batch_size: 64"], []),
-        ("finetune_vqa_to_mixed.yaml", None, ["TextEncoder", "AudioEncoder", "init_from: runs/easyvqa", "speech_ctc"], []),
+        (
+            "finetune_vqa_to_mixed.yaml",
+            None,
+            ["TextEncoder", "AudioEncoder", "init_from: runs/easyvqa", "speech_ctc"],
+            [],
+        ),
     ],
 )
 def test_shipped_configs_parse(base, overlay, expect, absent, capsys):
@@ -281,3 +286,20 @@ def test_fsdp_strategy_keeps_buffers_fp32_and_wraps_blocks():
     assert (mp.param_dtype, mp.reduce_dtype, mp.buffer_dtype) == (torch.bfloat16, torch.float32, torch.float32)
     with pytest.raises(ValueError, match="param_dtype"):
         FSDPMixedPrecision(param_dtype="bf16")
+
+
+def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from():
+    """README compares the two runs step for step (benchmarks/finetune_vs_scratch.py --scratch-run), so they may differ
+    only in where they start and where they write."""
+    import yaml
+
+    def settings(name: str, run: str) -> dict:
+        text = (CONFIGS / name).read_text().replace(f"runs/{run}", "runs/RUN")
+        return yaml.safe_load(text)
+
+    finetune, scratch = (
+        settings("finetune_vqa_to_spoken.yaml", "finetune_spoken"),
+        settings("spoken_vqa.yaml", "spoken_vqa"),
+    )
+    assert finetune["model"]["init_args"].pop("init_from") == "runs/easyvqa/checkpoints/best.ckpt"
+    assert finetune == scratch
