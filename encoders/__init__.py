@@ -22,7 +22,7 @@ from omnifuse.encoders.registry import build_encoder, get_encoder_class, list_en
 
 if TYPE_CHECKING:
     from omnifuse.encoders.audio import AudioEncoder
-    from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment
+    from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment, SpeedPerturb
     from omnifuse.encoders.audio_timm import TimmAudioEncoder
     from omnifuse.encoders.image_open_clip import OpenClipImageEncoder
     from omnifuse.encoders.image_timm import TimmImageEncoder
@@ -35,6 +35,7 @@ _LAZY = {
     "OpenClipImageEncoder": "omnifuse.encoders.image_open_clip",
     "OpenClipTextEncoder": "omnifuse.encoders.text_open_clip",
     "SpecAugment": "omnifuse.encoders.audio_frontend",
+    "SpeedPerturb": "omnifuse.encoders.audio_frontend",
     "TextEncoder": "omnifuse.encoders.text",
     "TimmAudioEncoder": "omnifuse.encoders.audio_timm",
     "TimmImageEncoder": "omnifuse.encoders.image_timm",
@@ -47,6 +48,7 @@ __all__ = [
     "OpenClipImageEncoder",
     "OpenClipTextEncoder",
     "SpecAugment",
+    "SpeedPerturb",
     "TextEncoder",
     "TimmAudioEncoder",
     "TimmImageEncoder",

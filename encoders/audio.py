@@ -1,11 +1,12 @@
-"""Native audio encoder: log-mel front end -> SpecAugment -> conv subsampling (x4 in time) -> transformer."""
+"""Native audio encoder: (speed perturbation) -> log-mel front end -> SpecAugment -> conv subsampling (x4 in time)
+-> transformer."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment
+from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment, SpeedPerturb
 from omnifuse.encoders.base import Encoder, TokenSequence
 from omnifuse.encoders.layers import TransformerBlock, sinusoidal_positions
 from omnifuse.encoders.registry import register_encoder
@@ -55,6 +56,8 @@ class AudioEncoder(Encoder):
         d_model, n_layers, n_heads, ffn_mult, dropout: the transformer (sinusoidal positions, pre-LN blocks).
         conv_channels: channels of the two subsampling convs.
         spec_augment, freq_mask_param, time_mask_param: SpecAugment, applied in training mode only.
+        speed_perturb: speed factors (e.g. ``[0.9, 1.0, 1.1]``), one drawn per clip in training mode only
+            (``SpeedPerturb``); None: off.
     """
 
     modality = "audio"
@@ -75,8 +78,10 @@ class AudioEncoder(Encoder):
         spec_augment: bool = True,
         freq_mask_param: int = 8,
         time_mask_param: int = 20,
+        speed_perturb: list[float] | None = None,
     ) -> None:
         super().__init__()
+        self.speed_perturb = SpeedPerturb(sample_rate, speed_perturb) if speed_perturb else None
         self.frontend = LogMelFrontend(sample_rate, n_mels, hop_length, win_length, n_fft=n_fft)
         self.spec_augment = SpecAugment(freq_mask_param, time_mask_param) if spec_augment else nn.Identity()
         self.subsample = ConvSubsampling(n_mels, d_model, conv_channels)
@@ -90,6 +95,8 @@ class AudioEncoder(Encoder):
 
     def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> TokenSequence:
         """``wave`` (B, S) float, ``wave_mask`` (B, S) bool (right-padded) -> TokenSequence (B, T', out_dim)."""
+        if self.speed_perturb is not None:  # training mode only
+            wave, wave_mask = self.speed_perturb(wave, wave_mask)
         spec, frame_mask = self.frontend(wave, wave_mask)  # (B, F, T), (B, T)
         spec = self.spec_augment(spec)
         x = self.subsample(spec)  # (B, T', D)

@@ -1,4 +1,5 @@
-"""Audio front end: waveform -> normalised log-mel spectrogram with a frame mask, plus SpecAugment."""
+"""Audio front end: waveform -> normalised log-mel spectrogram with a frame mask, plus the training-time
+augmentations: speed perturbation (on the waveform) and SpecAugment (on the spectrogram)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,39 @@ class SpecAugment(nn.Module):
         for m in [*self.freq, *self.time]:
             x = m(x)
         return x.squeeze(1)
+
+
+class SpeedPerturb(nn.Module):
+    """Speed perturbation per clip, training mode only (Ko et al. 2015, Kaldi's 0.9 / 1.0 / 1.1): each clip plays
+    ``factor`` times as fast, the factor drawn uniformly per clip from ``factors``. Tempo, pitch and formants shift
+    together, as between speakers with different vocal tracts, which is what a model tested on unheard voices needs.
+
+    Each clip's valid samples go through torchaudio's ``Speed`` (band-limited resampling); the batch is re-padded to
+    its longest result and the mask follows. Factors are drawn from the global torch RNG (restored on resume).
+    """
+
+    def __init__(self, sample_rate: int = 16000, factors: tuple[float, ...] | list[float] = (0.9, 1.0, 1.1)) -> None:
+        super().__init__()
+        if not factors or any(f <= 0 for f in factors):
+            raise ValueError(f"speed_perturb factors must be positive, got {list(factors)}")
+        self.factors = tuple(float(f) for f in factors)
+        # A plain list, not a ModuleList: each ``Speed`` holds its resampling kernel as a buffer, which would put
+        # augmentation kernels into every state dict (checkpoints with and without the augmentation would then not
+        # load into each other). Kernels are moved to the batch's device on use.
+        self._speeders = [torchaudio.transforms.Speed(sample_rate, f) for f in self.factors]
+
+    def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wave`` (B, S), ``wave_mask`` (B, S) right-padded -> (B, S'), (B, S'); unchanged in eval mode."""
+        if not self.training:
+            return wave, wave_mask
+        picks = torch.randint(len(self.factors), (wave.shape[0],)).tolist()
+        clips = []
+        for b, n in enumerate(wave_mask.sum(dim=-1).tolist()):
+            clip = wave[b, :n]
+            if n > 0 and self.factors[picks[b]] != 1.0:
+                clip = self._speeders[picks[b]].to(clip.device)(clip[None])[0][0]
+            clips.append(clip)
+        lengths = torch.tensor([len(c) for c in clips], device=wave.device)
+        out = nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (B, max length), zeros after each clip
+        mask = torch.arange(out.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        return out, mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment
+from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment, SpeedPerturb
 from omnifuse.encoders.base import Encoder, TokenSequence
 from omnifuse.encoders.registry import register_encoder
 from omnifuse.encoders.timm_backbone import TimmBackbone
@@ -29,6 +29,7 @@ class TimmAudioEncoder(Encoder):
         feature_level: ``forward_intermediates`` level (-1 = last).
         n_fft: FFT size; larger than ``win_length`` (zero-padded frames) so 128 mel bands all get frequency bins.
         max_frames: spectrogram width (1024 frames = 10.24 s at hop 160); longer clips are cut.
+        speed_perturb: speed factors, one drawn per clip in training mode only (``SpeedPerturb``); None: off.
     """
 
     modality = "audio"
@@ -48,9 +49,11 @@ class TimmAudioEncoder(Encoder):
         spec_augment: bool = True,
         freq_mask_param: int = 24,
         time_mask_param: int = 80,
+        speed_perturb: list[float] | None = None,
         **model_kwargs,
     ) -> None:
         super().__init__()
+        self.speed_perturb = SpeedPerturb(sample_rate, speed_perturb) if speed_perturb else None
         self.frontend = LogMelFrontend(sample_rate, n_mels, hop_length, win_length, n_fft=n_fft)
         self.spec_augment = SpecAugment(freq_mask_param, time_mask_param) if spec_augment else nn.Identity()
         self.max_frames = max_frames
@@ -80,6 +83,8 @@ class TimmAudioEncoder(Encoder):
 
     def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> TokenSequence:
         """``wave`` (B, S) float, ``wave_mask`` (B, S) bool (right-padded) -> TokenSequence (B, f*t, out_dim)."""
+        if self.speed_perturb is not None:  # training mode only
+            wave, wave_mask = self.speed_perturb(wave, wave_mask)
         spec, frame_mask = self.frontend(wave, wave_mask)  # (B, F, T), (B, T)
         spec = self.spec_augment(spec)
         n_frames = spec.shape[-1]
