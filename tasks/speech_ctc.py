@@ -11,6 +11,7 @@ models (``save_pretrained``, ``OmniModel.from_checkpoint``) do not contain it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -103,3 +104,27 @@ class SpeechCTCHead(nn.Module):
                 previous = c
             texts.append(out.decode("utf-8", errors="replace"))
         return texts
+
+
+def init_head_from(head: SpeechCTCHead, path: str | Path, audio_encoder_skipped: bool = False) -> str:
+    """Load ``head`` from the ``speech_ctc.*`` entries of the Lightning checkpoint at ``path`` (``init_from``) when it
+    has a head of the same shape; returns the line the ``init_from`` report prints. The head spells bytes from the
+    source's audio features, so it stays new when the audio encoder is not loaded (``init_skip``); exported models
+    (folders, ``.safetensors``) never contain it."""
+    path = Path(path)
+    if audio_encoder_skipped:
+        return "  speech_ctc head: new (init_skip keeps the audio encoder it reads initialised)"
+    if path.suffix != ".ckpt":
+        return "  speech_ctc head: new (exported models leave the training-only head out)"
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    state = {
+        k.removeprefix("speech_ctc."): v for k, v in raw.get("state_dict", {}).items() if k.startswith("speech_ctc.")
+    }
+    if not state:
+        return "  speech_ctc head: new (the source was trained without speech_ctc)"
+    own = head.state_dict()
+    if state.keys() != own.keys() or any(state[k].shape != own[k].shape for k in own):
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        return f"  speech_ctc head: new (the source's head has other shapes: {shapes})"
+    head.load_state_dict(state)
+    return f"  speech_ctc head: loaded ({len(state)} tensors)"

@@ -254,3 +254,33 @@ def test_the_ctc_loss_teaches_a_tiny_encoder_to_spell_real_spoken_clips(tmp_path
             break
     task.eval()
     assert head.greedy_decode(encoder(batch.audio, batch.audio_mask)) == [q for q, _ in SPOKEN]
+
+
+def test_init_from_loads_the_source_head_when_it_has_one(tmp_path, capsys):
+    """Fine-tuning from a run trained with speech_ctc (e.g. spoken -> mixed) starts from its head; from a run without
+    one, an exported model, or with the audio encoder skipped, the head is new. The report says which."""
+    source = _task()
+    with torch.no_grad():
+        source.speech_ctc.proj.weight.normal_()
+    with_head, without_head = tmp_path / "with.ckpt", tmp_path / "without.ckpt"
+    torch.save({"state_dict": source.state_dict(), "omnifuse_model_config": source.model.config()}, with_head)
+    plain = {k: v for k, v in source.state_dict().items() if not k.startswith("speech_ctc.")}
+    torch.save({"state_dict": plain, "omnifuse_model_config": source.model.config()}, without_head)
+    source.model.save_pretrained(tmp_path / "export")
+
+    tuned = _task(init_from=str(with_head))
+    assert torch.equal(tuned.speech_ctc.proj.weight, source.speech_ctc.proj.weight)
+    assert torch.equal(tuned.speech_ctc.proj.bias, source.speech_ctc.proj.bias)
+    assert "speech_ctc head: loaded (2 tensors)" in capsys.readouterr().out
+
+    fresh = _task().speech_ctc.proj.weight  # the seeded initialisation every _task() starts from
+    for init_from, kwargs, reason in [
+        (without_head, {}, "trained without speech_ctc"),
+        (tmp_path / "export", {}, "exported models"),
+        (with_head, {"init_skip": ["audio_encoder"]}, "init_skip"),
+        (with_head, {"init_skip": ["encoders.audio.blocks.0"]}, "init_skip"),
+    ]:
+        task = _task(init_from=str(init_from), **kwargs)
+        assert torch.equal(task.speech_ctc.proj.weight, fresh), reason
+        out = capsys.readouterr().out
+        assert "speech_ctc head: new" in out and reason in out
