@@ -128,16 +128,17 @@ class SpeedPerturb(nn.Module):
         self._speeders = [torchaudio.transforms.Speed(sample_rate, f) for f in self.factors]
 
     def forward(self, wave: torch.Tensor, wave_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``wave`` (B, S), ``wave_mask`` (B, S) right-padded -> (B, S'), (B, S'); unchanged in eval mode."""
+        """``wave`` (B, S), ``wave_mask`` (B, S) right-padded -> float32 (B, S'), (B, S'); unchanged in eval mode."""
         if not self.training:
             return wave, wave_mask
         picks = torch.randint(len(self.factors), (wave.shape[0],)).tolist()
         clips = []
-        for b, n in enumerate(wave_mask.sum(dim=-1).tolist()):
-            clip = wave[b, :n]
-            if n > 0 and self.factors[picks[b]] != 1.0:
-                clip = self._speeders[picks[b]].to(clip.device)(clip[None])[0][0]
-            clips.append(clip)
+        with torch.autocast(device_type=wave.device.type, enabled=False):  # fp32, as the log-mel front end after it
+            for b, n in enumerate(wave_mask.sum(dim=-1).tolist()):
+                clip = wave[b, :n].float()
+                if n > 0 and self.factors[picks[b]] != 1.0:
+                    clip = self._speeders[picks[b]].to(clip.device)(clip[None])[0][0]
+                clips.append(clip)
         lengths = torch.tensor([len(c) for c in clips], device=wave.device)
         out = nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (B, max length), zeros after each clip
         mask = torch.arange(out.shape[1], device=wave.device)[None, :] < lengths[:, None]

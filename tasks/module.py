@@ -21,7 +21,7 @@ from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import Encoder
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
-from omnifuse.tasks.finetune import enable_ddp_unused_parameters, no_weight_decay, resolve_modules, setup_finetuning
+from omnifuse.tasks.finetune import enable_ddp_unused_parameters, no_weight_decay, setup_finetuning
 from omnifuse.tasks.lora import LoRAConfig
 from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
 from omnifuse.tasks.predict import generation_kwargs, predict_batch
@@ -151,11 +151,11 @@ class OmniTask(L.LightningModule):
             if "audio" not in self.model.encoders:
                 raise ValueError("speech_ctc needs an audio_encoder (it is a loss on the audio encoder's tokens)")
             self.speech_ctc = SpeechCTCHead(self.model.encoders["audio"].out_dim, speech_ctc)
-            if init_from:  # the head lives outside self.model, so load_matching_weights does not see it
-                audio = {id(p) for p in self.model.encoders["audio"].parameters()}
-                skipped_modules = resolve_modules(self.model, init_skip or [])
-                skipped = any(id(p) in audio for m in skipped_modules for p in m.parameters())
-                print(init_head_from(self.speech_ctc, init_from, audio_encoder_skipped=skipped), flush=True)
+            if self.init_report is not None:  # the head lives outside self.model: load_matching_weights skips it
+                audio = [k for k in self.model.state_dict() if k.startswith("encoders.audio.")]
+                loaded = set(self.init_report.loaded)
+                audio_loaded = bool(audio) and all(k in loaded for k in audio)
+                print(init_head_from(self.speech_ctc, init_from, audio_encoder_loaded=audio_loaded), flush=True)
             if not any(p.requires_grad for p in self.model.encoders["audio"].parameters()):
                 rank_zero_warn(
                     "speech_ctc is set but the audio encoder is frozen: the CTC loss can only train its head"

@@ -106,14 +106,14 @@ class SpeechCTCHead(nn.Module):
         return texts
 
 
-def init_head_from(head: SpeechCTCHead, path: str | Path, audio_encoder_skipped: bool = False) -> str:
+def init_head_from(head: SpeechCTCHead, path: str | Path, audio_encoder_loaded: bool) -> str:
     """Load ``head`` from the ``speech_ctc.*`` entries of the Lightning checkpoint at ``path`` (``init_from``) when it
     has a head of the same shape; returns the line the ``init_from`` report prints. The head spells bytes from the
-    source's audio features, so it stays new when the audio encoder is not loaded (``init_skip``); exported models
-    (folders, ``.safetensors``) never contain it."""
+    source's audio features, so it stays new unless every audio encoder tensor was loaded from the same source (none
+    under ``init_skip`` or shape-mismatched); exported models (folders, ``.safetensors``) never contain it."""
     path = Path(path)
-    if audio_encoder_skipped:
-        return "  speech_ctc head: new (init_skip keeps the audio encoder it reads initialised)"
+    if not audio_encoder_loaded:
+        return "  speech_ctc head: new (the audio encoder it reads was not loaded from init_from)"
     if path.suffix != ".ckpt":
         return "  speech_ctc head: new (exported models leave the training-only head out)"
     raw = torch.load(path, map_location="cpu", weights_only=False)

@@ -92,3 +92,13 @@ def test_encoder_perturbs_in_training_only():
     torch.testing.assert_close(perturbed.eval()(wave, mask).tokens, plain.eval()(wave, mask).tokens)
     slow = perturbed.train()(wave, mask)
     assert slow.mask.sum(dim=-1).tolist() == [perturbed.num_tokens(20000)] * 2  # 0.8x speed: 1.25x the samples
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_works_in_fp32_whatever_the_input_dtype_or_autocast(dtype):
+    tone = _tone(440.0, 0.5).to(dtype)
+    perturb = SpeedPerturb(RATE, [1.1]).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, mask = perturb(tone[None], torch.ones(1, len(tone), dtype=torch.bool))
+    assert out.dtype == torch.float32
+    assert _peak_hz(out[0, : int(mask.sum())]) == pytest.approx(484.0, abs=4.0)

@@ -258,7 +258,7 @@ def test_the_ctc_loss_teaches_a_tiny_encoder_to_spell_real_spoken_clips(tmp_path
 
 def test_init_from_loads_the_source_head_when_it_has_one(tmp_path, capsys):
     """Fine-tuning from a run trained with speech_ctc (e.g. spoken -> mixed) starts from its head; from a run without
-    one, an exported model, or with the audio encoder skipped, the head is new. The report says which."""
+    one, an exported model, or when the audio encoder was not (all) loaded, the head is new. The report says which."""
     source = _task()
     with torch.no_grad():
         source.speech_ctc.proj.weight.normal_()
@@ -267,6 +267,14 @@ def test_init_from_loads_the_source_head_when_it_has_one(tmp_path, capsys):
     plain = {k: v for k, v in source.state_dict().items() if not k.startswith("speech_ctc.")}
     torch.save({"state_dict": plain, "omnifuse_model_config": source.model.config()}, without_head)
     source.model.save_pretrained(tmp_path / "export")
+    other = VQATask(  # 32 mel bins instead of 40: the audio encoder's projection cannot load; the head could
+        audio_encoder=_audio_encoder(n_mels=32, spec_augment=False),
+        fusion=FusionConfig(n_layers=1, n_heads=2),
+        decoder=TINY_DECODER,
+        speech_ctc=SpeechCTCConfig(weight=0.5),
+    )
+    other_audio = tmp_path / "other_audio.ckpt"
+    torch.save({"state_dict": other.state_dict(), "omnifuse_model_config": other.model.config()}, other_audio)
 
     tuned = _task(init_from=str(with_head))
     assert torch.equal(tuned.speech_ctc.proj.weight, source.speech_ctc.proj.weight)
@@ -277,8 +285,9 @@ def test_init_from_loads_the_source_head_when_it_has_one(tmp_path, capsys):
     for init_from, kwargs, reason in [
         (without_head, {}, "trained without speech_ctc"),
         (tmp_path / "export", {}, "exported models"),
-        (with_head, {"init_skip": ["audio_encoder"]}, "init_skip"),
-        (with_head, {"init_skip": ["encoders.audio.blocks.0"]}, "init_skip"),
+        (with_head, {"init_skip": ["audio_encoder"]}, "not loaded from init_from"),
+        (with_head, {"init_skip": ["encoders.audio.blocks.0"]}, "not loaded from init_from"),
+        (other_audio, {}, "not loaded from init_from"),  # same head shape, but the encoder did not match
     ]:
         task = _task(init_from=str(init_from), **kwargs)
         assert torch.equal(task.speech_ctc.proj.weight, fresh), reason
