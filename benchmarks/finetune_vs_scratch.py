@@ -11,16 +11,20 @@ tests each run's best checkpoint on it, and those test metrics are printed side 
 
 ``--scratch-run DIR`` reads the scratch half from a finished ``omnifuse fit`` run instead of training it again (e.g.
 ``runs/spoken_vqa`` for ``configs/finetune_vqa_to_spoken.yaml``, whose other settings are the spoken recipe's). Every
-setting the scratch half would use must equal that run's saved ``config.yaml`` (run folders, loggers and callbacks
-aside), or the benchmark stops and names the settings that differ.
+setting the scratch half would use, defaults included, must equal that run's saved ``config.yaml`` (run folders,
+loggers and callbacks aside), and its manifests must not have been rebuilt since it started; otherwise the benchmark
+stops and says why.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
+import io
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,49 +41,82 @@ def _retarget(config: dict, root: Path) -> None:
     for logger in trainer.get("logger") or []:
         logger.setdefault("init_args", {})["save_dir"] = str(root)
     for callback in trainer.get("callbacks") or []:
-        if callback["class_path"].endswith("ModelCheckpoint"):
+        if "dirpath" in (callback.get("init_args") or {}):  # ModelCheckpoint, LatestCheckpoint
             callback["init_args"]["dirpath"] = str(root / "checkpoints")
 
 
-def _curve(root: Path, metric: str) -> list[tuple[int, float]]:
-    rows = list(csv.DictReader((_run_log(root) / "metrics.csv").open()))
+def _curve(root: Path, metric: str, log: Path | None = None) -> list[tuple[int, float]]:
+    rows = list(csv.DictReader(((log or _newest_log(root)) / "metrics.csv").open()))
     return [(int(r["step"]), float(r[metric])) for r in rows if r.get(metric)]
 
 
-def _run_log(root: Path) -> Path:
-    """The newest CSV log folder (``csv/version_N``) of a run."""
-    logs = sorted(root.glob("csv/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+def _logs(root: Path) -> list[Path]:
+    """A run's CSV log folders (``csv/version_N``), newest first."""
+    logs = [p.parent for p in root.glob("csv/version_*/metrics.csv")]
+    return sorted(logs, key=lambda p: int(p.name.split("_")[1]), reverse=True)
+
+
+def _newest_log(root: Path) -> Path:
+    logs = _logs(root)
     if not logs:
         raise SystemExit(f"{root}: no csv/version_*/metrics.csv (a run logged by the recipe's CSVLogger)")
-    return logs[-1].parent
+    return logs[0]
 
 
-def _mismatches(expected: object, actual: object, key: str = "") -> list[str]:
-    """Keys (dotted) whose value in ``expected`` differs from ``actual``; keys only ``actual`` has are defaults."""
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        return [m for k, v in expected.items() for m in _mismatches(v, actual.get(k), f"{key}.{k}" if key else k)]
-    return [] if expected == actual else [f"{key}: {expected!r} here, {actual!r} in the run"]
+# Settings that say where a run writes, not what it trains; ckpt_path must be null in a reused run (a fresh fit).
+_NOT_COMPARED = {"trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "ckpt_path", "weights_only"}
+
+
+def _resolved(config: dict) -> dict:
+    """The full config LightningCLI builds from ``config``, defaults filled in (what ``--print_config`` prints and
+    what a run saves as ``config.yaml``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+            cli_main(["fit", "--config", str(path), "--print_config"])
+    return yaml.safe_load(printed.getvalue())
+
+
+def _mismatches(here: object, run: object, key: str = "") -> list[str]:
+    """Dotted keys whose values differ between ``here`` and ``run``, both ways. A key only one side has counts as None
+    there: a parameter added to the code after the run, left at its default None, does not make the run different."""
+    if isinstance(here, dict) and isinstance(run, dict):
+        keys = list(here) + [k for k in run if k not in here]
+        names = {k: f"{key}.{k}" if key else k for k in keys}
+        return [
+            m for k in keys if names[k] not in _NOT_COMPARED for m in _mismatches(here.get(k), run.get(k), names[k])
+        ]
+    return [] if here == run else [f"{key}: {here!r} here, {run!r} in the run"]
 
 
 def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[str, float], str, str]:
-    """Curve, test metrics, monitor and mode of a finished scratch run that used exactly ``config``'s settings."""
-    log = _run_log(run)
+    """Curve, test metrics, monitor and mode of a finished scratch run that trained exactly ``config``'s settings (all
+    of them, defaults and command-line overrides included) on data that has not changed since."""
+    fits = [log for log in _logs(run) if (log / "config.yaml").is_file()]
+    fits = [log for log in fits if yaml.safe_load((log / "config.yaml").read_text()).get("ckpt_path") is None]
+    if not fits:
+        raise SystemExit(f"{run}: no log of a fresh fit (csv/version_*/config.yaml with ckpt_path null)")
+    log = fits[0]  # test-only logs and resumed fits (ckpt_path set) are skipped
     saved = yaml.safe_load((log / "config.yaml").read_text())
-    compared = {k: v for k, v in config.items() if k != "trainer"}
-    compared["trainer"] = {
-        k: v for k, v in config["trainer"].items() if k not in ("default_root_dir", "logger", "callbacks")
-    }
-    diff = _mismatches(compared, saved)
+    diff = _mismatches(_resolved(config), saved)
     if diff:
         raise SystemExit(f"{run} is not this recipe's scratch run:\n  " + "\n  ".join(diff))
+    started = (log / "config.yaml").stat().st_mtime  # written when the fit started, after the data was prepared
+    for split in ("train", "val", "test"):
+        manifest = saved["data"].get(f"{split}_manifest")
+        if manifest and Path(manifest).is_file() and Path(manifest).stat().st_mtime > started:
+            raise SystemExit(f"{run}: {manifest} was rebuilt after that run started; its numbers are for other data")
     module, _, name = saved["model"]["class_path"].rpartition(".")
     task = getattr(importlib.import_module(module), name)  # the task class names its monitored metric
     monitor, mode = task.monitor, task.monitor_mode
     rows = list(csv.DictReader((log / "metrics.csv").open()))
     tested = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v}
-    if not tested:
-        raise SystemExit(f"{run}: no test/ metrics in {log / 'metrics.csv'}; did the run finish?")
-    return _curve(run, monitor), tested, monitor, mode
+    curve = _curve(run, monitor, log)
+    if not curve or not tested:
+        raise SystemExit(f"{run}: {log / 'metrics.csv'} has no {monitor} curve or no test/ metrics; did it finish?")
+    return curve, tested, monitor, mode
 
 
 def _steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> int | None:

@@ -26,8 +26,11 @@ class OmniCLI(LightningCLI):
             return
         if self.trainer.interrupted:
             return
-        checkpoint = next((c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+        # The monitored checkpoint's best file, wherever it sits in the callback list (Lightning's "best" would take
+        # the first ModelCheckpoint, which may be an unmonitored LatestCheckpoint).
+        checkpoints = [c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path]
+        best = next((c for c in checkpoints if c.monitor), checkpoints[0] if checkpoints else None)
+        ckpt_path = best.best_model_path if best is not None else None
         results = self.trainer.test(self.model, datamodule=datamodule, ckpt_path=ckpt_path)
         if self.trainer.is_global_zero and results:
             summary = ", ".join(
@@ -36,7 +39,7 @@ class OmniCLI(LightningCLI):
                 for k, v in sorted(results[0].items())
                 if not k.startswith("test/weight_")
             )
-            print(f"omnifuse test ({ckpt_path or 'final'} checkpoint): {summary}")
+            print(f"omnifuse test ({'best' if ckpt_path else 'final'} checkpoint): {summary}")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> OmniCLI:

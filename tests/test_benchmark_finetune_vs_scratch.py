@@ -1,14 +1,20 @@
-"""benchmarks/finetune_vs_scratch.py reading its scratch half from a finished run (``--scratch-run``): the curve and
-test metrics come from the run's CSV log, and a run whose saved config differs from the recipe is refused."""
+"""benchmarks/finetune_vs_scratch.py reading its scratch half from a finished run (``--scratch-run``). A real tiny
+``omnifuse fit`` makes the run (its CSV log and the config.yaml LightningCLI saves); the benchmark must read that run's
+curve and test metrics, and refuse runs whose settings or data differ from the recipe's."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+from omnifuse.tasks.cli import cli_main
+
+from .test_finetune_support import build_tiny_easyvqa, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,64 +27,99 @@ def bench():
     return module
 
 
-RECIPE = {
-    "seed_everything": 0,
-    "trainer": {"max_steps": 6, "default_root_dir": "runs/x", "callbacks": [{"class_path": "a.B"}]},
-    "model": {"class_path": "omnifuse.tasks.VQATask", "init_args": {"init_from": None, "decoder": {"d_model": 32}}},
-    "data": {"batch_size": 4},
-}
-# Rows as Lightning's CSVLogger writes them: one metric set per row, blanks elsewhere.
-ROWS = [
-    {"step": "1", "train/loss": "2.0"},
-    {"step": "2", "val/vqa_accuracy": "0.5"},
-    {"step": "5", "val/vqa_accuracy": "0.75"},
-    {"step": "6", "test/vqa_accuracy": "0.7", "test/loss": "0.3"},
-]
+def _recipe(data: Path, run: Path) -> dict:
+    path = write_config(
+        run.parent / f"{run.name}.yaml",
+        {
+            "trainer": {
+                "max_steps": 2,
+                "val_check_interval": 1,
+                "check_val_every_n_epoch": None,
+                "default_root_dir": str(run),
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(run), "name": "csv"},
+                },
+                "callbacks": [
+                    {
+                        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"dirpath": str(run / "ckpt"), "monitor": "val/vqa_accuracy", "mode": "max"},
+                    }
+                ],
+            },
+            "data": {
+                **{f"{s}_manifest": str(data / f"vqa_{s}.jsonl") for s in ("train", "val", "test")},
+                "limit_val": 4,
+                "limit_test": 4,
+            },
+        },
+    )
+    return yaml.safe_load(path.read_text())
 
 
-def _run(tmp_path: Path, saved: dict) -> Path:
-    log = tmp_path / "run" / "csv" / "version_3"
-    log.mkdir(parents=True)
-    (tmp_path / "run" / "csv" / "version_1").mkdir()  # an older, empty version is skipped
-    (log / "config.yaml").write_text(yaml.safe_dump(saved))
-    fields = sorted({k for r in ROWS for k in r})
-    with (log / "metrics.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fields)
-        writer.writeheader()
-        writer.writerows(ROWS)
-    return tmp_path / "run"
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[dict, Path]:
+    data = build_tiny_easyvqa(tmp_path_factory.mktemp("easyvqa"))
+    run = tmp_path_factory.mktemp("runs") / "scratch"
+    recipe = _recipe(data, run)
+    path = run.parent / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cli_main(["fit", "--config", str(path)])  # trains 2 steps, validates at both, tests the best checkpoint
+    return recipe, run
 
 
-def _saved(**changes) -> dict:
-    """What LightningCLI saves: the recipe's settings plus defaults, with the run's own folders and callbacks."""
-    saved = yaml.safe_load(yaml.safe_dump(RECIPE))
-    saved["trainer"].update(default_root_dir="runs/elsewhere", callbacks=[], precision="32-true")
-    saved["model"]["init_args"]["decoder"]["n_layers"] = 2  # a default the recipe does not write
-    for key, value in changes.items():
-        section, _, name = key.partition(".")
-        saved[section][name] = value
-    return saved
+def _logged(run: Path) -> list[dict]:
+    return list(csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open()))
 
 
-def test_reuse_reads_curve_and_test_metrics(bench, tmp_path):
-    curve, tested, monitor, mode = bench._reuse_scratch(RECIPE, _run(tmp_path, _saved()))
-    assert (monitor, mode) == ("val/vqa_accuracy", "max")  # VQATask's own
-    assert curve == [(2, 0.5), (5, 0.75)]
-    assert tested == {"test/vqa_accuracy": 0.7, "test/loss": 0.3}
+def test_reuse_reads_the_runs_curve_and_test_metrics(bench, finished):
+    recipe, run = finished
+    curve, tested, monitor, mode = bench._reuse_scratch(recipe, run)
+    rows = _logged(run)  # the reference: the CSV rows themselves
+    assert (monitor, mode) == ("val/vqa_accuracy", "max")
+    assert curve == [(int(r["step"]), float(r[monitor])) for r in rows if r.get(monitor)] and len(curve) == 2
+    assert tested["test/vqa_accuracy"] == float(next(r["test/vqa_accuracy"] for r in rows if r["test/vqa_accuracy"]))
+
+    # The recipe's run folders and callbacks are not settings: pointing them elsewhere still matches.
+    moved = yaml.safe_load(yaml.safe_dump(recipe))
+    moved["trainer"]["default_root_dir"] = "/elsewhere"
+    moved["trainer"]["callbacks"] = []
+    assert bench._reuse_scratch(moved, run)[0] == curve
 
 
 @pytest.mark.parametrize(
-    ("change", "named"),
-    [({"data.batch_size": 8}, "data.batch_size"), ({"trainer.max_steps": 7}, "trainer.max_steps")],
+    ("section", "key", "value"),
+    [
+        ("data", "batch_size", 8),
+        ("trainer", "max_steps", 3),
+        ("data", "limit_train", 100),
+        ("seed_everything", None, 1),
+    ],
 )
-def test_reuse_refuses_a_run_with_other_settings(bench, tmp_path, change, named):
-    with pytest.raises(SystemExit, match=named):
-        bench._reuse_scratch(RECIPE, _run(tmp_path, _saved(**change)))
+def test_reuse_refuses_other_settings_including_defaults(bench, finished, section, key, value):
+    """Also a setting the recipe leaves at its default (limit_train): the run could have set it on the command line."""
+    recipe, run = finished
+    changed = yaml.safe_load(yaml.safe_dump(recipe))
+    if key is None:
+        changed[section] = value
+    else:
+        changed[section][key] = value
+    named = section if key is None else f"{section}.{key}"
+    with pytest.raises(SystemExit, match=named.replace(".", r"\.")):
+        bench._reuse_scratch(changed, run)
 
 
-def test_reuse_refuses_an_unfinished_run(bench, tmp_path):
-    run = _run(tmp_path, _saved())
-    log = run / "csv" / "version_3" / "metrics.csv"
-    log.write_text("\n".join(log.read_text().splitlines()[:-1]) + "\n")  # no test row yet
-    with pytest.raises(SystemExit, match="no test/ metrics"):
-        bench._reuse_scratch(RECIPE, run)
+def test_reuse_skips_test_only_logs_and_refuses_rebuilt_data(bench, finished, tmp_path):
+    recipe, run = finished
+    best = next((run / "ckpt").glob("*.ckpt"))
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    cli_main(["test", "--config", str(config), "--ckpt_path", str(best)])  # a newer, test-only log in the same run
+    assert len(list(run.glob("csv/version_*/metrics.csv"))) == 2
+    assert len(bench._reuse_scratch(recipe, run)[0]) == 2  # still the fit's curve
+
+    train = Path(recipe["data"]["train_manifest"])
+    later = (run / "csv" / "version_0" / "config.yaml").stat().st_mtime + 60
+    os.utime(train, (later, later))  # the data was rebuilt after the run started
+    with pytest.raises(SystemExit, match="rebuilt after that run started"):
+        bench._reuse_scratch(recipe, run)
