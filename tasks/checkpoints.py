@@ -3,8 +3,6 @@ and when training ends. The recipes pair it with a monitored ``ModelCheckpoint``
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -23,17 +21,33 @@ class LatestCheckpoint(ModelCheckpoint):
     Args:
         dirpath: folder of ``last.ckpt`` (usually the monitored checkpoint's folder).
         every_n_train_steps: save interval in optimizer steps.
-        **kwargs: other ``ModelCheckpoint`` arguments (``enable_version_counter``, ``save_weights_only`` ...).
+        enable_version_counter: False overwrites an earlier run's ``last.ckpt`` in the same folder instead of writing
+            ``last-v1.ckpt`` beside it.
+        save_weights_only: as in ``ModelCheckpoint`` (a weights-only file cannot resume the optimizer).
+        verbose: as in ``ModelCheckpoint``.
+
+    The signature is explicit (no ``**kwargs``): LightningCLI passes every parameter it can see, and the settings
+    this callback owns (``monitor``, ``save_top_k``, ``save_last`` ...) must not be among them.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_train_steps: int = 100, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        every_n_train_steps: int = 100,
+        enable_version_counter: bool = True,
+        save_weights_only: bool = False,
+        verbose: bool = False,
+    ) -> None:
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1, got {every_n_train_steps}")
-        for fixed in ("monitor", "save_top_k", "save_last", "every_n_epochs", "train_time_interval"):
-            if fixed in kwargs:
-                raise ValueError(f"LatestCheckpoint sets {fixed} itself; use ModelCheckpoint for other schedules")
         super().__init__(
-            dirpath=dirpath, every_n_train_steps=every_n_train_steps, save_top_k=0, save_last=True, **kwargs
+            dirpath=dirpath,
+            every_n_train_steps=every_n_train_steps,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=enable_version_counter,
+            save_weights_only=save_weights_only,
+            verbose=verbose,
         )
 
     def _fitting(self, trainer: L.Trainer) -> bool:

@@ -124,10 +124,12 @@ def test_a_run_killed_after_a_validation_resumes_with_its_best_score(config: Pat
     assert _step(tmp_path / "best.ckpt") == BEST_STEP
 
 
-def test_latest_checkpoint_refuses_settings_it_owns():
-    for kwargs in ({"monitor": "val/loss"}, {"save_top_k": 1}, {"every_n_train_steps": 0}):
-        with pytest.raises(ValueError):
-            LatestCheckpoint(**kwargs)
+def test_latest_checkpoint_owns_its_schedule():
+    with pytest.raises(ValueError, match="every_n_train_steps"):
+        LatestCheckpoint(every_n_train_steps=0)
+    for owned in ("monitor", "save_top_k", "save_last"):
+        with pytest.raises(TypeError):
+            LatestCheckpoint(**{owned: None})
 
 
 def test_class_paths_resolve():
@@ -135,3 +137,17 @@ def test_class_paths_resolve():
         for c in yaml.safe_load(config.read_text())["trainer"]["callbacks"]:
             module, _, name = c["class_path"].rpartition(".")
             assert hasattr(importlib.import_module(module), name), (config.name, c["class_path"])
+
+
+@pytest.mark.parametrize("config", RECIPES, ids=lambda p: p.stem)
+def test_recipes_build_their_checkpoint_callbacks_through_the_cli(config: Path, tmp_path: Path, monkeypatch):
+    """LightningCLI passes every parameter a class signature shows; the callbacks must accept what it builds."""
+    from omnifuse.tasks.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)  # the recipes' relative run folders land here
+    overrides = ["--model.init_args.init_from", "null", "--model.init_args.init_skip", "null"]
+    cli = cli_main(["--config", str(config), *overrides], run=False)
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert [type(c) for c in checkpoints] == [ModelCheckpoint, LatestCheckpoint]
+    assert checkpoints[0].monitor and checkpoints[1].monitor is None
+    assert checkpoints[1].save_last and checkpoints[1].save_top_k == 0
