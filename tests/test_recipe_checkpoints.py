@@ -146,7 +146,9 @@ def test_recipes_build_their_checkpoint_callbacks_through_the_cli(config: Path, 
 
     monkeypatch.chdir(tmp_path)  # the recipes' relative run folders land here
     overrides = ["--model.init_args.init_from", "null", "--model.init_args.init_skip", "null"]
-    cli = cli_main(["--config", str(config), *overrides], run=False)
+    overlay = "class_path" not in yaml.safe_load(config.read_text())["model"]  # finetune_lora.yaml goes on a recipe
+    base = ["--config", str(CONFIGS / "finetune_vqa_to_spoken.yaml")] if overlay else []
+    cli = cli_main([*base, "--config", str(config), *overrides], run=False)
     checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert [type(c) for c in checkpoints] == [ModelCheckpoint, LatestCheckpoint]
     assert checkpoints[0].monitor and checkpoints[1].monitor is None
