@@ -4,9 +4,11 @@ Routed experts keep their weights stacked, ``w_gate, w_up: (E, d, h)`` and ``w_d
 token copies grouped by expert (``counts[e]`` consecutive copies for expert ``e``), each copy scaled by its
 router weight, in one of two ways:
 
-* gathered: ``moe_swiglu(x, token, weights, ...)`` reads copy ``i`` from ``x[token[i]]`` and scatter-adds its
-  output back onto that token, expert by expert, so no ``(copies, d)`` buffer is ever materialised
-  (used by :class:`~omnifuse.moe_core.moe.MoELayer`);
+* gathered: ``moe_swiglu(x, order, top_k, weights, ...)`` reads copy ``i`` from ``x[order[i] // top_k]`` and adds
+  its output back onto that token (used by :class:`~omnifuse.moe_core.moe.MoELayer`). The ``loop`` kernel does this
+  expert by expert, so no ``(copies, d)`` buffer is ever materialised; the ``grouped_mm`` kernel gathers and combines
+  through the copies' slots in the ``(N, top_k)`` routing table (:func:`gather_copies`, :func:`combine_copies`), so
+  neither direction needs a scatter-add with repeated indices (atomics, which dominated its time on a GPU);
 * sorted rows: ``expert_swiglu(rows, ...)`` maps already-gathered rows to output rows (used by expert
   parallelism, where the rows arrive through an all-to-all).
 
@@ -58,9 +60,10 @@ class RoutedExperts(nn.Module):
         """Sorted rows: ``rows: (M, d)`` grouped by expert, ``counts: (E,)`` (sum M), row weights ``(M,)`` -> ``(M, d)``."""
         return expert_swiglu(rows, self.w_gate, self.w_up, self.w_down, counts, weights, self.impl)
 
-    def gather_scatter(self, x: Tensor, token: Tensor, weights: Tensor, counts: Tensor) -> Tensor:
-        """Gathered: ``x: (N, d)``, copy ``i`` of token ``token[i]`` with weight ``weights[i]`` -> ``(N, d)``."""
-        return moe_swiglu(x, token, weights, self.w_gate, self.w_up, self.w_down, counts, self.impl)
+    def gather_scatter(self, x: Tensor, order: Tensor, top_k: int, weights: Tensor, counts: Tensor) -> Tensor:
+        """Gathered: ``x: (N, d)``, copy ``i`` in routing slot ``order[i]`` (token ``order[i] // top_k``) with weight
+        ``weights[i]`` -> ``(N, d)``."""
+        return moe_swiglu(x, order, top_k, weights, self.w_gate, self.w_up, self.w_down, counts, self.impl)
 
 
 def grouped_mm_supported(x: Tensor, *weights: Tensor) -> bool:
@@ -116,7 +119,8 @@ def expert_swiglu(
 
 def moe_swiglu(
     x: Tensor,
-    token: Tensor,
+    order: Tensor,
+    top_k: int,
     weights: Tensor,
     w_gate: Tensor,
     w_up: Tensor,
@@ -124,16 +128,85 @@ def moe_swiglu(
     counts: Tensor,
     impl: str = "auto",
 ) -> Tensor:
-    """Gather, experts, weighted scatter-add in one: ``out[token[i]] += weights[i] * expert(x[token[i]])``.
+    """Gather, experts, weighted combine in one: ``out[t] = sum_i weights[i] * expert(x[t])`` over the copies of ``t``.
 
-    ``x: (N, d)``; ``token: (M,)`` the token of each copy, grouped by expert (``counts: (E,)``); returns ``(N, d)``.
+    ``x: (N, d)``; ``order: (M,)`` the slot of each copy in the flattened ``(N, top_k)`` routing table (its token is
+    ``order // top_k``), grouped by expert (``counts: (E,)``); slots not in ``order`` (dropped or padding copies)
+    contribute nothing. Returns ``(N, d)``.
     """
     x, w_gate, w_up, w_down = _autocast(x, w_gate, w_up, w_down)
     if _use_grouped_mm(impl, x, w_gate, w_up, w_down):
-        ys = _grouped_swiglu(x.index_select(0, token), w_gate, w_up, w_down, counts, weights)  # (M, d)
-        return torch.zeros_like(x).index_add(0, token, ys)
-    blocks = _blocks(counts, token.numel(), max(w_gate.shape[1:]))
-    return _LoopExperts.apply(x, token, weights.to(x.dtype), w_gate, w_up, w_down, blocks)
+        ys = _grouped_swiglu(gather_copies(x, order, top_k), w_gate, w_up, w_down, counts, weights)  # (M, d)
+        return combine_copies(ys, order, x.size(0), top_k)
+    blocks = _blocks(counts, order.numel(), max(w_gate.shape[1:]))
+    return _LoopExperts.apply(x, order // top_k, weights.to(x.dtype), w_gate, w_up, w_down, blocks)
+
+
+def gather_copies(x: Tensor, order: Tensor, top_k: int) -> Tensor:
+    """``x[order // top_k]``: ``x: (N, d)`` -> ``(M, d)``, one row per token copy.
+
+    Same values as ``index_select``; the backward gathers each token's copy gradients through the routing slots
+    (:class:`_Slots`) instead of ``index_select``'s scatter-add onto repeated token indices."""
+    return _GatherCopies.apply(x, _Slots(order, x.size(0), top_k))
+
+
+def combine_copies(ys: Tensor, order: Tensor, n_tokens: int, top_k: int) -> Tensor:
+    """Sum each token's copy outputs: ``ys: (M, d)``, copy ``i`` in routing slot ``order[i]`` -> ``(n_tokens, d)``.
+
+    Empty slots (dropped or padding copies) add zero; the sum accumulates in fp32 whatever the dtype."""
+    return _CombineCopies.apply(ys, _Slots(order, n_tokens, top_k))
+
+
+class _Slots:
+    """The copies' places in the ``(N, top_k)`` routing table, for moving rows between copy order and token order
+    with gathers only (a scatter-add onto repeated indices needs atomics, which dominated the MoE layer's time on a
+    GPU): ``sum_slots(rows)[t] = sum of rows[i] over the kept copies i of token t``."""
+
+    def __init__(self, order: Tensor, n_tokens: int, top_k: int) -> None:
+        self.order, self.n_tokens, self.top_k = order, n_tokens, top_k
+        self.token = order // top_k  # (M,)
+        slots = n_tokens * top_k
+        # copy index of every slot (0 for empty slots, which `kept` selects away) and the kept-slot mask
+        self.copy_of_slot = order.new_zeros(slots).index_copy_(
+            0, order, torch.arange(order.numel(), device=order.device)
+        )
+        self.kept = torch.zeros(slots, dtype=torch.bool, device=order.device).index_fill_(0, order, True)
+
+    def sum_slots(self, rows: Tensor) -> Tensor:
+        """``rows: (M, d)`` in copy order -> ``(N, d)``: one gather into slot order, then a sum over ``top_k``
+        (fp32 accumulation). Empty slots are selected away (``where``, so that a non-finite row cannot leak into
+        them); with every slot kept (dropless, no padding) that pass is skipped."""
+        n, k = self.n_tokens, self.top_k
+        if rows.size(0) == 0:
+            return rows.new_zeros(n, rows.size(-1))
+        slot_rows = rows.index_select(0, self.copy_of_slot).view(n, k, -1)  # (N, k, d)
+        if self.order.numel() < n * k:
+            slot_rows = torch.where(self.kept.view(n, k, 1), slot_rows, 0)
+        return slot_rows.sum(1)
+
+
+class _GatherCopies(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, slots):
+        ctx.slots = slots
+        return x.index_select(0, slots.token)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return ctx.slots.sum_slots(grad.contiguous()), None
+
+
+class _CombineCopies(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ys, slots):
+        ctx.slots = slots
+        return slots.sum_slots(ys)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return grad.index_select(0, ctx.slots.token), None
 
 
 class _LoopExperts(torch.autograd.Function):

@@ -147,4 +147,4 @@ class MoELayer(nn.Module):
         """Gather the copies, run the experts, weighted scatter-add: ``x: (N, d)`` -> ``(N, d)``.
 
         Overridden by the expert-parallel layer."""
-        return self.experts.gather_scatter(x, disp.token, weights, disp.counts)
+        return self.experts.gather_scatter(x, disp.order, self.top_k, weights, disp.counts)

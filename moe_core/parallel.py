@@ -8,7 +8,7 @@ gradients need the usual data-parallel all-reduce, e.g. DDP). A forward pass:
 2. exchanges the per-expert counts, then the token copies (with their combine weights) with
    ``all_to_all_single``: the copies for expert ``e`` go to the rank that owns ``e``;
 3. regroups the received copies by local expert, runs the local experts, undoes the regrouping;
-4. sends the outputs back with the inverse ``all_to_all_single`` and scatter-adds them onto the tokens.
+4. sends the outputs back with the inverse ``all_to_all_single`` and sums them onto the tokens.
 
 Both all-to-alls are differentiable (the backward is the inverse exchange), so expert weights get the
 gradient of every rank's tokens. Every rank must call forward the same number of times (collectives).
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from omnifuse.moe_core.experts import RoutedExperts
+from omnifuse.moe_core.experts import RoutedExperts, combine_copies, gather_copies
 from omnifuse.moe_core.moe import Dispatch, MoELayer
 
 
@@ -76,9 +76,9 @@ class ExpertParallelMoELayer(MoELayer):
         return f"rank={self.rank}, world={self.world}, local_experts={self.n_local}"
 
     def _routed(self, x: Tensor, disp: Dispatch, weights: Tensor) -> Tensor:
-        xs = x.index_select(0, disp.token)  # (M, d) my token copies, sorted by expert
+        xs = gather_copies(x, disp.order, self.top_k)  # (M, d) my token copies, sorted by expert
         ys = self._exchange_and_run(xs, disp.counts, weights)  # (M, d) weighted expert outputs
-        return torch.zeros_like(x).index_add(0, disp.token, ys)  # (N, d)
+        return combine_copies(ys, disp.order, x.size(0), self.top_k)  # (N, d)
 
     def _exchange_and_run(self, xs: Tensor, counts: Tensor, weights: Tensor) -> Tensor:
         w, el, d = self.world, self.n_local, xs.size(1)

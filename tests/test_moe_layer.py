@@ -172,12 +172,20 @@ def test_sorted_rows_path_matches_reference(impl, monkeypatch):
         torch.testing.assert_close(a, b, **tol)
 
 
-def test_capacity_dropping_matches_reference():
-    layer = MoELayer(16, 4, 2, 8, n_shared_experts=1, capacity_factor=0.75)
+def _kernel_case(impl: str) -> dict:
+    """dtype and tolerance for a kernel: grouped_mm has fp32/bf16 kernels only, the loop is checked in fp64."""
+    if impl == "grouped_mm" and not HAS_GROUPED_MM:
+        pytest.skip("torch without grouped_mm")
+    return dict(dtype=torch.float32, rtol=1e-4, atol=1e-5) if impl == "grouped_mm" else {}
+
+
+@pytest.mark.parametrize("impl", ["loop", "grouped_mm"])
+def test_capacity_dropping_matches_reference(impl):
+    layer = MoELayer(16, 4, 2, 8, n_shared_experts=1, capacity_factor=0.75, expert_impl=impl)
     with torch.no_grad():
         layer.router.expert_bias.copy_(torch.tensor([0.5, 0.2, 0.0, -0.3]))  # skew so that something drops
     layer.train()
-    aux = check_against_reference(layer, n=40, capacity=0.75)
+    aux = check_against_reference(layer, n=40, capacity=0.75, **_kernel_case(impl))
     assert int(aux.stats.dropped) > 0
 
 
@@ -186,14 +194,44 @@ def test_capacity_only_applies_in_training():
     check_against_reference(layer, capacity=None)
 
 
-def test_padding_tokens_are_not_routed():
-    layer = MoELayer(16, 6, 2, 8, n_shared_experts=1, capacity_factor=1.0).train()
+@pytest.mark.parametrize("impl", ["loop", "grouped_mm"])
+def test_padding_tokens_are_not_routed(impl):
+    layer = MoELayer(16, 6, 2, 8, n_shared_experts=1, capacity_factor=1.0, expert_impl=impl).train()
     valid = torch.rand(30) > 0.3
-    aux = check_against_reference(layer, n=30, valid=valid, capacity=1.0)
+    aux = check_against_reference(layer, n=30, valid=valid, capacity=1.0, **_kernel_case(impl))
     assert int(aux.stats.tokens_per_expert.sum()) == 2 * int(valid.sum())
 
 
-def test_float32_and_batched_shape():
+def test_gather_and_combine_copies_match_a_plain_loop():
+    """The atomics-free gather / combine of the grouped kernel, forward and backward, with empty slots (dropped or
+    padding copies) and tokens that keep no copy at all."""
+    n, k, d = 7, 3, 5
+    order = torch.tensor([4, 0, 13, 7, 2, 19, 9, 1, 11])  # kept copies' slots, in some expert order; token 5 keeps none
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    ys = torch.randn(order.numel(), d, dtype=torch.float64, requires_grad=True)
+    gx, gy = torch.randn(order.numel(), d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
+
+    xs = experts_mod.gather_copies(x, order, k)
+    out = experts_mod.combine_copies(ys, order, n, k)
+    dx, dys = torch.autograd.grad([(xs * gx).sum(), (out * gy).sum()], [x, ys])
+
+    xs_ref = torch.stack([x[int(o) // k] for o in order])
+    out_ref = [torch.zeros(d, dtype=torch.float64) for _ in range(n)]
+    dx_ref = [torch.zeros(d, dtype=torch.float64) for _ in range(n)]
+    for i, o in enumerate(order.tolist()):
+        out_ref[o // k] = out_ref[o // k] + ys[i]
+        dx_ref[o // k] = dx_ref[o // k] + gx[i]
+    torch.testing.assert_close(xs, xs_ref)
+    torch.testing.assert_close(out, torch.stack(out_ref))
+    torch.testing.assert_close(dx, torch.stack(dx_ref))
+    torch.testing.assert_close(dys, torch.stack([gy[o // k] for o in order.tolist()]))
+    assert out[5].abs().sum() == 0 and dx[5].abs().sum() == 0
+    # a non-finite copy output stays with its own token (empty slots must not pick it up)
+    bad = ys.detach().clone()
+    bad[0] = float("inf")
+    finite = experts_mod.combine_copies(bad, order, n, k).isfinite().all(-1)
+    assert finite.tolist() == [t != int(order[0]) // k for t in range(n)]
+
     layer = MoELayer(16, 8, 2, 12, n_shared_experts=1)
     x = torch.randn(3, 5, 16)
     y, aux = layer(x)
