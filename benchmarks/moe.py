@@ -72,9 +72,9 @@ def time_interleaved(
     return times
 
 
-def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, unpack: bool = False) -> None:
+def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, unpack: bool = False, valid=None) -> None:
     """One training step's worth of work: forward on ``(1, N, d)`` and backward; gradients discarded."""
-    out = module(x.unsqueeze(0))
+    out = module(x.unsqueeze(0)) if valid is None else module(x.unsqueeze(0), valid.unsqueeze(0))
     out = out[0] if unpack else out
     out.view(-1, x.size(-1)).backward(grad)
     for p in module.parameters():
@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-peer", action="store_true", help="skip the transformers columns")
     ap.add_argument(
+        "--pad",
+        type=float,
+        default=0.0,
+        help="fraction of tokens marked as padding (valid=False), as in a padded training batch: the MoE layer skips "
+        "them, the dense layer computes them; the peer columns (no padding mask) are left out",
+    )
+    ap.add_argument(
         "--clock",
         default="wall",
         choices=["wall", "cpu"],
@@ -164,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     n, d = args.tokens, args.d_model
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    print(f"# MoE forward+backward vs dense SwiGLU of the same active width: {n} tokens, d_model={d}, "
+    pad = f", {args.pad:.0%} padding" if args.pad else ""
+    print(f"# MoE forward+backward vs dense SwiGLU of the same active width: {n} tokens{pad}, d_model={d}, "
           f"{args.dtype}, {device.type}, {torch.get_num_threads()} threads, {args.clock} clock, median of {args.repeats}; "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     cols = ["config", "routing", "max/mean", "dense ms", "ours ms", "R", "peer eager ms", "peer grouped_mm ms",
@@ -180,16 +188,22 @@ def main(argv: list[str] | None = None) -> None:
         dense = SwiGLU(d, width).to(device, dtype)
         for p in dense.parameters():
             nn.init.normal_(p, std=0.02)
-        peers = {} if args.no_peer else {impl: build_peer(case, layer, d, impl) for impl in ("eager", "grouped_mm")}
+        peers = (
+            {}
+            if args.no_peer or args.pad
+            else {impl: build_peer(case, layer, d, impl) for impl in ("eager", "grouped_mm")}
+        )
         peers = {k: v.to(device, dtype) for k, v in peers.items() if v is not None}
         base = torch.randn(n, d, device=device, dtype=dtype)
+        valid = torch.rand(n, device=device) >= args.pad if args.pad else None
         grad = torch.randn(n, d, device=device, dtype=dtype)
         shift, skew = skew_direction(layer, base.float())
         for routing, x0 in (("balanced", base), ("skewed", base + shift.to(dtype))):
             with torch.no_grad():
-                _, aux = layer(x0)
+                _, aux = layer(x0, valid)
             x = x0.clone().requires_grad_()
-            fns = {"dense": partial(fwd_bwd, dense, x, grad), "ours": partial(fwd_bwd, layer, x, grad, unpack=True)}
+            ours = partial(fwd_bwd, layer, x, grad, unpack=True, valid=valid)
+            fns = {"dense": partial(fwd_bwd, dense, x, grad), "ours": ours}
             fns.update({f"peer_{k}": partial(fwd_bwd, m, x, grad) for k, m in peers.items()})
             times = time_interleaved(fns, device, args.repeats, args.warmup, clock)
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
@@ -200,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                    f"{best_peer / med['ours']:.2f}x" if best_peer else "-"]  # fmt: skip
             if device.type == "cuda":
                 flops = 18 * n * d * width  # 3 matmuls of 2*n*d*width flops, forward + 2x backward
-                row += [f"{flops / med['dense'] / 1e9:.1f}", f"{flops / med['ours'] / 1e9:.1f}"]
+                n_valid = n if valid is None else int(valid.sum())  # the MoE layer computes only these tokens
+                row += [f"{flops / med['dense'] / 1e9:.1f}", f"{flops * n_valid / n / med['ours'] / 1e9:.1f}"]
             print("| " + " | ".join(row) + " |", flush=True)
 
 

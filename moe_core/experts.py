@@ -7,7 +7,7 @@ router weight, in one of two ways:
 * gathered: ``moe_swiglu(x, order, top_k, weights, ...)`` reads copy ``i`` from ``x[order[i] // top_k]`` and adds
   its output back onto that token (used by :class:`~omnifuse.moe_core.moe.MoELayer`). The ``loop`` kernel does this
   expert by expert, so no ``(copies, d)`` buffer is ever materialised; the ``grouped_mm`` kernel gathers and combines
-  through the copies' slots in the ``(N, top_k)`` routing table (:func:`gather_copies`, :func:`combine_copies`), so
+  through the copies' slots in the ``(N, top_k)`` routing table (:class:`CopySlots`), so
   neither direction needs a scatter-add with repeated indices (atomics, which dominated its time on a GPU);
 * sorted rows: ``expert_swiglu(rows, ...)`` maps already-gathered rows to output rows (used by expert
   parallelism, where the rows arrive through an all-to-all).
@@ -19,6 +19,8 @@ gating and the router weight in per-expert temporaries that stay in cache, and w
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -136,72 +138,74 @@ def moe_swiglu(
     """
     x, w_gate, w_up, w_down = _autocast(x, w_gate, w_up, w_down)
     if _use_grouped_mm(impl, x, w_gate, w_up, w_down):
-        ys = _grouped_swiglu(gather_copies(x, order, top_k), w_gate, w_up, w_down, counts, weights)  # (M, d)
-        return combine_copies(ys, order, x.size(0), top_k)
+        slots = CopySlots(order, x.size(0), top_k)
+        return slots.combine(_grouped_swiglu(slots.gather(x), w_gate, w_up, w_down, counts, weights))
     blocks = _blocks(counts, order.numel(), max(w_gate.shape[1:]))
     return _LoopExperts.apply(x, order // top_k, weights.to(x.dtype), w_gate, w_up, w_down, blocks)
 
 
-def gather_copies(x: Tensor, order: Tensor, top_k: int) -> Tensor:
-    """``x[order // top_k]``: ``x: (N, d)`` -> ``(M, d)``, one row per token copy.
+class CopySlots:
+    """Where each kept token copy sits in the ``(N, top_k)`` routing table: ``order: (M,)``, unique slots grouped by
+    expert (:func:`~omnifuse.moe_core.moe.sort_by_expert`); slots of dropped or padding copies are empty.
 
-    Same values as ``index_select``; the backward gathers each token's copy gradients through the routing slots
-    (:class:`_Slots`) instead of ``index_select``'s scatter-add onto repeated token indices."""
-    return _GatherCopies.apply(x, _Slots(order, x.size(0), top_k))
-
-
-def combine_copies(ys: Tensor, order: Tensor, n_tokens: int, top_k: int) -> Tensor:
-    """Sum each token's copy outputs: ``ys: (M, d)``, copy ``i`` in routing slot ``order[i]`` -> ``(n_tokens, d)``.
-
-    Empty slots (dropped or padding copies) add zero; the sum accumulates in fp32 whatever the dtype."""
-    return _CombineCopies.apply(ys, _Slots(order, n_tokens, top_k))
-
-
-class _Slots:
-    """The copies' places in the ``(N, top_k)`` routing table, for moving rows between copy order and token order
-    with gathers only (a scatter-add onto repeated indices needs atomics, which dominated the MoE layer's time on a
-    GPU): ``sum_slots(rows)[t] = sum of rows[i] over the kept copies i of token t``."""
+    Moves rows between token order and copy order with gathers only, forward and backward: a scatter-add onto
+    repeated token indices (``index_select``'s backward, ``index_add``) needs atomics, which dominated the MoE layer's
+    time on a GPU. Not twice differentiable (the loop kernel is not either)."""
 
     def __init__(self, order: Tensor, n_tokens: int, top_k: int) -> None:
         self.order, self.n_tokens, self.top_k = order, n_tokens, top_k
-        self.token = order // top_k  # (M,)
-        slots = n_tokens * top_k
-        # copy index of every slot (0 for empty slots, which `kept` selects away) and the kept-slot mask
-        self.copy_of_slot = order.new_zeros(slots).index_copy_(
-            0, order, torch.arange(order.numel(), device=order.device)
-        )
-        self.kept = torch.zeros(slots, dtype=torch.bool, device=order.device).index_fill_(0, order, True)
+        self.token = order // top_k  # (M,) source token of each copy
+        self.full = order.numel() == n_tokens * top_k  # every slot kept (dropless, no padding): no masking pass
 
-    def sum_slots(self, rows: Tensor) -> Tensor:
-        """``rows: (M, d)`` in copy order -> ``(N, d)``: one gather into slot order, then a sum over ``top_k``
-        (fp32 accumulation). Empty slots are selected away (``where``, so that a non-finite row cannot leak into
-        them); with every slot kept (dropless, no padding) that pass is skipped."""
+    @functools.cached_property
+    def copy_of_slot(self) -> Tensor:
+        """``(N*k,)`` the copy in each slot (0 for empty slots, which :attr:`kept` selects away)."""
+        arange = torch.arange(self.order.numel(), device=self.order.device)
+        return self.order.new_zeros(self.n_tokens * self.top_k).index_copy_(0, self.order, arange)
+
+    @functools.cached_property
+    def kept(self) -> Tensor:
+        """``(N, k, 1)`` bool: the slot holds a kept copy."""
+        kept = torch.zeros(self.n_tokens * self.top_k, dtype=torch.bool, device=self.order.device)
+        return kept.index_fill_(0, self.order, True).view(self.n_tokens, self.top_k, 1)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """``x[token]``: ``x: (N, d)`` -> ``(M, d)``, one row per copy."""
+        return _GatherCopies.apply(x, self)
+
+    def combine(self, ys: Tensor) -> Tensor:
+        """Sum each token's copy rows: ``ys: (M, d)`` -> ``(N, d)``; empty slots add zero, fp32 accumulation."""
+        return _CombineCopies.apply(ys, self)
+
+    def _sum_slots(self, rows: Tensor) -> Tensor:
+        """One gather into slot order, then a sum over ``top_k``. Empty slots are selected away (``where``, so that
+        a non-finite row cannot leak into them): an extra pass over ``(N, k, d)`` that the dropless case skips."""
         n, k = self.n_tokens, self.top_k
         if rows.size(0) == 0:
             return rows.new_zeros(n, rows.size(-1))
         slot_rows = rows.index_select(0, self.copy_of_slot).view(n, k, -1)  # (N, k, d)
-        if self.order.numel() < n * k:
-            slot_rows = torch.where(self.kept.view(n, k, 1), slot_rows, 0)
+        if not self.full:
+            slot_rows = torch.where(self.kept, slot_rows, 0)
         return slot_rows.sum(1)
 
 
 class _GatherCopies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, slots):
-        ctx.slots = slots
+        ctx.slots = slots  # index tensors only, never modified in place
         return x.index_select(0, slots.token)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        return ctx.slots.sum_slots(grad.contiguous()), None
+        return ctx.slots._sum_slots(grad.contiguous()), None
 
 
 class _CombineCopies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ys, slots):
         ctx.slots = slots
-        return slots.sum_slots(ys)
+        return slots._sum_slots(ys)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

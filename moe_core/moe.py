@@ -1,4 +1,4 @@
-"""The MoE feed-forward layer: router -> sort token copies by expert -> experts -> weighted scatter-add.
+"""The MoE feed-forward layer: router -> sort token copies by expert -> experts -> weighted sum onto the tokens.
 
 Dropless by default. With ``capacity_factor`` set (training only), each expert keeps at most
 ``ceil(capacity_factor * routed_copies / E)`` token copies, earliest tokens first (token order, then slot);
@@ -144,7 +144,7 @@ class MoELayer(nn.Module):
         return y.view(*lead, d), MoEAux(router_loss=loss, stats=stats, topk_idx=r.topk_idx.view(*lead, self.top_k))
 
     def _routed(self, x: Tensor, disp: Dispatch, weights: Tensor) -> Tensor:
-        """Gather the copies, run the experts, weighted scatter-add: ``x: (N, d)`` -> ``(N, d)``.
+        """Gather the copies, run the experts, weighted sum onto the tokens: ``x: (N, d)`` -> ``(N, d)``.
 
         Overridden by the expert-parallel layer."""
         return self.experts.gather_scatter(x, disp.order, self.top_k, weights, disp.counts)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from omnifuse.moe_core.experts import RoutedExperts, combine_copies, gather_copies
+from omnifuse.moe_core.experts import CopySlots, RoutedExperts
 from omnifuse.moe_core.moe import Dispatch, MoELayer
 
 
@@ -76,9 +76,10 @@ class ExpertParallelMoELayer(MoELayer):
         return f"rank={self.rank}, world={self.world}, local_experts={self.n_local}"
 
     def _routed(self, x: Tensor, disp: Dispatch, weights: Tensor) -> Tensor:
-        xs = gather_copies(x, disp.order, self.top_k)  # (M, d) my token copies, sorted by expert
+        slots = CopySlots(disp.order, x.size(0), self.top_k)
+        xs = slots.gather(x)  # (M, d) my token copies, sorted by expert
         ys = self._exchange_and_run(xs, disp.counts, weights)  # (M, d) weighted expert outputs
-        return combine_copies(ys, disp.order, x.size(0), self.top_k)  # (N, d)
+        return slots.combine(ys)  # (N, d)
 
     def _exchange_and_run(self, xs: Tensor, counts: Tensor, weights: Tensor) -> Tensor:
         w, el, d = self.world, self.n_local, xs.size(1)

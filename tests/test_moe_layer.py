@@ -211,8 +211,8 @@ def test_gather_and_combine_copies_match_a_plain_loop():
     ys = torch.randn(order.numel(), d, dtype=torch.float64, requires_grad=True)
     gx, gy = torch.randn(order.numel(), d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64)
 
-    xs = experts_mod.gather_copies(x, order, k)
-    out = experts_mod.combine_copies(ys, order, n, k)
+    slots = experts_mod.CopySlots(order, n, k)
+    xs, out = slots.gather(x), slots.combine(ys)
     dx, dys = torch.autograd.grad([(xs * gx).sum(), (out * gy).sum()], [x, ys])
 
     xs_ref = torch.stack([x[int(o) // k] for o in order])
@@ -229,9 +229,36 @@ def test_gather_and_combine_copies_match_a_plain_loop():
     # a non-finite copy output stays with its own token (empty slots must not pick it up)
     bad = ys.detach().clone()
     bad[0] = float("inf")
-    finite = experts_mod.combine_copies(bad, order, n, k).isfinite().all(-1)
+    finite = slots.combine(bad).isfinite().all(-1)
     assert finite.tolist() == [t != int(order[0]) // k for t in range(n)]
 
+
+def test_grouped_kernel_in_bf16_with_padding_tracks_fp64_loop():
+    """The GPU configuration (grouped_mm, bf16, padded batch) against the fp64 loop kernel; CPU grouped_mm takes bf16."""
+    _kernel_case("grouped_mm")
+    torch.manual_seed(0)
+    ref = MoELayer(32, 8, 2, 16, n_shared_experts=1, expert_impl="loop").double()
+    fast = MoELayer(32, 8, 2, 16, n_shared_experts=1, expert_impl="grouped_mm")
+    fast.load_state_dict(ref.state_dict())
+    fast = fast.bfloat16()
+    x = torch.randn(4, 10, 32, dtype=torch.float64)
+    valid = torch.rand(4, 10) > 0.3
+    g = torch.randn(4, 10, 32, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(), x.bfloat16().requires_grad_()
+    y1, _ = ref(x1, valid)
+    y2, _ = fast(x2, valid)
+    (y1 * g).sum().backward()
+    (y2.double() * g).sum().backward()
+
+    def rel(a, b):
+        return float((a.double() - b).norm() / b.norm())
+
+    assert y2.dtype == torch.bfloat16
+    assert rel(y2, y1) < 0.02 and rel(x2.grad, x1.grad) < 0.02
+    assert rel(fast.experts.w_down.grad, ref.experts.w_down.grad) < 0.05
+
+
+def test_float32_and_batched_shape():
     layer = MoELayer(16, 8, 2, 12, n_shared_experts=1)
     x = torch.randn(3, 5, 16)
     y, aux = layer(x)
