@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from omnifuse.data.collate import Collator
@@ -14,6 +16,8 @@ from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.records import Record, RecordError
 from omnifuse.data.sampler import ResumableSampler, balancing_weights
 from omnifuse.data.tokenizer import ByteTokenizer
+
+_LIGHTNING_MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 PREPARERS: tuple[str, ...] = ("easyvqa",)
 
@@ -284,6 +288,9 @@ class MultimodalDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if "train_epoch" in state_dict:
             self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+            # Lightning warns that a mid-epoch resume is unreliable unless the DataLoader object itself is stateful;
+            # here the data module restarts the sampler at the next batch (tests/test_resume.py checks the losses).
+            warnings.filterwarnings("ignore", message=_LIGHTNING_MID_EPOCH_WARNING, category=PossibleUserWarning)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
