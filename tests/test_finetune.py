@@ -303,3 +303,19 @@ def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from():
     )
     assert finetune["model"]["init_args"].pop("init_from") == "runs/easyvqa/checkpoints/best.ckpt"
     assert finetune == scratch
+
+
+def test_mixed_recipe_trains_as_long_as_the_spoken_recipe_with_its_settings():
+    """README holds the mixed model's audio view against the spoken model at equal budget and settings."""
+    import yaml
+
+    mixed = yaml.safe_load((CONFIGS / "finetune_vqa_to_mixed.yaml").read_text())
+    spoken = yaml.safe_load((CONFIGS / "spoken_vqa.yaml").read_text())
+    assert mixed["trainer"]["max_steps"] == spoken["trainer"]["max_steps"]
+    assert mixed["data"]["batch_size"] == spoken["data"]["batch_size"]
+    for key in ("speech_ctc", "optimizer", "decoder"):
+        assert mixed["model"]["init_args"][key] == spoken["model"]["init_args"][key], key
+    assert (
+        mixed["model"]["init_args"]["fusion"]["modality_dropout"]
+        == spoken["model"]["init_args"]["fusion"]["modality_dropout"]
+    )
