@@ -62,7 +62,7 @@ class RoutedExperts(nn.Module):
         """Sorted rows: ``rows: (M, d)`` grouped by expert, ``counts: (E,)`` (sum M), row weights ``(M,)`` -> ``(M, d)``."""
         return expert_swiglu(rows, self.w_gate, self.w_up, self.w_down, counts, weights, self.impl)
 
-    def gather_scatter(self, x: Tensor, order: Tensor, top_k: int, weights: Tensor, counts: Tensor) -> Tensor:
+    def gather_combine(self, x: Tensor, order: Tensor, top_k: int, weights: Tensor, counts: Tensor) -> Tensor:
         """Gathered: ``x: (N, d)``, copy ``i`` in routing slot ``order[i]`` (token ``order[i] // top_k``) with weight
         ``weights[i]`` -> ``(N, d)``."""
         return moe_swiglu(x, order, top_k, weights, self.w_gate, self.w_up, self.w_down, counts, self.impl)

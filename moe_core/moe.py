@@ -147,4 +147,4 @@ class MoELayer(nn.Module):
         """Gather the copies, run the experts, weighted sum onto the tokens: ``x: (N, d)`` -> ``(N, d)``.
 
         Overridden by the expert-parallel layer."""
-        return self.experts.gather_scatter(x, disp.order, self.top_k, weights, disp.counts)
+        return self.experts.gather_combine(x, disp.order, self.top_k, weights, disp.counts)
