@@ -105,9 +105,12 @@ def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], di
         raise SystemExit(f"{run} is not this recipe's scratch run:\n  " + "\n  ".join(diff))
     started = (log / "config.yaml").stat().st_mtime  # written when the fit started, after the data was prepared
     for split in ("train", "val", "test"):
-        manifest = saved["data"].get(f"{split}_manifest")
-        if manifest and Path(manifest).is_file() and Path(manifest).stat().st_mtime > started:
-            raise SystemExit(f"{run}: {manifest} was rebuilt after that run started; its numbers are for other data")
+        manifests = saved["data"].get(f"{split}_manifest") or []
+        for manifest in [manifests] if isinstance(manifests, str) else manifests:  # one path or a list
+            if Path(manifest).is_file() and Path(manifest).stat().st_mtime > started:
+                raise SystemExit(
+                    f"{run}: {manifest} was rebuilt after that run started; its numbers are for other data"
+                )
     module, _, name = saved["model"]["class_path"].rpartition(".")
     task = getattr(importlib.import_module(module), name)  # the task class names its monitored metric
     monitor, mode = task.monitor, task.monitor_mode

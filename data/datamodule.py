@@ -43,6 +43,20 @@ def _check_field_option(option: str, value: str | None, fields: tuple[str, ...])
         raise ValueError(f"{option} must be {names} or 'meta.<key>', got {value!r}")
 
 
+def _union_of_manifests(paths: list[str]) -> list[Record]:
+    """The records of several training/evaluation manifests, in order. Each manifest is checked on its own first (a bad
+    record raises ``RecordError`` naming it and its manifest); an id found in two manifests is an error too."""
+    records: list[Record] = []
+    first_in: dict[str, str] = {}
+    for path in paths:
+        for record in ManifestDataset(path, mode="fit").records:
+            if record.id in first_in:
+                raise RecordError(record.id, "id", f"duplicate id: in {first_in[record.id]!r} and in {path!r}")
+            first_in[record.id] = path
+            records.append(record)
+    return records
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Train / val / test / predict manifests (JSONL) loaded by ``ManifestDataset`` and collated by ``Collator``.
 
@@ -50,9 +64,11 @@ class MultimodalDataModule(L.LightningDataModule):
     (bad records reach the prediction writer through ``batch.failed``).
 
     Args:
-        train_manifest: JSONL manifest for training (None: no training data).
-        val_manifest: JSONL manifest for validation.
-        test_manifest: JSONL manifest for testing.
+        train_manifest: JSONL manifest for training (None: no training data), or a list of manifests trained on as one
+            (records in the order listed; an id may appear in only one of them). A list mixes datasets without writing
+            a new file, e.g. the mixed views plus the spoken questions (``configs/finetune_vqa_to_mixed.yaml``).
+        val_manifest: JSONL manifest for validation (or a list, as for training).
+        test_manifest: JSONL manifest for testing (or a list, as for training).
         predict_manifest: JSONL manifest for batch inference (targets optional).
         batch_size: training batch size.
         eval_batch_size: batch size for val / test / predict (default: ``batch_size``).
@@ -86,9 +102,9 @@ class MultimodalDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_manifest: str | None = None,
-        val_manifest: str | None = None,
-        test_manifest: str | None = None,
+        train_manifest: str | list[str] | None = None,
+        val_manifest: str | list[str] | None = None,
+        test_manifest: str | list[str] | None = None,
         predict_manifest: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -152,7 +168,10 @@ class MultimodalDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------------------------------------------- building
 
     def _manifests(self) -> list[str]:
-        return [m for m in (self.train_manifest, self.val_manifest, self.test_manifest, self.predict_manifest) if m]
+        out: list[str] = []
+        for m in (self.train_manifest, self.val_manifest, self.test_manifest, self.predict_manifest):
+            out.extend([m] if isinstance(m, str) else m or [])
+        return out
 
     def _parts_for(self, missing: list[str]) -> list[str]:
         from omnifuse.data.easyvqa import PARTS
@@ -188,14 +207,18 @@ class MultimodalDataModule(L.LightningDataModule):
             built = info[part]
             prepare_easyvqa(self.prepare_dir, parts=[part], seed=built["seed"], limit_images=built["limit_images"])
 
-    def _dataset(self, split: str, manifest: str | None) -> ManifestDataset | None:
+    def _dataset(self, split: str, manifest: str | list[str] | None) -> ManifestDataset | None:
         if manifest is None:
             return None
-        if not Path(manifest).is_file():
-            hint = "" if self.prepare else " (set prepare='easyvqa' to build easy-VQA manifests)"
-            raise FileNotFoundError(f"{split} manifest not found: {manifest!r}{hint}")
+        paths = [manifest] if isinstance(manifest, str) else list(manifest)
+        if not paths or (split == "predict" and len(paths) > 1):
+            raise ValueError(f"{split}_manifest must be one path{'' if split == 'predict' else ' or a non-empty list'}")
+        for path in paths:
+            if not Path(path).is_file():
+                hint = "" if self.prepare else " (set prepare='easyvqa' to build easy-VQA manifests)"
+                raise FileNotFoundError(f"{split} manifest not found: {path!r}{hint}")
         return ManifestDataset(
-            manifest,
+            paths[0] if len(paths) == 1 else _union_of_manifests(paths),
             mode="predict" if split == "predict" else "fit",
             image_size=self.image_size,
             sample_rate=self.sample_rate,

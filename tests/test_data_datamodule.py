@@ -118,11 +118,67 @@ def test_init_args_are_plain_documented_types():
     doc = MultimodalDataModule.__doc__
     for name, param in list(sig.parameters.items())[1:]:
         assert param.annotation in {
-            "str | None", "int", "int | None", "float", "str", "list[str] | None"
+            "str | None", "int", "int | None", "float", "str", "list[str] | None", "str | list[str] | None"
         }, (name, param.annotation)  # fmt: skip
         assert f"{name}:" in doc, name
     with pytest.raises(ValueError, match="known builders: easyvqa"):
         MultimodalDataModule(prepare="coco")
+
+
+def _ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_list_of_train_manifests_trains_on_their_union(out: Path):
+    dm = MultimodalDataModule(
+        train_manifest=[str(out / "vqa_train.jsonl"), str(out / "caption_train.jsonl")],
+        val_manifest=[str(out / "vqa_val.jsonl"), str(out / "caption_val.jsonl")],
+        batch_size=4,
+        image_size=32,
+        prepare="easyvqa",
+        prepare_dir=str(out),
+        prepare_limit_images=6,
+    )
+    dm.prepare_data()  # both parts were missing and are built, told from the listed file names
+    assert (out / "vqa_train.jsonl").is_file() and (out / "caption_train.jsonl").is_file()
+    assert not (out / "json_train.jsonl").exists()
+    dm.setup("fit")
+    expected = _ids(out / "vqa_train.jsonl") + _ids(out / "caption_train.jsonl")
+    assert dm.datasets["train"].ids == expected  # both manifests, in the order listed
+    drawn = [i for b in dm.train_dataloader() for i in b.ids]
+    assert sorted(drawn) == sorted(expected)
+    tasks = {r.id: r.task for r in dm.datasets["train"].records}
+    assert {tasks[i] for i in drawn} == {"vqa", "caption"}
+    # Relative image paths resolve against each record's own manifest folder: every record loads.
+    assert all(dm.datasets["train"][i].image is not None for i in range(0, len(expected), 7))
+    val = _ids(out / "vqa_val.jsonl") + _ids(out / "caption_val.jsonl")
+    assert [i for b in dm.val_dataloader() for i in b.ids] == val
+    # limit_train draws its subset from the union.
+    limited = MultimodalDataModule(train_manifest=dm.train_manifest, limit_train=9, image_size=32)
+    limited.setup("fit")
+    assert len(limited.datasets["train"]) == 9 and set(limited.datasets["train"].ids) <= set(expected)
+
+
+def test_a_list_of_manifests_rejects_an_id_in_two_of_them_and_names_both(out: Path):
+    _module(out).prepare_data()
+    first = out / "vqa_train.jsonl"
+    copy = out / "copy.jsonl"
+    lines = first.read_text().splitlines()
+    copy.write_text(lines[2] + "\n")
+    dm = MultimodalDataModule(train_manifest=[str(first), str(copy)], image_size=32)
+    with pytest.raises(RecordError) as info:
+        dm.setup("fit")
+    assert info.value.record_id == json.loads(lines[2])["id"] and info.value.field == "id"
+    assert str(first) in str(info.value) and str(copy) in str(info.value)
+    # A bad record in the second manifest is named as in a single one.
+    copy.write_text(json.dumps({"id": "no-target", "task": "vqa", "text": "what shape?"}) + "\n")
+    with pytest.raises(RecordError) as info:
+        MultimodalDataModule(train_manifest=[str(first), str(copy)]).setup("fit")
+    assert (info.value.record_id, info.value.field) == ("no-target", "target")
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        MultimodalDataModule(train_manifest=[str(first), str(out / "nope.jsonl")]).setup("fit")
+    with pytest.raises(ValueError, match="one path"):
+        MultimodalDataModule(predict_manifest=[str(first), str(copy)]).setup("predict")
 
 
 def test_batches_move_to_device(out: Path):
