@@ -259,7 +259,7 @@ def test_enable_ddp_unused_parameters_only_for_plain_ddp():
         (
             "finetune_vqa_to_mixed.yaml",
             None,
-            ["TextEncoder", "AudioEncoder", "init_from: runs/easyvqa", "speech_ctc"],
+            ["TextEncoder", "AudioEncoder", "init_from: runs/easyvqa", "speech_ctc", "- datasets/easyvqa/spoken_train"],
             [],
         ),
     ],
