@@ -49,7 +49,11 @@ def _union_of_manifests(paths: list[str]) -> list[Record]:
     records: list[Record] = []
     first_in: dict[str, str] = {}
     for path in paths:
-        for record in ManifestDataset(path, mode="fit").records:
+        try:
+            checked = ManifestDataset(path, mode="fit")
+        except RecordError as e:  # say which of the listed manifests holds the bad record
+            raise RecordError(e.record_id, e.field, f"{e.reason} (in {path!r})") from None
+        for record in checked.records:
             if record.id in first_in:
                 raise RecordError(record.id, "id", f"duplicate id: in {first_in[record.id]!r} and in {path!r}")
             first_in[record.id] = path

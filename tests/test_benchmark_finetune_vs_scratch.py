@@ -123,3 +123,28 @@ def test_reuse_skips_test_only_logs_and_refuses_rebuilt_data(bench, finished, tm
     os.utime(train, (later, later))  # the data was rebuilt after the run started
     with pytest.raises(SystemExit, match="rebuilt after that run started"):
         bench._reuse_scratch(recipe, run)
+
+
+def test_reuse_checks_every_manifest_of_a_list(bench, finished, tmp_path):
+    """A run trained on a list of manifests is refused when any of them, not only the first, was rebuilt later."""
+    import shutil
+
+    recipe, run = finished
+    train = Path(recipe["data"]["train_manifest"])
+    extra = tmp_path / "extra_train.jsonl"
+    extra.write_text(train.read_text().replace('"id": "', '"id": "extra-'))
+    listed = yaml.safe_load(yaml.safe_dump(recipe))
+    listed["data"]["train_manifest"] = [str(train), str(extra)]
+    other = tmp_path / "listed_run"
+    shutil.copytree(run / "csv" / "version_0", other / "csv" / "version_0")
+    saved = other / "csv" / "version_0" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    config["data"]["train_manifest"] = [str(train), str(extra)]
+    saved.write_text(yaml.safe_dump(config))
+    started = saved.stat().st_mtime
+    for path in (train, extra):
+        os.utime(path, (started - 100, started - 100))
+    assert len(bench._reuse_scratch(listed, other)[0]) == 2  # same settings, data older than the run
+    os.utime(extra, (started + 60, started + 60))  # the second manifest was rebuilt after the run started
+    with pytest.raises(SystemExit, match="extra_train.jsonl was rebuilt"):
+        bench._reuse_scratch(listed, other)

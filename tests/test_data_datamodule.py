@@ -149,8 +149,19 @@ def test_a_list_of_train_manifests_trains_on_their_union(out: Path):
     assert sorted(drawn) == sorted(expected)
     tasks = {r.id: r.task for r in dm.datasets["train"].records}
     assert {tasks[i] for i in drawn} == {"vqa", "caption"}
-    # Relative image paths resolve against each record's own manifest folder: every record loads.
-    assert all(dm.datasets["train"][i].image is not None for i in range(0, len(expected), 7))
+    # Relative media paths resolve against each record's own manifest folder.
+    elsewhere = out / "elsewhere"
+    (elsewhere / "pics").mkdir(parents=True)
+    record = json.loads((out / "vqa_val.jsonl").read_text().splitlines()[0])
+    (elsewhere / "pics" / "only_here.png").write_bytes((out / record["image"]).read_bytes())
+    (elsewhere / "local.jsonl").write_text(
+        json.dumps({**record, "id": "local-1", "image": "pics/only_here.png"}) + "\n"
+    )
+    both = MultimodalDataModule(train_manifest=[str(out / "vqa_val.jsonl"), str(elsewhere / "local.jsonl")])
+    both.setup("fit")
+    local = both.datasets["train"].records[-1]
+    assert local.id == "local-1" and Path(local.image) == (elsewhere / "pics" / "only_here.png").resolve()
+    assert both.datasets["train"][len(both.datasets["train"]) - 1].image is not None
     val = _ids(out / "vqa_val.jsonl") + _ids(out / "caption_val.jsonl")
     assert [i for b in dm.val_dataloader() for i in b.ids] == val
     # limit_train draws its subset from the union.
@@ -174,7 +185,7 @@ def test_a_list_of_manifests_rejects_an_id_in_two_of_them_and_names_both(out: Pa
     copy.write_text(json.dumps({"id": "no-target", "task": "vqa", "text": "what shape?"}) + "\n")
     with pytest.raises(RecordError) as info:
         MultimodalDataModule(train_manifest=[str(first), str(copy)]).setup("fit")
-    assert (info.value.record_id, info.value.field) == ("no-target", "target")
+    assert (info.value.record_id, info.value.field) == ("no-target", "target") and str(copy) in str(info.value)
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         MultimodalDataModule(train_manifest=[str(first), str(out / "nope.jsonl")]).setup("fit")
     with pytest.raises(ValueError, match="one path"):
