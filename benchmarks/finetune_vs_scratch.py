@@ -13,7 +13,7 @@ tests each run's best checkpoint on it, and those test metrics are printed side 
 ``runs/spoken_vqa`` for ``configs/finetune_vqa_to_spoken.yaml``, whose other settings are the spoken recipe's). Every
 setting the scratch half would use, defaults included, must equal that run's saved ``config.yaml`` (run folders,
 loggers and callbacks aside), and its manifests must not have been rebuilt since it started; otherwise the benchmark
-stops and says why.
+stops and says why. A scratch run that was killed and resumed with ``--ckpt_path last`` is read across its logs.
 """
 
 from __future__ import annotations
@@ -93,14 +93,20 @@ def _mismatches(here: object, run: object, key: str = "") -> list[str]:
 
 def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[str, float], str, str]:
     """Curve, test metrics, monitor and mode of a finished scratch run that trained exactly ``config``'s settings (all
-    of them, defaults and command-line overrides included) on data that has not changed since."""
-    fits = [log for log in _logs(run) if (log / "config.yaml").is_file()]
-    fits = [log for log in fits if yaml.safe_load((log / "config.yaml").read_text()).get("ckpt_path") is None]
-    if not fits:
+    of them, defaults and command-line overrides included) on data that has not changed since.
+
+    A run that was killed and resumed with ``--ckpt_path`` logs its continuation in later ``csv/version_N`` folders:
+    those are read too (a later log with the same settings, a ``ckpt_path`` and validation rows), and each one replaces
+    what the earlier logs held from its first step on. Test-only logs (no validation rows) are skipped."""
+    fits = [log for log in reversed(_logs(run)) if (log / "config.yaml").is_file()]  # oldest first
+    configs = {log: yaml.safe_load((log / "config.yaml").read_text()) for log in fits}
+    fresh = [log for log in fits if configs[log].get("ckpt_path") is None]
+    if not fresh:
         raise SystemExit(f"{run}: no log of a fresh fit (csv/version_*/config.yaml with ckpt_path null)")
-    log = fits[0]  # test-only logs and resumed fits (ckpt_path set) are skipped
-    saved = yaml.safe_load((log / "config.yaml").read_text())
-    diff = _mismatches(_resolved(config), saved)
+    log = fresh[0]
+    saved = configs[log]
+    resolved = _resolved(config)
+    diff = _mismatches(resolved, saved)
     if diff:
         raise SystemExit(f"{run} is not this recipe's scratch run:\n  " + "\n  ".join(diff))
     started = (log / "config.yaml").stat().st_mtime  # written when the fit started, after the data was prepared
@@ -114,9 +120,23 @@ def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], di
     module, _, name = saved["model"]["class_path"].rpartition(".")
     task = getattr(importlib.import_module(module), name)  # the task class names its monitored metric
     monitor, mode = task.monitor, task.monitor_mode
-    rows = list(csv.DictReader((log / "metrics.csv").open()))
-    tested = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v}
-    curve = _curve(run, monitor, log)
+    points: dict[int, float] = {}
+    tested: dict[str, float] = {}
+    for part in fits[fits.index(log) :]:
+        rows = list(csv.DictReader((part / "metrics.csv").open()))
+        resumed = part is not log
+        if resumed and (
+            configs[part].get("ckpt_path") is None  # a later fresh fit: another run in the same folder
+            or not any(r.get(monitor) for r in rows)  # a test-only log
+            or _mismatches(resolved, configs[part])
+        ):
+            continue
+        if resumed and rows:  # the resumed fit restarts at its checkpoint: drop what the killed one logged after it
+            first = min(int(r["step"]) for r in rows)
+            points = {step: value for step, value in points.items() if step < first}
+        points.update(_curve(run, monitor, part))
+        tested = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v} or tested
+    curve = sorted(points.items())
     if not curve or not tested:
         raise SystemExit(f"{run}: {log / 'metrics.csv'} has no {monitor} curve or no test/ metrics; did it finish?")
     return curve, tested, monitor, mode
