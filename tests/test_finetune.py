@@ -288,9 +288,9 @@ def test_fsdp_strategy_keeps_buffers_fp32_and_wraps_blocks():
         FSDPMixedPrecision(param_dtype="bf16")
 
 
-def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from():
+def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from_and_a_schedule():
     """README compares the two runs step for step (benchmarks/finetune_vs_scratch.py --scratch-run), so they may differ
-    only in where they start and where they write."""
+    only in where they start, where they write, and the fine-tune's staged unfreezing."""
     import yaml
 
     def settings(name: str, run: str) -> dict:
@@ -302,6 +302,10 @@ def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from():
         settings("spoken_vqa.yaml", "spoken_vqa"),
     )
     assert finetune["model"]["init_args"].pop("init_from") == "runs/easyvqa/checkpoints/best.ckpt"
+    (schedule,) = [c for c in finetune["trainer"]["callbacks"] if c["class_path"].endswith("FinetuneSchedule")]
+    finetune["trainer"]["callbacks"].remove(schedule)
+    # Everything the VQA model brings is frozen for the first epoch; only the new speech path trains.
+    assert set(schedule["init_args"]["unfreeze"][1]) >= {"image_encoder", "fusion.blocks", "decoder"}
     assert finetune == scratch
 
 
