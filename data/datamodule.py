@@ -51,8 +51,9 @@ def _union_of_manifests(paths: list[str]) -> list[Record]:
     for path in paths:
         try:
             checked = ManifestDataset(path, mode="fit")
-        except RecordError as e:  # say which of the listed manifests holds the bad record
-            raise RecordError(e.record_id, e.field, f"{e.reason} (in {path!r})") from None
+        except RecordError as e:  # say which of the listed manifests holds the bad record (once)
+            where = "" if repr(str(path)) in e.reason else f" (in {path!r})"
+            raise RecordError(e.record_id, e.field, e.reason + where) from None
         for record in checked.records:
             if record.id in first_in:
                 raise RecordError(record.id, "id", f"duplicate id: in {first_in[record.id]!r} and in {path!r}")
