@@ -103,7 +103,7 @@ def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], di
     fresh = [log for log in fits if configs[log].get("ckpt_path") is None]
     if not fresh:
         raise SystemExit(f"{run}: no log of a fresh fit (csv/version_*/config.yaml with ckpt_path null)")
-    log = fresh[0]
+    log = fresh[-1]  # the newest fresh fit: an older one in the same folder is an earlier run the newer replaced
     saved = configs[log]
     resolved = _resolved(config)
     diff = _mismatches(resolved, saved)
@@ -126,8 +126,7 @@ def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], di
         rows = list(csv.DictReader((part / "metrics.csv").open()))
         resumed = part is not log
         if resumed and (
-            configs[part].get("ckpt_path") is None  # a later fresh fit: another run in the same folder
-            or not any(r.get(monitor) for r in rows)  # a test-only log
+            not any(r.get(monitor) for r in rows)  # a test-only log
             or _mismatches(resolved, configs[part])
         ):
             continue

@@ -152,7 +152,8 @@ def test_reuse_checks_every_manifest_of_a_list(bench, finished, tmp_path):
 
 def test_reuse_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, tmp_path):
     """The same run as if killed after its first validation and resumed with --ckpt_path last: the curve and test
-    metrics read from the two logs equal the uninterrupted run's log; a later test-only log changes nothing."""
+    metrics read from the two logs equal the uninterrupted run's log; an older run's log and a later test-only log
+    change nothing."""
     recipe, run = finished
     source = run / "csv" / "version_0"
     rows = list(csv.DictReader((source / "metrics.csv").open()))
@@ -161,25 +162,29 @@ def test_reuse_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, t
     config = yaml.safe_load((source / "config.yaml").read_text())
     other = tmp_path / "resumed_run"
 
-    def log(version: int, kept: list[dict], ckpt_path: str | None, junk: dict | None = None) -> None:
+    def log(version: int, kept: list[dict], ckpt_path: str | None, junk: dict | None = None, **data) -> None:
         folder = other / "csv" / f"version_{version}"
         folder.mkdir(parents=True)
         with (folder / "metrics.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(kept + ([junk] if junk else []))
-        (folder / "config.yaml").write_text(yaml.safe_dump({**config, "ckpt_path": ckpt_path}))
+        saved = {**config, "ckpt_path": ckpt_path, "data": {**config["data"], **data}}
+        (folder / "config.yaml").write_text(yaml.safe_dump(saved))
 
     first_val = min(int(r["step"]) for r in rows if r.get("val/vqa_accuracy"))
     before = [r for r in rows if int(r["step"]) <= first_val and not any(k.startswith("test/") and r[k] for k in r)]
     after = [r for r in rows if int(r["step"]) > first_val]
     # The killed log also holds a validation the resumed fit redoes (logged after the checkpoint it resumes from).
     stale = {k: "" for k in fields} | {"step": str(after[0]["step"]), "val/vqa_accuracy": "0.0"}
-    log(0, before, None, junk=stale)
-    log(1, after, "last")
+    # An older, unrelated fresh fit in the same folder (an earlier run that this one replaced) is not read.
+    older = [{**r, "val/vqa_accuracy": "0.25"} if r.get("val/vqa_accuracy") else r for r in rows]
+    log(0, older, None, batch_size=3)
+    log(1, before, None, junk=stale)
+    log(2, after, "last")
     # A later test-only log (e.g. `omnifuse test` on another manifest) with other test figures is not the fit's.
     other_test = {k: ("0.5" if k.startswith("test/") else "") for k in fields} | {"step": rows[-1]["step"]}
-    log(2, [other_test], "best.ckpt")
+    log(3, [other_test], "best.ckpt")
     curve, tested, monitor, mode = bench._reuse_scratch(recipe, other)
     assert (curve, tested, monitor, mode) == reference
     assert len(curve) == 2 and after and before
