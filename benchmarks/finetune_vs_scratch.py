@@ -14,6 +14,11 @@ tests each run's best checkpoint on it, and those test metrics are printed side 
 setting the scratch half would use, defaults included, must equal that run's saved ``config.yaml`` (run folders,
 loggers and callbacks aside), and its manifests must not have been rebuilt since it started; otherwise the benchmark
 stops and says why. A scratch run that was killed and resumed with ``--ckpt_path last`` is read across its logs.
+
+``--seeds 0 1 2`` repeats the comparison once per seed (``seed_everything`` and ``data.seed``: initialisation of the
+new weights, dropout, training order), logging to ``<out>/<recipe>/seed_N/{finetune,scratch}``, and ends with one line
+per seed (steps to the target, test metric of both halves), how many seeds reached the target sooner fine-tuned, and
+the median ratio of steps. One seed's early curve is noisy enough to flip which half gets there first.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import csv
 import importlib
 import io
+import statistics
 import sys
 import tempfile
 import time
@@ -38,8 +44,10 @@ def _retarget(config: dict, root: Path) -> None:
     """Point the recipe's run folder, loggers and checkpoints at ``root``."""
     trainer = config["trainer"]
     trainer["default_root_dir"] = str(root)
-    for logger in trainer.get("logger") or []:
-        logger.setdefault("init_args", {})["save_dir"] = str(root)
+    loggers = trainer.get("logger") or []
+    for logger in [loggers] if isinstance(loggers, dict) else loggers:  # one logger or a list of them
+        if isinstance(logger, dict):  # not `logger: true/false`
+            logger.setdefault("init_args", {})["save_dir"] = str(root)
     for callback in trainer.get("callbacks") or []:
         if "dirpath" in (callback.get("init_args") or {}):  # ModelCheckpoint, LatestCheckpoint
             callback["init_args"]["dirpath"] = str(root / "checkpoints")
@@ -145,31 +153,27 @@ def _steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> in
     return next((step for step, value in curve if (value >= target if higher else value <= target)), None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a fine-tuning recipe (sets model.init_from)")
-    parser.add_argument("--init-from", help="checkpoint to fine-tune from (default: the recipe's model.init_from)")
-    parser.add_argument("--out", default="runs/finetune_vs_scratch")
-    parser.add_argument("--target", type=float, help="metric value to reach (default: the scratch run's last value)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scratch-run", type=Path, help="a finished scratch run to read instead of training one")
-    args = parser.parse_args()
-    sys.argv = sys.argv[:1]  # LightningCLI below gets its arguments explicitly
-    torch.set_num_threads(args.threads)
+def _seeded(config: dict, seed: int) -> None:
+    """Set the run's seed: the global one (initialisation, dropout) and the data module's (subsets, shuffle order)."""
+    config["seed_everything"] = seed
+    data = config.setdefault("data", {})
+    (data.setdefault("init_args", {}) if "class_path" in data else data)["seed"] = seed
 
-    recipe = yaml.safe_load(Path(args.config).read_text())
-    init_from = args.init_from or recipe["model"]["init_args"].get("init_from")
-    if not init_from:
-        raise SystemExit(f"{args.config} has no model.init_from; pass --init-from")
-    out = Path(args.out) / Path(args.config).stem
-    curves, seconds, tested, monitor = {}, {}, {}, None
+
+def _pair(args: argparse.Namespace, init_from: str, out: Path, seed: int | None) -> dict:
+    """Both halves of one comparison (one seed): curves, test metrics, wall times, monitored metric and its mode."""
+    result: dict = {"curves": {}, "tested": {}, "seconds": {}}
     for name, start in (("finetune", init_from), ("scratch", None)):
         config = yaml.safe_load(Path(args.config).read_text())
         config["model"]["init_args"]["init_from"] = start
+        if seed is not None:
+            _seeded(config, seed)
         if start is None:  # nothing is loaded, so nothing is skipped (init_skip without init_from is an error)
             config["model"]["init_args"].pop("init_skip", None)
         if start is None and args.scratch_run:
-            curves[name], tested[name], monitor, mode = _reuse_scratch(config, args.scratch_run)
+            result["curves"][name], result["tested"][name], result["monitor"], result["mode"] = _reuse_scratch(
+                config, args.scratch_run
+            )
             print(f"scratch: read from {args.scratch_run} (same settings)")
             continue
         _retarget(config, out / name)
@@ -178,14 +182,19 @@ def main() -> None:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         begin = time.perf_counter()
         cli = cli_main(["fit", "--config", str(path)])
-        seconds[name] = time.perf_counter() - begin
-        monitor, mode = cli.model.monitor, cli.model.monitor_mode
-        curves[name] = _curve(out / name, monitor)
-        tested[name] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
+        result["seconds"][name] = time.perf_counter() - begin
+        result["monitor"], result["mode"] = cli.model.monitor, cli.model.monitor_mode
+        result["curves"][name] = _curve(out / name, result["monitor"])
+        result["tested"][name] = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
+    return result
 
-    higher = mode == "max"
+
+def _report(args: argparse.Namespace, init_from: str, result: dict, title: str) -> dict[str, int | None]:
+    """Print one comparison's curves, steps to the target and test metrics; return the steps to the target."""
+    curves, tested, monitor = result["curves"], result["tested"], result["monitor"]
+    higher = result["mode"] == "max"
     target = args.target if args.target is not None else curves["scratch"][-1][1]
-    print(f"\n{args.config}: {monitor} on validation, fine-tuned from {init_from} vs from scratch")
+    print(f"\n{title}{args.config}: {monitor} on validation, fine-tuned from {init_from} vs from scratch")
     steps = sorted({s for c in curves.values() for s, _ in c})
     print(f"{'step':>6} {'finetune':>9} {'scratch':>9}")
     for step in steps:
@@ -202,7 +211,71 @@ def main() -> None:
         for key in sorted(set(tested["finetune"]) | set(tested["scratch"])):
             row = [tested[n].get(key) for n in ("finetune", "scratch")]
             print(f"{key:<36} " + " ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row))
-    print("wall time (fit and test): " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in seconds.items()))
+    print("wall time (fit and test): " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in result["seconds"].items()))
+    return reach
+
+
+def _summary(seeds: list[int], results: list[dict], reaches: list[dict[str, int | None]], target: float | None) -> None:
+    """One line per seed: steps to the target and the monitored metric on test, both halves; then the median ratio."""
+    monitor = results[0]["monitor"]
+    tested = monitor.replace("val/", "test/", 1)
+    goal = f"{monitor} {target}" if target is not None else f"each seed's final scratch {monitor}"
+    print(f"\nall seeds: steps to the target ({goal}), and {tested} of the best checkpoint")
+    print(f"{'seed':>6} {'finetune':>9} {'scratch':>9} {'ratio':>7} {'test ft':>9} {'test scr':>9}")
+    ratios = []
+    for seed, result, reach in zip(seeds, results, reaches, strict=True):
+        ft, scr = reach["finetune"], reach["scratch"]
+        ratio = scr / ft if ft and scr else None
+        if ratio is not None:
+            ratios.append(ratio)
+        cells = [f"{v:>9}" if v is not None else f"{'-':>9}" for v in (ft, scr)]
+        cells.append(f"{ratio:>7.2f}" if ratio is not None else f"{'-':>7}")
+        cells += [
+            f"{v:>9.4f}" if v is not None else f"{'-':>9}"
+            for v in (result["tested"]["finetune"].get(tested), result["tested"]["scratch"].get(tested))
+        ]
+        print(f"{seed:>6} " + " ".join(cells))
+    sooner = sum(
+        1 for r in reaches if r["finetune"] is not None and (r["scratch"] is None or r["finetune"] < r["scratch"])
+    )
+    later = sum(
+        1 for r in reaches if r["scratch"] is not None and (r["finetune"] is None or r["scratch"] < r["finetune"])
+    )
+    print(f"fine-tuned reached the target sooner with {sooner} of {len(seeds)} seeds, later with {later}")
+    if ratios:
+        print(f"steps to target, scratch / finetune: median {statistics.median(ratios):.2f} over {len(ratios)} seeds")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a fine-tuning recipe (sets model.init_from)")
+    parser.add_argument("--init-from", help="checkpoint to fine-tune from (default: the recipe's model.init_from)")
+    parser.add_argument("--out", default="runs/finetune_vs_scratch")
+    parser.add_argument("--target", type=float, help="metric value to reach (default: the scratch run's last value)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scratch-run", type=Path, help="a finished scratch run to read instead of training one")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="run the comparison once per seed (seed_everything and data.seed)"
+    )
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # LightningCLI below gets its arguments explicitly
+    if args.seeds and args.scratch_run:
+        parser.error("--seeds trains the scratch half once per seed; it cannot be read from one --scratch-run")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds lists a seed twice: {args.seeds}")
+    torch.set_num_threads(args.threads)
+
+    recipe = yaml.safe_load(Path(args.config).read_text())
+    init_from = args.init_from or recipe["model"]["init_args"].get("init_from")
+    if not init_from:
+        raise SystemExit(f"{args.config} has no model.init_from; pass --init-from")
+    out = Path(args.out) / Path(args.config).stem
+    if not args.seeds:
+        _report(args, init_from, _pair(args, init_from, out, None), "")
+        return
+    results = [_pair(args, init_from, out / f"seed_{seed}", seed) for seed in args.seeds]
+    reaches = [_report(args, init_from, r, f"seed {s}: ") for s, r in zip(args.seeds, results, strict=True)]
+    _summary(args.seeds, results, reaches, args.target)
 
 
 if __name__ == "__main__":

@@ -188,3 +188,67 @@ def test_reuse_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, t
     curve, tested, monitor, mode = bench._reuse_scratch(recipe, other)
     assert (curve, tested, monitor, mode) == reference
     assert len(curve) == 2 and after and before
+
+
+def _first_at_or_above(log: Path, metric: str, target: float) -> int | None:
+    """Independent reading of a run's CSV log: the first logged step whose ``metric`` reaches ``target``."""
+    rows = csv.DictReader((log / "metrics.csv").open())
+    return next((int(r["step"]) for r in rows if r.get(metric) and float(r[metric]) >= target), None)
+
+
+def test_seeds_run_one_comparison_per_seed(bench, finished, tmp_path, monkeypatch, capsys):
+    """--seeds 3 5: each seed trains both halves with that seed (global and data module), and the closing table's
+    steps to the target agree with the runs' own CSV logs."""
+    import sys
+
+    import torch
+
+    recipe, run = finished
+    source = next((run / "ckpt").glob("*.ckpt"))
+    ft = yaml.safe_load(yaml.safe_dump(recipe))
+    ft["model"]["init_args"]["init_from"] = str(source)
+    path = tmp_path / "tiny_ft.yaml"
+    path.write_text(yaml.safe_dump(ft))
+    out = tmp_path / "out"
+    argv = ["finetune_vs_scratch.py", "--config", str(path), "--out", str(out), "--threads", "1", "--seeds", "3", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process's thread count alone
+    bench.main()
+    printed = capsys.readouterr().out
+
+    summary = printed[printed.index("all seeds:") :].splitlines()
+    rows = {int(line.split()[0]): line.split() for line in summary[2:4]}
+    assert set(rows) == {3, 5}
+    weights = {}
+    for seed in (3, 5):
+        for half in ("finetune", "scratch"):
+            folder = out / "tiny_ft" / f"seed_{seed}" / half
+            saved = yaml.safe_load((folder / "csv" / "version_0" / "config.yaml").read_text())  # what the fit used
+            assert saved["seed_everything"] == seed and saved["data"]["seed"] == seed
+            assert saved["model"]["init_args"]["init_from"] == (str(source) if half == "finetune" else None)
+            best = torch.load(next((folder / "checkpoints").glob("*.ckpt")), weights_only=False)["state_dict"]
+            weights[seed, half] = best
+        scratch_log = out / "tiny_ft" / f"seed_{seed}" / "scratch" / "csv" / "version_0"
+        target = [float(r["val/vqa_accuracy"]) for r in csv.DictReader((scratch_log / "metrics.csv").open())
+                  if r.get("val/vqa_accuracy")][-1]  # fmt: skip
+        for column, half in ((1, "finetune"), (2, "scratch")):
+            log = out / "tiny_ft" / f"seed_{seed}" / half / "csv" / "version_0"
+            expected = _first_at_or_above(log, "val/vqa_accuracy", target)
+            assert rows[seed][column] == (str(expected) if expected is not None else "-")
+    # The seed reached the model: the two seeds' scratch runs start from different weights, so they end apart.
+    name = next(k for k in weights[3, "scratch"] if k.endswith("weight") and weights[3, "scratch"][k].numel() > 16)
+    assert not torch.equal(weights[3, "scratch"][name], weights[5, "scratch"][name])
+    assert "fine-tuned reached the target sooner with" in printed
+
+
+@pytest.mark.parametrize(
+    "extra", [["--seeds", "1", "1"], ["--seeds", "1", "2", "--scratch-run", "runs/x"]], ids=["twice", "scratch-run"]
+)
+def test_seeds_refuses_a_repeated_seed_and_a_shared_scratch_run(bench, monkeypatch, capsys, extra):
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["finetune_vs_scratch.py", "--config", "recipe.yaml", *extra])
+    with pytest.raises(SystemExit) as raised:
+        bench.main()
+    assert raised.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
