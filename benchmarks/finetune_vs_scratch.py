@@ -5,7 +5,7 @@
 
 Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer and budget: once as written (or with
 ``--init-from``), once with ``model.init_from: null``. Both runs log to ``<out>/<recipe>/{finetune,scratch}``. Prints
-the task's validation metric at every validation step of both runs, and how many steps each needed to reach the
+the task's validation metric at every validation of both runs, and how many steps each trained before it reached the
 scratch run's final value (the target; ``--target`` sets another). When the recipe has a test split, ``omnifuse fit``
 tests each run's best checkpoint on it, and those test metrics are printed side by side too. Figures, not pass/fail.
 
@@ -16,9 +16,13 @@ loggers and callbacks aside), and its manifests must not have been rebuilt since
 stops and says why. A scratch run that was killed and resumed with ``--ckpt_path last`` is read across its logs.
 
 ``--seeds 0 1 2`` repeats the comparison once per seed (``seed_everything`` and ``data.seed``: initialisation of the
-new weights, dropout, training order), logging to ``<out>/<recipe>/seed_N/{finetune,scratch}``, and ends with one line
-per seed (steps to the target, test metric of both halves), how many seeds reached the target sooner fine-tuned, and
-the median ratio of steps. One seed's early curve is noisy enough to flip which half gets there first.
+new weights, dropout, training order, and which records ``limit_*`` keeps), logging to
+``<out>/<recipe>/seed_N/{finetune,scratch}``, and ends with one line per seed (steps trained to the target, test metric
+of both halves), how many seeds fine-tuning reached the target sooner, tied or later, and the median ratio of steps.
+One seed's early curve is noisy enough to flip which half gets there first.
+
+``--resume`` reads a half that ``<out>`` already holds finished, with the same settings on unchanged data, instead of
+training it again (the same check as ``--scratch-run``); a benchmark killed part-way continues where it stopped.
 """
 
 from __future__ import annotations
@@ -40,16 +44,22 @@ import yaml
 from omnifuse.tasks.cli import cli_main
 
 
+def _as_list(value: object) -> list:
+    """A config entry that may be one item or a list of them (``logger``, ``callbacks``)."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
 def _retarget(config: dict, root: Path) -> None:
     """Point the recipe's run folder, loggers and checkpoints at ``root``."""
     trainer = config["trainer"]
     trainer["default_root_dir"] = str(root)
-    loggers = trainer.get("logger") or []
-    for logger in [loggers] if isinstance(loggers, dict) else loggers:  # one logger or a list of them
-        if isinstance(logger, dict):  # not `logger: true/false`
+    for logger in _as_list(trainer.get("logger")):
+        if isinstance(logger, dict):  # not `logger: true/false` (the default logger writes under default_root_dir)
             logger.setdefault("init_args", {})["save_dir"] = str(root)
-    for callback in trainer.get("callbacks") or []:
-        if "dirpath" in (callback.get("init_args") or {}):  # ModelCheckpoint, LatestCheckpoint
+    for callback in _as_list(trainer.get("callbacks")):
+        if isinstance(callback, dict) and "dirpath" in (callback.get("init_args") or {}):  # ModelCheckpoint & co
             callback["init_args"]["dirpath"] = str(root / "checkpoints")
 
 
@@ -99,9 +109,13 @@ def _mismatches(here: object, run: object, key: str = "") -> list[str]:
     return [] if here == run else [f"{key}: {here!r} here, {run!r} in the run"]
 
 
-def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[str, float], str, str]:
-    """Curve, test metrics, monitor and mode of a finished scratch run that trained exactly ``config``'s settings (all
-    of them, defaults and command-line overrides included) on data that has not changed since.
+class NotThisRun(Exception):
+    """A run folder that does not hold a finished fit of the given settings on today's data (the message says why)."""
+
+
+def _read_run(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[str, float], str, str]:
+    """Curve, test metrics, monitor and mode of a finished run that trained exactly ``config``'s settings (all of
+    them, defaults and command-line overrides included) on data that has not changed since; ``NotThisRun`` otherwise.
 
     A run that was killed and resumed with ``--ckpt_path`` logs its continuation in later ``csv/version_N`` folders:
     those are read too (a later log with the same settings, a ``ckpt_path`` and validation rows), and each one replaces
@@ -110,19 +124,19 @@ def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], di
     configs = {log: yaml.safe_load((log / "config.yaml").read_text()) for log in fits}
     fresh = [log for log in fits if configs[log].get("ckpt_path") is None]
     if not fresh:
-        raise SystemExit(f"{run}: no log of a fresh fit (csv/version_*/config.yaml with ckpt_path null)")
+        raise NotThisRun(f"{run}: no log of a fresh fit (csv/version_*/config.yaml with ckpt_path null)")
     log = fresh[-1]  # the newest fresh fit: an older one in the same folder is an earlier run the newer replaced
     saved = configs[log]
     resolved = _resolved(config)
     diff = _mismatches(resolved, saved)
     if diff:
-        raise SystemExit(f"{run} is not this recipe's scratch run:\n  " + "\n  ".join(diff))
+        raise NotThisRun(f"{run} trained other settings:\n  " + "\n  ".join(diff))
     started = (log / "config.yaml").stat().st_mtime  # written when the fit started, after the data was prepared
     for split in ("train", "val", "test"):
         manifests = saved["data"].get(f"{split}_manifest") or []
         for manifest in [manifests] if isinstance(manifests, str) else manifests:  # one path or a list
             if Path(manifest).is_file() and Path(manifest).stat().st_mtime > started:
-                raise SystemExit(
+                raise NotThisRun(
                     f"{run}: {manifest} was rebuilt after that run started; its numbers are for other data"
                 )
     module, _, name = saved["model"]["class_path"].rpartition(".")
@@ -145,16 +159,19 @@ def _reuse_scratch(config: dict, run: Path) -> tuple[list[tuple[int, float]], di
         tested = {k: float(v) for r in rows for k, v in r.items() if k.startswith("test/") and v} or tested
     curve = sorted(points.items())
     if not curve or not tested:
-        raise SystemExit(f"{run}: {log / 'metrics.csv'} has no {monitor} curve or no test/ metrics; did it finish?")
+        raise NotThisRun(f"{run}: {log / 'metrics.csv'} has no {monitor} curve or no test/ metrics; did it finish?")
     return curve, tested, monitor, mode
 
 
 def _steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> int | None:
-    return next((step for step, value in curve if (value >= target if higher else value <= target)), None)
+    """Optimizer steps trained when ``curve`` first meets ``target``. Lightning logs a validation inside the epoch at
+    the step count before the batch it follows (validation after 56 steps is logged as step 55), hence the + 1."""
+    return next((step + 1 for step, value in curve if (value >= target if higher else value <= target)), None)
 
 
 def _seeded(config: dict, seed: int) -> None:
-    """Set the run's seed: the global one (initialisation, dropout) and the data module's (subsets, shuffle order)."""
+    """Set the run's seed: the global one (initialisation of new weights, dropout) and the data module's (training
+    order, and which records ``limit_*`` keeps)."""
     config["seed_everything"] = seed
     data = config.setdefault("data", {})
     (data.setdefault("init_args", {}) if "class_path" in data else data)["seed"] = seed
@@ -170,12 +187,24 @@ def _pair(args: argparse.Namespace, init_from: str, out: Path, seed: int | None)
             _seeded(config, seed)
         if start is None:  # nothing is loaded, so nothing is skipped (init_skip without init_from is an error)
             config["model"]["init_args"].pop("init_skip", None)
+        read, why = None, None
         if start is None and args.scratch_run:
-            result["curves"][name], result["tested"][name], result["monitor"], result["mode"] = _reuse_scratch(
-                config, args.scratch_run
-            )
+            try:
+                read = _read_run(config, args.scratch_run)
+            except NotThisRun as error:
+                raise SystemExit(f"--scratch-run: {error}") from None
             print(f"scratch: read from {args.scratch_run} (same settings)")
+        elif args.resume:
+            try:
+                read = _read_run(config, out / name)
+                print(f"{name}: read from {out / name}, a finished run of the same settings (--resume)")
+            except NotThisRun as error:
+                why = error
+        if read is not None:
+            result["curves"][name], result["tested"][name], result["monitor"], result["mode"] = read
             continue
+        if why is not None and (out / name).exists():
+            print(f"{name}: training; {out / name} holds no finished run of these settings ({why})")
         _retarget(config, out / name)
         (out / name).mkdir(parents=True, exist_ok=True)
         path = out / name / "config.yaml"
@@ -189,45 +218,60 @@ def _pair(args: argparse.Namespace, init_from: str, out: Path, seed: int | None)
     return result
 
 
-def _report(args: argparse.Namespace, init_from: str, result: dict, title: str) -> dict[str, int | None]:
-    """Print one comparison's curves, steps to the target and test metrics; return the steps to the target."""
+def _target(args: argparse.Namespace, result: dict) -> float:
+    return args.target if args.target is not None else result["curves"]["scratch"][-1][1]
+
+
+def _reach(args: argparse.Namespace, result: dict) -> dict[str, int | None]:
+    """Steps each half trained before it met the target (None: never)."""
+    higher = result["mode"] == "max"
+    return {n: _steps_to(c, _target(args, result), higher) for n, c in result["curves"].items()}
+
+
+def _report(args: argparse.Namespace, init_from: str, result: dict, title: str) -> None:
+    """Print one comparison's curves, steps to the target and test metrics."""
     curves, tested, monitor = result["curves"], result["tested"], result["monitor"]
     higher = result["mode"] == "max"
-    target = args.target if args.target is not None else curves["scratch"][-1][1]
     print(f"\n{title}{args.config}: {monitor} on validation, fine-tuned from {init_from} vs from scratch")
     steps = sorted({s for c in curves.values() for s, _ in c})
-    print(f"{'step':>6} {'finetune':>9} {'scratch':>9}")
+    print(f"{'steps':>6} {'finetune':>9} {'scratch':>9}   (steps trained: the step logged + 1, as in _steps_to)")
     for step in steps:
         row = [dict(curves[n]).get(step) for n in ("finetune", "scratch")]
-        print(f"{step:>6} " + " ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row))
-    reach = {n: _steps_to(c, target, higher) for n, c in curves.items()}
-    print(f"target {monitor} {'>=' if higher else '<='} {target:.4f}: " + ", ".join(
-        f"{n} at step {s}" if s is not None else f"{n} not reached" for n, s in reach.items()
+        print(f"{step + 1:>6} " + " ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row))
+    reach = _reach(args, result)
+    print(f"target {monitor} {'>=' if higher else '<='} {_target(args, result):.4f}: " + ", ".join(
+        f"{n} after {s} steps" if s is not None else f"{n} not reached" for n, s in reach.items()
     ))  # fmt: skip
-    if reach["finetune"] and reach["scratch"]:
+    if reach["finetune"] is not None and reach["scratch"] is not None:
         print(f"steps to target, scratch / finetune: {reach['scratch'] / reach['finetune']:.2f}")
     if any(tested.values()):
         print(f"\n{'test, best checkpoint':<36} {'finetune':>9} {'scratch':>9}")
         for key in sorted(set(tested["finetune"]) | set(tested["scratch"])):
             row = [tested[n].get(key) for n in ("finetune", "scratch")]
             print(f"{key:<36} " + " ".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row))
-    print("wall time (fit and test): " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in result["seconds"].items()))
-    return reach
+    if result["seconds"]:
+        print("wall time (fit and test): " + ", ".join(f"{n} {s / 60:.1f} min" for n, s in result["seconds"].items()))
 
 
-def _summary(seeds: list[int], results: list[dict], reaches: list[dict[str, int | None]], target: float | None) -> None:
-    """One line per seed: steps to the target and the monitored metric on test, both halves; then the median ratio."""
-    monitor = results[0]["monitor"]
+def _summary(args: argparse.Namespace, seeds: list[int], results: list[dict]) -> None:
+    """One line per seed: steps to the target and the monitored metric on test, both halves; then how many seeds
+    fine-tuning won, tied and lost, and the median ratio of steps."""
+    monitor, higher = results[0]["monitor"], results[0]["mode"] == "max"
     tested = monitor.replace("val/", "test/", 1)
-    goal = f"{monitor} {target}" if target is not None else f"each seed's final scratch {monitor}"
-    print(f"\nall seeds: steps to the target ({goal}), and {tested} of the best checkpoint")
+    sign = ">=" if higher else "<="
+    goal = f"{monitor} {sign} {args.target}" if args.target is not None else f"each seed's final scratch {monitor}"
+    print(f"\nall seeds: steps trained to reach the target ({goal}), and {tested} of the best checkpoint")
     print(f"{'seed':>6} {'finetune':>9} {'scratch':>9} {'ratio':>7} {'test ft':>9} {'test scr':>9}")
-    ratios = []
-    for seed, result, reach in zip(seeds, results, reaches, strict=True):
+    ratios, sooner, tied, later = [], 0, 0, 0
+    for seed, result in zip(seeds, results, strict=True):
+        reach = _reach(args, result)
         ft, scr = reach["finetune"], reach["scratch"]
-        ratio = scr / ft if ft and scr else None
+        ratio = scr / ft if ft is not None and scr is not None else None
         if ratio is not None:
             ratios.append(ratio)
+        # A half that never reached the target took longer than any that did; neither reaching it is a tie.
+        ft_key, scr_key = (float("inf") if v is None else v for v in (ft, scr))
+        sooner, tied, later = sooner + (ft_key < scr_key), tied + (ft_key == scr_key), later + (ft_key > scr_key)
         cells = [f"{v:>9}" if v is not None else f"{'-':>9}" for v in (ft, scr)]
         cells.append(f"{ratio:>7.2f}" if ratio is not None else f"{'-':>7}")
         cells += [
@@ -235,13 +279,9 @@ def _summary(seeds: list[int], results: list[dict], reaches: list[dict[str, int 
             for v in (result["tested"]["finetune"].get(tested), result["tested"]["scratch"].get(tested))
         ]
         print(f"{seed:>6} " + " ".join(cells))
-    sooner = sum(
-        1 for r in reaches if r["finetune"] is not None and (r["scratch"] is None or r["finetune"] < r["scratch"])
+    print(
+        f"fine-tuned reached the target sooner with {sooner} of {len(seeds)} seeds, tied with {tied}, later with {later}"
     )
-    later = sum(
-        1 for r in reaches if r["scratch"] is not None and (r["finetune"] is None or r["scratch"] < r["finetune"])
-    )
-    print(f"fine-tuned reached the target sooner with {sooner} of {len(seeds)} seeds, later with {later}")
     if ratios:
         print(f"steps to target, scratch / finetune: median {statistics.median(ratios):.2f} over {len(ratios)} seeds")
 
@@ -256,6 +296,9 @@ def main() -> None:
     parser.add_argument("--scratch-run", type=Path, help="a finished scratch run to read instead of training one")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="run the comparison once per seed (seed_everything and data.seed)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="read halves already finished in --out with the same settings"
     )
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # LightningCLI below gets its arguments explicitly
@@ -273,9 +316,11 @@ def main() -> None:
     if not args.seeds:
         _report(args, init_from, _pair(args, init_from, out, None), "")
         return
-    results = [_pair(args, init_from, out / f"seed_{seed}", seed) for seed in args.seeds]
-    reaches = [_report(args, init_from, r, f"seed {s}: ") for s, r in zip(args.seeds, results, strict=True)]
-    _summary(args.seeds, results, reaches, args.target)
+    results = []
+    for seed in args.seeds:  # each seed's figures are printed as soon as it is done
+        results.append(_pair(args, init_from, out / f"seed_{seed}", seed))
+        _report(args, init_from, results[-1], f"seed {seed}: ")
+    _summary(args, args.seeds, results)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,9 @@ def _logged(run: Path) -> list[dict]:
     return list(csv.DictReader((run / "csv" / "version_0" / "metrics.csv").open()))
 
 
-def test_reuse_reads_the_runs_curve_and_test_metrics(bench, finished):
+def test_read_run_reads_the_runs_curve_and_test_metrics(bench, finished):
     recipe, run = finished
-    curve, tested, monitor, mode = bench._reuse_scratch(recipe, run)
+    curve, tested, monitor, mode = bench._read_run(recipe, run)
     rows = _logged(run)  # the reference: the CSV rows themselves
     assert (monitor, mode) == ("val/vqa_accuracy", "max")
     assert curve == [(int(r["step"]), float(r[monitor])) for r in rows if r.get(monitor)] and len(curve) == 2
@@ -84,7 +84,7 @@ def test_reuse_reads_the_runs_curve_and_test_metrics(bench, finished):
     moved = yaml.safe_load(yaml.safe_dump(recipe))
     moved["trainer"]["default_root_dir"] = "/elsewhere"
     moved["trainer"]["callbacks"] = []
-    assert bench._reuse_scratch(moved, run)[0] == curve
+    assert bench._read_run(moved, run)[0] == curve
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_reuse_reads_the_runs_curve_and_test_metrics(bench, finished):
         ("seed_everything", None, 1),
     ],
 )
-def test_reuse_refuses_other_settings_including_defaults(bench, finished, section, key, value):
+def test_read_run_refuses_other_settings_including_defaults(bench, finished, section, key, value):
     """Also a setting the recipe leaves at its default (limit_train): the run could have set it on the command line."""
     recipe, run = finished
     changed = yaml.safe_load(yaml.safe_dump(recipe))
@@ -105,27 +105,27 @@ def test_reuse_refuses_other_settings_including_defaults(bench, finished, sectio
     else:
         changed[section][key] = value
     named = section if key is None else f"{section}.{key}"
-    with pytest.raises(SystemExit, match=named.replace(".", r"\.")):
-        bench._reuse_scratch(changed, run)
+    with pytest.raises(bench.NotThisRun, match=named.replace(".", r"\.")):
+        bench._read_run(changed, run)
 
 
-def test_reuse_skips_test_only_logs_and_refuses_rebuilt_data(bench, finished, tmp_path):
+def test_read_run_skips_test_only_logs_and_refuses_rebuilt_data(bench, finished, tmp_path):
     recipe, run = finished
     best = next((run / "ckpt").glob("*.ckpt"))
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
     cli_main(["test", "--config", str(config), "--ckpt_path", str(best)])  # a newer, test-only log in the same run
     assert len(list(run.glob("csv/version_*/metrics.csv"))) == 2
-    assert len(bench._reuse_scratch(recipe, run)[0]) == 2  # still the fit's curve
+    assert len(bench._read_run(recipe, run)[0]) == 2  # still the fit's curve
 
     train = Path(recipe["data"]["train_manifest"])
     later = (run / "csv" / "version_0" / "config.yaml").stat().st_mtime + 60
     os.utime(train, (later, later))  # the data was rebuilt after the run started
-    with pytest.raises(SystemExit, match="rebuilt after that run started"):
-        bench._reuse_scratch(recipe, run)
+    with pytest.raises(bench.NotThisRun, match="rebuilt after that run started"):
+        bench._read_run(recipe, run)
 
 
-def test_reuse_checks_every_manifest_of_a_list(bench, finished, tmp_path):
+def test_read_run_checks_every_manifest_of_a_list(bench, finished, tmp_path):
     """A run trained on a list of manifests is refused when any of them, not only the first, was rebuilt later."""
     import shutil
 
@@ -144,13 +144,13 @@ def test_reuse_checks_every_manifest_of_a_list(bench, finished, tmp_path):
     started = saved.stat().st_mtime
     for path in (train, extra):
         os.utime(path, (started - 100, started - 100))
-    assert len(bench._reuse_scratch(listed, other)[0]) == 2  # same settings, data older than the run
+    assert len(bench._read_run(listed, other)[0]) == 2  # same settings, data older than the run
     os.utime(extra, (started + 60, started + 60))  # the second manifest was rebuilt after the run started
-    with pytest.raises(SystemExit, match="extra_train.jsonl was rebuilt"):
-        bench._reuse_scratch(listed, other)
+    with pytest.raises(bench.NotThisRun, match="extra_train.jsonl was rebuilt"):
+        bench._read_run(listed, other)
 
 
-def test_reuse_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, tmp_path):
+def test_read_run_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, tmp_path):
     """The same run as if killed after its first validation and resumed with --ckpt_path last: the curve and test
     metrics read from the two logs equal the uninterrupted run's log; an older run's log and a later test-only log
     change nothing."""
@@ -158,7 +158,7 @@ def test_reuse_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, t
     source = run / "csv" / "version_0"
     rows = list(csv.DictReader((source / "metrics.csv").open()))
     fields = list(rows[0])
-    reference = bench._reuse_scratch(recipe, run)
+    reference = bench._read_run(recipe, run)
     config = yaml.safe_load((source / "config.yaml").read_text())
     other = tmp_path / "resumed_run"
 
@@ -185,7 +185,7 @@ def test_reuse_reads_a_killed_and_resumed_run_across_its_logs(bench, finished, t
     # A later test-only log (e.g. `omnifuse test` on another manifest) with other test figures is not the fit's.
     other_test = {k: ("0.5" if k.startswith("test/") else "") for k in fields} | {"step": rows[-1]["step"]}
     log(3, [other_test], "best.ckpt")
-    curve, tested, monitor, mode = bench._reuse_scratch(recipe, other)
+    curve, tested, monitor, mode = bench._read_run(recipe, other)
     assert (curve, tested, monitor, mode) == reference
     assert len(curve) == 2 and after and before
 
@@ -196,11 +196,21 @@ def _first_at_or_above(log: Path, metric: str, target: float) -> int | None:
     return next((int(r["step"]) for r in rows if r.get(metric) and float(r[metric]) >= target), None)
 
 
-def test_seeds_run_one_comparison_per_seed(bench, finished, tmp_path, monkeypatch, capsys):
-    """--seeds 3 5: each seed trains both halves with that seed (global and data module), and the closing table's
-    steps to the target agree with the runs' own CSV logs."""
+def _run_bench(bench, monkeypatch, capsys, *args: str) -> str:
     import sys
 
+    import torch
+
+    monkeypatch.setattr(sys, "argv", ["finetune_vs_scratch.py", "--threads", "1", *args])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process's thread count alone
+    bench.main()
+    return capsys.readouterr().out
+
+
+def test_seeds_run_one_comparison_per_seed_and_resume_reads_them(bench, finished, tmp_path, monkeypatch, capsys):
+    """--seeds 3 5: each seed trains both halves with that seed (global and data module), and the closing table's
+    steps to the target agree with the runs' own CSV logs. Run again with --resume, nothing trains and the same
+    figures come out."""
     import torch
 
     recipe, run = finished
@@ -210,11 +220,13 @@ def test_seeds_run_one_comparison_per_seed(bench, finished, tmp_path, monkeypatc
     path = tmp_path / "tiny_ft.yaml"
     path.write_text(yaml.safe_dump(ft))
     out = tmp_path / "out"
-    argv = ["finetune_vs_scratch.py", "--config", str(path), "--out", str(out), "--threads", "1", "--seeds", "3", "5"]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process's thread count alone
-    bench.main()
-    printed = capsys.readouterr().out
+    args = ("--config", str(path), "--out", str(out), "--seeds", "3", "5")
+    printed = _run_bench(bench, monkeypatch, capsys, *args)
+
+    # The recipe validates after every step of 2: the curve is printed at 1 and 2 steps trained.
+    seed_3 = printed[printed.index("seed 3: ") : printed.index("seed 5: ")].splitlines()
+    table = seed_3[seed_3.index(next(line for line in seed_3 if line.split()[:1] == ["steps"])) + 1 :][:3]
+    assert [line.split()[0] for line in table[:2]] == ["1", "2"] and table[2].startswith("target")
 
     summary = printed[printed.index("all seeds:") :].splitlines()
     rows = {int(line.split()[0]): line.split() for line in summary[2:4]}
@@ -233,22 +245,118 @@ def test_seeds_run_one_comparison_per_seed(bench, finished, tmp_path, monkeypatc
                   if r.get("val/vqa_accuracy")][-1]  # fmt: skip
         for column, half in ((1, "finetune"), (2, "scratch")):
             log = out / "tiny_ft" / f"seed_{seed}" / half / "csv" / "version_0"
-            expected = _first_at_or_above(log, "val/vqa_accuracy", target)
-            assert rows[seed][column] == (str(expected) if expected is not None else "-")
-    # The seed reached the model: the two seeds' scratch runs start from different weights, so they end apart.
+            logged = _first_at_or_above(log, "val/vqa_accuracy", target)
+            assert rows[seed][column] == (str(logged + 1) if logged is not None else "-")  # steps trained
+    # Different seeds train different scratch models (both settings differ; the saved configs above say which).
     name = next(k for k in weights[3, "scratch"] if k.endswith("weight") and weights[3, "scratch"][k].numel() > 16)
     assert not torch.equal(weights[3, "scratch"][name], weights[5, "scratch"][name])
-    assert "fine-tuned reached the target sooner with" in printed
+
+    def no_training(args: list[str]):  # reading a run resolves its settings with --print_config; fitting is refused
+        if "--print_config" not in args:
+            raise AssertionError("--resume trained a half that was already finished")
+        return cli_main(args)
+
+    monkeypatch.setattr(bench, "cli_main", no_training)
+    again = _run_bench(bench, monkeypatch, capsys, *args, "--resume")
+    assert again.count("a finished run of the same settings (--resume)") == 4
+    assert again[again.index("all seeds:") :] == printed[printed.index("all seeds:") :]
+
+
+def test_resume_trains_a_half_whose_settings_changed(bench, finished, tmp_path, monkeypatch, capsys):
+    """A finished half of other settings in --out is not read: it is trained again, and says why."""
+    recipe, run = finished
+    ft = yaml.safe_load(yaml.safe_dump(recipe))
+    ft["model"]["init_args"]["init_from"] = str(next((run / "ckpt").glob("*.ckpt")))
+    path = tmp_path / "tiny_ft.yaml"
+    path.write_text(yaml.safe_dump(ft))
+    out = tmp_path / "out"
+    _run_bench(bench, monkeypatch, capsys, "--config", str(path), "--out", str(out))
+    ft["data"]["batch_size"] = 3
+    path.write_text(yaml.safe_dump(ft))
+    printed = _run_bench(bench, monkeypatch, capsys, "--config", str(path), "--out", str(out), "--resume")
+    assert printed.count("holds no finished run of these settings") == 2 and "data.batch_size" in printed
+    for half in ("finetune", "scratch"):
+        saved = yaml.safe_load((out / "tiny_ft" / half / "csv" / "version_1" / "config.yaml").read_text())
+        assert saved["data"]["batch_size"] == 3
+
+
+def _result(ft: list[float], scratch: list[float], test: tuple[float, float]) -> dict:
+    """A comparison as _pair returns it: validation logged at steps 9, 19, 29, ... (after 10, 20, 30 steps)."""
+    curve = lambda values: [(10 * i + 9, v) for i, v in enumerate(values)]  # noqa: E731
+    tested = {"finetune": {"test/cider_d": test[0]}, "scratch": {"test/cider_d": test[1]}}
+    return {"curves": {"finetune": curve(ft), "scratch": curve(scratch)}, "tested": tested, "seconds": {},
+            "monitor": "val/cider_d", "mode": "max"}  # fmt: skip
+
+
+def test_summary_counts_wins_ties_and_losses_and_the_median_ratio(bench, capsys):
+    """Steps counted by hand from the made-up curves below (target 2.0): sooner, tie, later, never reached."""
+    import argparse
+
+    results = [
+        _result([2.5, 3.0], [1.0, 2.1], (6.0, 6.2)),  # 10 vs 20 steps: ratio 2.0
+        _result([1.0, 2.0], [0.5, 2.0], (5.0, 5.1)),  # 20 vs 20: a tie, ratio 1.0
+        _result([0.1, 0.5, 2.2], [2.0, 2.0, 2.0], (4.0, 4.1)),  # 30 vs 10: ratio 0.333
+        _result([0.1, 2.0], [0.1, 0.2], (3.0, 3.1)),  # 20 vs never: sooner, no ratio
+        _result([0.1, 0.2], [0.1, 0.2], (2.0, 2.1)),  # neither reaches it: a tie, no ratio
+    ]
+    args = argparse.Namespace(target=2.0)
+    bench._summary(args, [0, 1, 2, 3, 4], results)
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line.split() for line in lines[2:7]]
+    assert [r[:4] for r in rows] == [
+        ["0", "10", "20", "2.00"],
+        ["1", "20", "20", "1.00"],
+        ["2", "30", "10", "0.33"],
+        ["3", "20", "-", "-"],
+        ["4", "-", "-", "-"],
+    ]
+    assert [r[4:] for r in rows][0] == ["6.0000", "6.2000"]
+    assert "sooner with 2 of 5 seeds, tied with 2, later with 1" in lines[7]
+    assert lines[8].endswith("median 1.00 over 3 seeds")
+
+
+@pytest.mark.parametrize("layout", ["flat", "class_path"])
+def test_seeded_sets_the_global_and_the_data_modules_seed(bench, layout):
+    data = {"batch_size": 4} if layout == "flat" else {"class_path": "x.DataModule", "init_args": {"batch_size": 4}}
+    config = {"seed_everything": 0, "data": data}
+    bench._seeded(config, 7)
+    args = config["data"] if layout == "flat" else config["data"]["init_args"]
+    assert config["seed_everything"] == 7 and args == {"batch_size": 4, "seed": 7}
 
 
 @pytest.mark.parametrize(
-    "extra", [["--seeds", "1", "1"], ["--seeds", "1", "2", "--scratch-run", "runs/x"]], ids=["twice", "scratch-run"]
+    ("extra", "message"),
+    [
+        (["--seeds", "1", "1"], "lists a seed twice"),
+        (["--seeds", "1", "2", "--scratch-run", "runs/x"], "cannot be read from one --scratch-run"),
+    ],
+    ids=["twice", "scratch-run"],
 )
-def test_seeds_refuses_a_repeated_seed_and_a_shared_scratch_run(bench, monkeypatch, capsys, extra):
+def test_seeds_refuses_a_repeated_seed_and_a_shared_scratch_run(bench, monkeypatch, capsys, extra, message):
     import sys
 
     monkeypatch.setattr(sys, "argv", ["finetune_vs_scratch.py", "--config", "recipe.yaml", *extra])
     with pytest.raises(SystemExit) as raised:
         bench.main()
     assert raised.value.code == 2
-    assert "--seeds" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "logger",
+    [True, {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "a"}}],
+    ids=["default", "one"],
+)
+def test_retarget_points_one_or_many_loggers_and_callbacks_at_the_run(bench, logger):
+    callback = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "a/ckpt"}}
+    for callbacks in (callback, [callback, {"class_path": "lightning.pytorch.callbacks.RichProgressBar"}]):
+        config = yaml.safe_load(yaml.safe_dump({"trainer": {"logger": logger, "callbacks": callbacks}}))
+        bench._retarget(config, Path("/runs/x"))
+        trainer = config["trainer"]
+        assert trainer["default_root_dir"] == "/runs/x"
+        if isinstance(logger, dict):
+            assert trainer["logger"]["init_args"]["save_dir"] == "/runs/x"
+        else:
+            assert trainer["logger"] is True
+        first = trainer["callbacks"] if isinstance(callbacks, dict) else trainer["callbacks"][0]
+        assert first["init_args"]["dirpath"] == "/runs/x/checkpoints"
