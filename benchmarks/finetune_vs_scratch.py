@@ -21,8 +21,9 @@ new weights, dropout, training order, and which records ``limit_*`` keeps), logg
 of both halves), how many seeds fine-tuning reached the target sooner, tied or later, and the median ratio of steps.
 One seed's early curve is noisy enough to flip which half gets there first.
 
-``--resume`` reads a half that ``<out>`` already holds finished, with the same settings on unchanged data, instead of
-training it again (the same check as ``--scratch-run``); a benchmark killed part-way continues where it stopped.
+``--resume`` reads a half that ``<out>`` already holds finished, with the same settings on unchanged data and the same
+start checkpoint (not replaced since), instead of training it again (the checks of ``--scratch-run``); a benchmark
+killed part-way continues where it stopped.
 """
 
 from __future__ import annotations
@@ -109,6 +110,13 @@ def _mismatches(here: object, run: object, key: str = "") -> list[str]:
     return [] if here == run else [f"{key}: {here!r} here, {run!r} in the run"]
 
 
+def _newest_mtime(path: Path) -> float:
+    """Modification time of a file, or of the newest file in a folder (a ``save_pretrained`` folder)."""
+    if path.is_dir():
+        return max((p.stat().st_mtime for p in path.rglob("*") if p.is_file()), default=path.stat().st_mtime)
+    return path.stat().st_mtime
+
+
 class NotThisRun(Exception):
     """A run folder that does not hold a finished fit of the given settings on today's data (the message says why)."""
 
@@ -139,6 +147,9 @@ def _read_run(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[st
                 raise NotThisRun(
                     f"{run}: {manifest} was rebuilt after that run started; its numbers are for other data"
                 )
+    start = (saved.get("model", {}).get("init_args") or {}).get("init_from")
+    if start and Path(start).exists() and _newest_mtime(Path(start)) > started:  # retrained at the same path since
+        raise NotThisRun(f"{run}: {start} was replaced after that run started; it fine-tuned another checkpoint")
     module, _, name = saved["model"]["class_path"].rpartition(".")
     task = getattr(importlib.import_module(module), name)  # the task class names its monitored metric
     monitor, mode = task.monitor, task.monitor_mode
@@ -164,8 +175,9 @@ def _read_run(config: dict, run: Path) -> tuple[list[tuple[int, float]], dict[st
 
 
 def _steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> int | None:
-    """Optimizer steps trained when ``curve`` first meets ``target``. Lightning logs a validation inside the epoch at
-    the step count before the batch it follows (validation after 56 steps is logged as step 55), hence the + 1."""
+    """Optimizer steps trained when ``curve`` first meets ``target``. Lightning validates before it counts the batch
+    the validation follows (validation after 56 steps is logged as step 55; the same at an epoch's end), hence the + 1.
+    With ``accumulate_grad_batches`` > 1 and a validation in the middle of an accumulation window, one too many."""
     return next((step + 1 for step, value in curve if (value >= target if higher else value <= target)), None)
 
 

@@ -360,3 +360,42 @@ def test_retarget_points_one_or_many_loggers_and_callbacks_at_the_run(bench, log
             assert trainer["logger"] is True
         first = trainer["callbacks"] if isinstance(callbacks, dict) else trainer["callbacks"][0]
         assert first["init_args"]["dirpath"] == "/runs/x/checkpoints"
+
+
+def test_resume_trains_a_half_killed_before_its_test_and_one_from_a_replaced_checkpoint(
+    bench, finished, tmp_path, monkeypatch, capsys
+):
+    """--resume reads only finished halves of the same start: a half whose log has no test metrics (killed before
+    `omnifuse fit` tested it) is trained again, and so is a fine-tuned half whose init_from file was replaced later."""
+    import shutil
+
+    recipe, run = finished
+    source = tmp_path / "start.ckpt"
+    shutil.copy(next((run / "ckpt").glob("*.ckpt")), source)
+    ft = yaml.safe_load(yaml.safe_dump(recipe))
+    ft["model"]["init_args"]["init_from"] = str(source)
+    path = tmp_path / "tiny_ft.yaml"
+    path.write_text(yaml.safe_dump(ft))
+    out = tmp_path / "out"
+    args = ("--config", str(path), "--out", str(out))
+    _run_bench(bench, monkeypatch, capsys, *args)
+
+    # The scratch half as if killed before its test: its log keeps the validations, loses the test row.
+    log = out / "tiny_ft" / "scratch" / "csv" / "version_0" / "metrics.csv"
+    rows = list(csv.DictReader(log.open()))
+    with log.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if not any(k.startswith("test/") and r[k] for k in r))
+    printed = _run_bench(bench, monkeypatch, capsys, *args, "--resume")
+    assert "finetune: read from" in printed and "did it finish?" in printed
+    assert (out / "tiny_ft" / "scratch" / "csv" / "version_1" / "metrics.csv").is_file()
+    assert not (out / "tiny_ft" / "finetune" / "csv" / "version_1").exists()
+
+    # The start checkpoint retrained at the same path after the fine-tuned half ran: that half is not reused.
+    started = (out / "tiny_ft" / "finetune" / "csv" / "version_0" / "config.yaml").stat().st_mtime
+    os.utime(source, (started + 60, started + 60))
+    printed = _run_bench(bench, monkeypatch, capsys, *args, "--resume")
+    assert "start.ckpt was replaced after that run started" in printed
+    assert (out / "tiny_ft" / "finetune" / "csv" / "version_1" / "metrics.csv").is_file()
+    assert "scratch: read from" in printed  # the retrained scratch half (version_1) is finished now
