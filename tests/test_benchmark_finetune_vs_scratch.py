@@ -399,3 +399,21 @@ def test_resume_trains_a_half_killed_before_its_test_and_one_from_a_replaced_che
     assert "start.ckpt was replaced after that run started" in printed
     assert (out / "tiny_ft" / "finetune" / "csv" / "version_1" / "metrics.csv").is_file()
     assert "scratch: read from" in printed  # the retrained scratch half (version_1) is finished now
+
+
+@pytest.mark.parametrize(("interval", "expected"), [(1.0, [4, 8]), (0.5, [2, 4, 6, 8])], ids=["epoch-end", "half"])
+def test_curve_steps_are_optimizer_steps_for_float_intervals(bench, finished, tmp_path, monkeypatch, capsys, interval,
+                                                              expected):  # fmt: skip
+    """16 training records in batches of 4 are 4 steps an epoch; two epochs validated at each epoch's end, or every
+    half epoch, are printed at these step counts (the +1 on Lightning's logged step holds for both schedules)."""
+    recipe, run = finished
+    ft = yaml.safe_load(yaml.safe_dump(recipe))
+    ft["model"]["init_args"]["init_from"] = str(next((run / "ckpt").glob("*.ckpt")))
+    ft["trainer"].update(max_steps=-1, max_epochs=2, val_check_interval=interval, check_val_every_n_epoch=1)
+    ft["data"].update(limit_train=16, batch_size=4)
+    path = tmp_path / "tiny_ft.yaml"
+    path.write_text(yaml.safe_dump(ft))
+    printed = _run_bench(bench, monkeypatch, capsys, "--config", str(path), "--out", str(tmp_path / "out"))
+    lines = printed[printed.index(" steps  finetune") :].splitlines()[1:]
+    table = lines[: next(i for i, line in enumerate(lines) if line.startswith("target"))]
+    assert [int(line.split()[0]) for line in table] == expected
