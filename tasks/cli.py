@@ -2,7 +2,8 @@
 
 ``omnifuse fit|validate|test|predict`` is a LightningCLI (tasks, encoders and decoder injected with
 ``class_path`` / ``init_args``); ``omnifuse prepare ...`` builds datasets; ``omnifuse export`` turns a Lightning
-checkpoint into a ``save_pretrained`` folder (config.json + model.safetensors).
+checkpoint into a ``save_pretrained`` folder (config.json + model.safetensors); ``omnifuse score`` scores a predict
+output folder against its manifest, overall and per group (``--by meta.voice``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return prepare_main(argv[1:])
     if argv and argv[0] == "export":
         return export_main(argv[1:])
+    if argv and argv[0] == "score":
+        from omnifuse.tasks.score import main as score_main
+
+        return score_main(argv[1:])
     if argv and argv[0] == "plot":
         from omnifuse.tasks.plots import main as plot_main
 

@@ -35,16 +35,21 @@ def repair_partial_line(path: Path) -> None:
             fh.truncate(cut)
 
 
+def output_files(output_dir: str | Path, name: str) -> list[Path]:
+    """The files of one output (``PREDICTIONS_FILE`` or ``ERRORS_FILE``) in a folder: rank 0's and every other rank's
+    (``predictions.rank1.jsonl``, ...) that exist."""
+    output_dir = Path(output_dir)
+    stem, ext = name.rsplit(".", 1)
+    return [p for p in [output_dir / name, *sorted(output_dir.glob(f"{stem}.rank*.{ext}"))] if p.is_file()]
+
+
 def read_done_ids(output_dir: str | Path) -> set[str]:
     """Ids already present in an output folder's predictions or errors, every rank's files included (for resuming a
     killed job)."""
     done: set[str] = set()
-    output_dir = Path(output_dir)
     for name in (PREDICTIONS_FILE, ERRORS_FILE):
-        stem, ext = name.rsplit(".", 1)
-        for path in [output_dir / name, *sorted(output_dir.glob(f"{stem}.rank*.{ext}"))]:
-            if path.is_file():
-                done |= _ids_in(path)
+        for path in output_files(output_dir, name):
+            done |= _ids_in(path)
     return done
 
 
