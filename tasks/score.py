@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from omnifuse.data.records import Record, RecordError, read_manifest
+from omnifuse.data.records import Record, read_manifest
 from omnifuse.tasks.caption import CAPTION_METRICS
 from omnifuse.tasks.metrics import VQAAccuracy, caption_scores, json_scores, tokenize_caption
 from omnifuse.tasks.structured_task import validate_with_jsonschema
@@ -28,29 +28,43 @@ from omnifuse.tasks.writer import ERRORS_FILE, PREDICTIONS_FILE, output_files
 UNSET = "(unset)"  # the group of records that lack the --by field
 
 
+class ScoreError(Exception):
+    """Outputs or a manifest that cannot be scored; the message names the file and line, or the record and field."""
+
+
 def read_outputs(folder: Path) -> tuple[dict[str, Any], set[str]]:
     """Predictions (id -> value) and errored ids of a predict output folder, every rank's files included. A last line
-    cut short by a kill (no newline, not JSON) is skipped: its record counts as not predicted."""
+    cut short by a kill (no newline, not JSON) is skipped: its record counts as not predicted. An id written twice
+    with the same prediction (a resumed job) is fine; with two different ones it is refused."""
     predictions: dict[str, Any] = {}
+    seen_at: dict[str, str] = {}
     errored: set[str] = set()
-    for name, into in ((PREDICTIONS_FILE, "predictions"), (ERRORS_FILE, "errors")):
+    for name in (PREDICTIONS_FILE, ERRORS_FILE):
         for path in output_files(folder, name):
-            text = path.read_text(encoding="utf-8", errors="replace")
-            lines = text.split("\n")
+            lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
             for line_no, line in enumerate(lines, start=1):
-                if not line.strip():
+                if not line.strip() or (line_no == len(lines) and not _is_json(line)):  # blank, or cut by a kill
                     continue
-                if line_no == len(lines) and not _is_json(line):  # unterminated: the job was killed mid-write
-                    continue
+                where = f"{path}:{line_no}"
                 try:
                     row = json.loads(line)
-                    record_id = str(row["id"])
-                    if into == "predictions":
-                        predictions[record_id] = row["prediction"]
-                    else:
-                        errored.add(record_id)
-                except (ValueError, KeyError, TypeError) as error:
-                    raise ValueError(f"{path}:{line_no}: not a prediction row with an id ({error!r})") from None
+                except ValueError as error:
+                    raise ScoreError(f"{where}: not JSON ({error})") from None
+                if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+                    raise ScoreError(f"{where}: field 'id' missing or not a string")
+                record_id = row["id"]
+                if name == ERRORS_FILE:
+                    errored.add(record_id)
+                    continue
+                if "prediction" not in row:
+                    raise ScoreError(f"{where}: record {record_id!r}: field 'prediction' missing")
+                if record_id in predictions and predictions[record_id] != row["prediction"]:
+                    raise ScoreError(
+                        f"{where}: record {record_id!r} has another prediction at {seen_at[record_id]}; "
+                        "which one to score is unclear"
+                    )
+                predictions[record_id] = row["prediction"]
+                seen_at.setdefault(record_id, where)
     return predictions, errored
 
 
@@ -132,6 +146,21 @@ def _print(result: dict, missing: list[str], errored: set[str]) -> None:
         )
 
 
+def _manifest_records(manifest: Path, errored: set[str]) -> tuple[list[Record], list[str]]:
+    """The manifest's records, and the ids of those that cannot be read but that the job reported in its errors file
+    (e.g. a missing audio file: not predicted, listed as missing). Any other bad record stops the scoring."""
+    records: list[Record] = []
+    unusable: list[str] = []
+    for item in read_manifest(manifest):
+        if isinstance(item, Record):
+            records.append(item)
+        elif item.record_id in errored:
+            unusable.append(item.record_id)
+        else:
+            raise ScoreError(f"{manifest}: {item}")
+    return records, unusable
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="omnifuse score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,20 +172,22 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.output.is_dir():
         parser.error(f"{args.output} is not a folder (pass the --trainer.callbacks output_dir of omnifuse predict)")
-    predictions, errored = read_outputs(args.output)
-    parsed = read_manifest(args.manifest)
-    bad = [r for r in parsed if isinstance(r, RecordError)]
-    if bad:
-        raise SystemExit(f"{args.manifest}: {len(bad)} bad records, first: {bad[0]}")
-    records = [r for r in parsed if isinstance(r, Record)]
-    known = {r.id for r in records}
-    foreign = sorted(set(predictions) - known)
-    if foreign:
-        raise SystemExit(
-            f"{args.output}: {len(foreign)} predictions for ids not in {args.manifest} (another manifest's output?), "
-            f"e.g. {', '.join(foreign[:5])}"
-        )
-    missing = [r.id for r in records if r.id not in predictions]
+    try:
+        predictions, errored = read_outputs(args.output)
+        records, unusable = _manifest_records(args.manifest, errored)
+        known = {r.id for r in records} | set(unusable)
+        foreign = sorted(set(predictions) - known)
+        if foreign:
+            raise ScoreError(
+                f"{args.output}: {len(foreign)} predictions for ids not in {args.manifest} (another manifest's "
+                f"output?), e.g. {', '.join(foreign[:5])}"
+            )
+        for field in args.by:
+            if records and all(field_value(r, field) == UNSET for r in records):
+                raise ScoreError(f"--by {field}: no record of {args.manifest} has this field (e.g. meta.voice, task)")
+    except ScoreError as error:
+        raise SystemExit(f"omnifuse score: {error}") from None
+    missing = [*unusable, *(r.id for r in records if r.id not in predictions)]
     result = score(records, predictions, args.by)
     _print(result, missing, errored)
     if args.json:

@@ -109,8 +109,93 @@ def test_refuses_predictions_of_another_manifest_and_names_a_bad_line(job, tmp_p
         main(["score", str(out), "--manifest", str(manifest)])
     with (out / "predictions.jsonl").open("a") as fh:
         fh.write('{"task": "vqa"}\n')
-    with pytest.raises(ValueError, match=r"predictions.jsonl:12: not a prediction row with an id"):
+    with pytest.raises(SystemExit, match=r"predictions.jsonl:12: field 'id' missing"):
         main(["score", str(out), "--manifest", str(manifest)])
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"id": "q1", "task": "vqa", "prediction": "circle"}, None),  # the same again (a resumed job): fine
+        ({"id": "q1", "task": "vqa", "prediction": "red"}, r"rank1.jsonl:\d+: record 'q1' has another prediction at "),
+        ({"id": "q1", "task": "vqa"}, r"rank1.jsonl:\d+: record 'q1': field 'prediction' missing"),
+    ],
+    ids=["repeat", "conflict", "no-prediction"],
+)
+def test_an_id_written_twice_or_without_a_prediction(job, tmp_path, row, message):
+    manifest, out, _, _ = job
+    with (out / "predictions.rank1.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    if message is None:
+        assert main(["score", str(out), "--manifest", str(manifest)]) == 0
+    else:
+        with pytest.raises(SystemExit, match=message):
+            main(["score", str(out), "--manifest", str(manifest)])
+
+
+def test_a_record_the_job_reported_as_bad_is_missing_and_another_bad_record_stops(job, tmp_path):
+    """A record whose audio file is gone cannot be read; the job put it in errors.jsonl, so it is listed as missing.
+    The same record without an errors row is a manifest problem, named by record and field."""
+    manifest, out, _, _ = job
+    rows = manifest.read_text().splitlines()
+    rows = [json.dumps({**json.loads(r), "audio": "gone.wav"}) if json.loads(r)["id"] == "bad" else r for r in rows]
+    manifest.write_text("\n".join(rows) + "\n")
+    report = tmp_path / "scores.json"
+    assert main(["score", str(out), "--manifest", str(manifest), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["missing"] == ["bad", "lost"]
+    (out / "errors.jsonl").write_text("")
+    with pytest.raises(SystemExit, match=r"record 'bad': field 'audio'"):
+        main(["score", str(out), "--manifest", str(manifest)])
+
+
+def test_a_group_field_no_record_has_is_refused(job):
+    manifest, out, _, _ = job
+    with pytest.raises(SystemExit, match=r"--by meta\.vocie: no record"):
+        main(["score", str(out), "--manifest", str(manifest), "--by", "meta.vocie"])
+
+
+def test_ten_human_answers_use_the_official_formula(tmp_path):
+    """Two of ten annotators gave the predicted answer: by hand, 8 leave-one-out subsets hold both (2/3 each) and 2
+    hold one (1/3 each), so the official accuracy is (8 * 2/3 + 2 * 1/3) / 10 = 0.6; exact match is 0 (the most
+    frequent answer is another)."""
+    answers = ["blue"] * 8 + ["red"] * 2
+    manifest = _write(tmp_path / "m.jsonl", [{"id": "a", "task": "vqa", "text": "q", "target": "blue",
+                                                "meta": {"answers": answers}}])  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    _write(out / "predictions.jsonl", [{"id": "a", "task": "vqa", "prediction": "red"}])
+    report = tmp_path / "s.json"
+    main(["score", str(out), "--manifest", str(manifest), "--json", str(report)])
+    vqa = json.loads(report.read_text())["scores"]["all"]["all"]["vqa"]
+    assert vqa["vqa_accuracy"] == pytest.approx(0.6) and vqa["exact_match"] == 0.0
+
+
+def test_agrees_with_the_lightning_tasks_own_metrics(job, tmp_path):
+    """The figures `omnifuse test` logs: each task's update_metrics/compute_metrics fed the same records and outputs
+    (json outputs as the model's text, as the task sees them; score reads them as predict writes them)."""
+    from types import SimpleNamespace
+
+    from omnifuse.tasks.caption import CaptionTask
+    from omnifuse.tasks.structured_task import StructuredTask
+    from omnifuse.tasks.vqa import VQATask
+
+    manifest, out, records, predictions = job
+    report = tmp_path / "scores.json"
+    main(["score", str(out), "--manifest", str(manifest), "--json", str(report)])
+    scored = json.loads(report.read_text())["scores"]["all"]["all"]
+    for task_class in (VQATask, CaptionTask, StructuredTask):
+        rows = [r for r in records if r["task"] == task_class.task and r["id"] in predictions]
+        texts = [p if isinstance(p, str) else json.dumps(p) for p in (predictions[r["id"]] for r in rows)]
+        batch = SimpleNamespace(meta=[r.get("meta", {}) for r in rows], targets=[r["target"] for r in rows],
+                                schemas=[SCHEMA if "schema" in r else None for r in rows])  # fmt: skip
+        task = task_class.__new__(task_class)  # the metric methods only; no model is needed
+        task.reset_metrics()
+        task.update_metrics(texts, batch)
+        expected = task.compute_metrics()
+        got = {k: v for k, v in scored[task_class.task].items() if k != "n"}
+        # The task also logs per-answer-type accuracy (vqa_accuracy/<type>); score gives that with --by meta.answer_type.
+        assert set(got) <= set(expected) and len(got) >= 2, task_class.task
+        assert got == pytest.approx({k: expected[k] for k in got}), task_class.task
 
 
 def test_a_line_cut_short_by_a_kill_counts_as_not_predicted(job, tmp_path):
