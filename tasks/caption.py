@@ -16,6 +16,11 @@ def default_caption_generation() -> GenerationConfig:
     return GenerationConfig(max_new_tokens=64, strategy="beam", num_beams=3, length_penalty=1.0)
 
 
+def caption_references(meta: dict | None, target: str) -> list[str]:
+    """The reference captions of a record: ``meta["references"]`` when it has them, else its target."""
+    return [str(r) for r in ((meta or {}).get("references") or [target])]
+
+
 class CaptionTask(OmniTask):
     """Captioning: beam search by default (``generation.strategy: greedy`` for greedy decoding).
 
@@ -41,9 +46,8 @@ class CaptionTask(OmniTask):
     def update_metrics(self, predictions: list[str], batch: MultimodalBatch) -> None:
         for row, prediction in enumerate(predictions):
             meta = batch.meta[row] if row < len(batch.meta) else None
-            references = list((meta or {}).get("references") or [batch.targets[row]])
             self._hypotheses.append(prediction)
-            self._references.append([str(r) for r in references])
+            self._references.append(caption_references(meta, batch.targets[row]))
 
     def compute_metrics(self) -> dict[str, float]:
         hypotheses, references = self._hypotheses, self._references

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from omnifuse.data.records import Record, read_manifest
-from omnifuse.tasks.caption import CAPTION_METRICS
+from omnifuse.tasks.caption import CAPTION_METRICS, caption_references
 from omnifuse.tasks.metrics import VQAAccuracy, caption_scores, json_scores, tokenize_caption
 from omnifuse.tasks.structured_task import validate_with_jsonschema
-from omnifuse.tasks.vqa import SINGLE_ANSWER_ANNOTATORS
+from omnifuse.tasks.vqa import vqa_references
 from omnifuse.tasks.writer import ERRORS_FILE, PREDICTIONS_FILE, output_files
 
 UNSET = "(unset)"  # the group of records that lack the --by field
@@ -92,14 +92,11 @@ def score_records(task: str, records: list[Record], predictions: dict[str, Any])
     texts = [p if isinstance(p, str) else json.dumps(p) for p in (predictions[r.id] for r in records)]
     if task == "vqa":
         accuracy = VQAAccuracy()
-        for record, text in zip(records, texts, strict=True):
-            answers = list(record.meta.get("answers") or [record.target])
-            # As VQATask: a lone answer counts as given by all annotators (the official formula would score it 0).
-            accuracy.update([text], [answers * SINGLE_ANSWER_ANNOTATORS if len(answers) == 1 else answers])
+        accuracy.update(texts, [vqa_references(r.meta, r.target) for r in records])
         result = accuracy.compute()
         return {"vqa_accuracy": result["vqa_accuracy"], "exact_match": result["exact_match"]}
     if task == "caption":
-        references = {i: [str(x) for x in (r.meta.get("references") or [r.target])] for i, r in enumerate(records)}
+        references = {i: caption_references(r.meta, r.target) for i, r in enumerate(records)}
         scores = caption_scores(dict(enumerate(texts)), references, tokenizer=tokenize_caption)
         return {name: float(scores[name]) for name in CAPTION_METRICS}
     if task == "json":
@@ -170,6 +167,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--by", action="append", default=[], help="a record field to group by (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args(argv)
+    if not args.manifest.is_file():
+        parser.error(f"--manifest {args.manifest}: no such file")
     if not args.output.is_dir():
         parser.error(f"{args.output} is not a folder (pass the --trainer.callbacks output_dir of omnifuse predict)")
     try:

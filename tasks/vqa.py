@@ -17,6 +17,14 @@ def answer_type_metric_name(answer_type: str) -> str:
     return re.sub(r"[^\w.-]+", "_", answer_type).strip("_") or "untyped"
 
 
+def vqa_references(meta: dict | None, target: str) -> list[str]:
+    """The human answers a prediction is scored against: ``meta["answers"]`` when the record has them, else its target.
+    A single answer (easy-VQA) counts as given by all 10 annotators: the official leave-one-out formula would score a
+    lone reference 0 whatever the prediction."""
+    answers = list((meta or {}).get("answers") or [target])
+    return answers * SINGLE_ANSWER_ANNOTATORS if len(answers) == 1 else answers
+
+
 class VQATask(OmniTask):
     """VQA: greedy answers by default; metrics ``vqa_accuracy`` (official formula) and ``exact_match``.
 
@@ -33,12 +41,9 @@ class VQATask(OmniTask):
         self._accuracy = VQAAccuracy()
 
     def update_metrics(self, predictions: list[str], batch: MultimodalBatch) -> None:
-        # A record may carry all human answers in meta["answers"]. A single answer (easy-VQA) counts as given by all
-        # 10 annotators: the official leave-one-out formula would score a lone reference 0 whatever the prediction.
         references, answer_types = [], []
         for meta, target in zip(batch.meta, batch.targets):
-            answers = list((meta or {}).get("answers") or [target])
-            references.append(answers * SINGLE_ANSWER_ANNOTATORS if len(answers) == 1 else answers)
+            references.append(vqa_references(meta, target))
             kind = (meta or {}).get("answer_type")
             answer_types.append(None if kind is None else str(kind))
         self._accuracy.update(predictions, references, answer_types)
