@@ -7,6 +7,10 @@ __version__ = "0.1.0"
 
 __all__ = ["OmniModel", "Predictor", "__version__"]
 
+from omnifuse import _moved
+
+_moved.install()  # module paths from before tasks/ was split still import: see _moved.py
+
 
 def __getattr__(name: str):
     if name == "OmniModel":
@@ -14,7 +18,7 @@ def __getattr__(name: str):
 
         return OmniModel
     if name == "Predictor":
-        from omnifuse.tasks.predict import Predictor
+        from omnifuse.app.predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'omnifuse' has no attribute {name!r}")

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from omnifuse.tasks.cli import cli_main
+from omnifuse.app.cli import cli_main
 
 
 def _as_list(value: object) -> list:

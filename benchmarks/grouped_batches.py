@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from omnifuse.tasks.cli import cli_main
+from omnifuse.app.cli import cli_main
 
 
 def batches(config: str, steps: int, group_by: str | None, group_size: int) -> list:

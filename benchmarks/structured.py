@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from omnifuse.data.tokenizer import ByteTokenizer
-from omnifuse.tasks.structured import JsonSchemaLogitsProcessor, UnsupportedSchemaError, compile_schema
-from omnifuse.tasks.structured.compiled import CompiledSchema
+from omnifuse.schema import JsonSchemaLogitsProcessor, UnsupportedSchemaError, compile_schema
+from omnifuse.schema.compiled import CompiledSchema
 
 SUITE = Path(__file__).resolve().parents[1] / "tests" / "json_schema_suite"
 

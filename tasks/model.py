@@ -20,11 +20,10 @@ from torch import nn
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.encoders.base import Encoder, TokenSequence
+from omnifuse.finetune.format import CONFIG_NAME, WEIGHTS_NAME
 from omnifuse.fusion import FusedMemory, ModalityFusion
 from omnifuse.moe_core import DecoderOutput, MoEDecoder, MoEDecoderConfig
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -253,7 +252,7 @@ class OmniModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> OmniModel:
         """Load a ``save_pretrained`` folder, or a Lightning ``.ckpt`` written by an omnifuse task."""
-        from omnifuse.tasks.lora import merge_lora_state  # local import: keeps this module free of Lightning
+        from omnifuse.finetune.lora import merge_lora_state  # local import: keeps this module free of Lightning
 
         path = Path(path)
         if path.is_dir():
@@ -272,7 +271,7 @@ class OmniModel(nn.Module):
     def from_checkpoint(cls, checkpoint: dict[str, Any], source: str = "checkpoint") -> OmniModel:
         """The model of an already loaded Lightning checkpoint written by an omnifuse task (``source`` names it in
         errors)."""
-        from omnifuse.tasks.lora import merge_lora_state
+        from omnifuse.finetune.lora import merge_lora_state
 
         config = checkpoint.get("omnifuse_model_config")
         if config is None:

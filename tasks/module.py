@@ -19,13 +19,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import Encoder
+from omnifuse.finetune.freezing import no_weight_decay
+from omnifuse.finetune.lora import LoRAConfig
+from omnifuse.finetune.setup import setup_finetuning
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
-from omnifuse.tasks.finetune import enable_ddp_unused_parameters, no_weight_decay, setup_finetuning
-from omnifuse.tasks.lora import LoRAConfig
+from omnifuse.tasks.inference import generation_kwargs, predict_batch
 from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
-from omnifuse.tasks.predict import generation_kwargs, predict_batch
 from omnifuse.tasks.speech_ctc import SpeechCTCConfig, SpeechCTCHead, init_head_from
+from omnifuse.tasks.strategies import enable_ddp_unused_parameters
 
 IGNORE_INDEX = -100
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from omnifuse.tasks.cli import cli_main
+from omnifuse.app.cli import cli_main
 
 from .test_finetune_support import build_tiny_easyvqa, write_config
 

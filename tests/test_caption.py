@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from omnifuse.app.cli import cli_main
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.encoders import TimmImageEncoder
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks import CaptionTask, FusionConfig, GenerationConfig, OptimizerConfig
-from omnifuse.tasks.cli import cli_main
 from omnifuse.tasks.metrics import caption_scores, tokenize_caption
 
 # (caption, [extra references], colour, shape, corner): four visually distinct scenes.
@@ -232,7 +232,7 @@ def test_cli_fit_test_predict(tmp_path: Path):
     out = tmp_path / "pred"
     cli_main([
         "predict", "--config", str(config), "--ckpt_path", best, "--data.predict_manifest", str(manifest),
-        "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
+        "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter",
         f"--trainer.callbacks.output_dir={out}",
     ])  # fmt: skip
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

@@ -80,7 +80,7 @@ def test_ddp_two_cpu_ranks_stay_identical_and_all_reduce_router_counts(tmp_path_
                 "callbacks": [
                     {"class_path": "ddp_probe.RankProbe", "init_args": {"out": str(out)}},
                     {
-                        "class_path": "omnifuse.tasks.finetune.FinetuneSchedule",
+                        "class_path": "omnifuse.finetune.freezing.FinetuneSchedule",
                         "init_args": {"unfreeze": {1: ["decoder_embeddings"]}, "lr_ratio": 1.0},
                     },
                 ],

@@ -34,6 +34,7 @@ OC_TINY = dict(model_name="ViT-S-32", embed_dim=32, vision_cfg=OC_VISION, text_c
 # One tiny configuration per registered encoder; a new registration must add one (checked below).
 TINY = {
     "timm_image": dict(model_name="resnet10t", feature_level=-3),
+    "conv_image": dict(channels=8, n_blocks=2),
     "open_clip_image": OC_TINY,
     "audio": dict(n_mels=32, d_model=32, n_layers=1, n_heads=2, conv_channels=8),
     "timm_audio": dict(model_name="test_vit", n_mels=32, max_frames=64),
@@ -77,7 +78,7 @@ def test_every_registered_encoder_has_a_tiny_config():
 
 
 def test_unknown_encoder_lists_known_names():
-    with pytest.raises(ValueError, match="known encoders: audio, open_clip_image"):
+    with pytest.raises(ValueError, match="known encoders: audio, conv_image, open_clip_image"):
         build_encoder("no_such_encoder")
 
 

@@ -8,17 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from omnifuse.app.cli import cli_main, main
+from omnifuse.finetune.freezing import MODULE_GROUPS, freeze_groups, resolve_modules
 from omnifuse.tasks import CaptionTask, VQATask
-from omnifuse.tasks.cli import cli_main, main
-from omnifuse.tasks.finetune import (
-    MODULE_GROUPS,
-    FSDPMixedPrecision,
-    OmniFSDPStrategy,
-    enable_ddp_unused_parameters,
-    freeze_groups,
-    resolve_modules,
-)
 from omnifuse.tasks.model import OmniModel
+from omnifuse.tasks.strategies import FSDPMixedPrecision, OmniFSDPStrategy, enable_ddp_unused_parameters
 
 from .test_finetune_support import AUDIO, DECODER, FUSION, IMAGE, TEXT, build_tiny_easyvqa, write_config
 
@@ -203,7 +197,7 @@ def test_staged_unfreeze_schedule_and_resume(vqa_ckpt, tiny_easyvqa, tmp_path):
                             "init_args": {"dirpath": str(run), "filename": "{epoch}", "save_top_k": -1},
                         },
                         {
-                            "class_path": "omnifuse.tasks.finetune.FinetuneSchedule",
+                            "class_path": "omnifuse.finetune.freezing.FinetuneSchedule",
                             "init_args": {"unfreeze": {1: ["fusion"]}, "lr_ratio": 0.5},
                         },
                     ],

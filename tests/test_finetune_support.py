@@ -101,13 +101,13 @@ def write_config(path: Path, overrides: dict) -> Path:
 def run_cli(
     args: list[str], cwd: Path, extra_pythonpath: Path | None = None, threads: int = 1, **popen
 ) -> subprocess.Popen:
-    """Start ``python -m omnifuse.tasks.cli ARGS`` (so Lightning's DDP launcher can re-run the same command) with
+    """Start ``python -m omnifuse.app.cli ARGS`` (so Lightning's DDP launcher can re-run the same command) with
     ``threads`` intra-op threads per process (the same count as another run gives bit-identical CPU results)."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if extra_pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(extra_pythonpath), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.Popen(
-        [sys.executable, "-m", "omnifuse.tasks.cli", *args],
+        [sys.executable, "-m", "omnifuse.app.cli", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

@@ -10,13 +10,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from omnifuse.app.cli import cli_main, main
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
-from omnifuse.moe_core.experts import RoutedExperts
-from omnifuse.tasks import VQATask
-from omnifuse.tasks.cli import cli_main, main
-from omnifuse.tasks.finetune import count_parameters
-from omnifuse.tasks.lora import (
+from omnifuse.finetune.freezing import count_parameters
+from omnifuse.finetune.lora import (
     LoRAConfig,
     LoRALinear,
     add_lora,
@@ -27,6 +25,8 @@ from omnifuse.tasks.lora import (
     merge_lora_state,
     save_lora_adapters,
 )
+from omnifuse.moe_core.experts import RoutedExperts
+from omnifuse.tasks import VQATask
 from omnifuse.tasks.model import OmniModel
 
 from .test_finetune_support import DECODER, FUSION, IMAGE, TEXT, build_tiny_easyvqa, write_config
@@ -207,7 +207,7 @@ def test_lora_fine_tuning_from_the_cli_exports_merged(tiny_easyvqa, tmp_path):
                         "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                         "init_args": {"dirpath": str(run), "save_last": True},
                     },
-                    {"class_path": "omnifuse.tasks.lora.SaveLoRAAdapters", "init_args": {"dirpath": str(run)}},
+                    {"class_path": "omnifuse.finetune.lora.SaveLoRAAdapters", "init_args": {"dirpath": str(run)}},
                 ],
             },
             "model": {

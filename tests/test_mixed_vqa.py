@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
+from omnifuse.app.cli import cli_main, main
+from omnifuse.app.predictor import Predictor
 from omnifuse.data.batch import MODALITIES
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.easyvqa import MIXED_VIEWS, SPLITS, manifest_paths, prepare_easyvqa
-from omnifuse.tasks.cli import cli_main, main
-from omnifuse.tasks.predict import Predictor
 from omnifuse.tasks.vqa import answer_type_metric_name
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnifuse.tasks.cli import main
-from omnifuse.tasks.plots import MODALITY_COLORS, plot_predictions
+from omnifuse.app.cli import main
+from omnifuse.app.plots import MODALITY_COLORS, plot_predictions
 
 N_LAYERS, N_EXPERTS = 2, 6
 VIEWS = {"text": ("image", "text"), "audio": ("image", "audio"), "both": ("image", "audio", "text")}

@@ -142,7 +142,7 @@ def test_class_paths_resolve():
 @pytest.mark.parametrize("config", RECIPES, ids=lambda p: p.stem)
 def test_recipes_build_their_checkpoint_callbacks_through_the_cli(config: Path, tmp_path: Path, monkeypatch):
     """LightningCLI passes every parameter a class signature shows; the callbacks must accept what it builds."""
-    from omnifuse.tasks.cli import cli_main
+    from omnifuse.app.cli import cli_main
 
     monkeypatch.chdir(tmp_path)  # the recipes' relative run folders land here
     overrides = ["--model.init_args.init_from", "null", "--model.init_args.init_skip", "null"]

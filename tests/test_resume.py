@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from omnifuse.tasks.cli import cli_main
-from omnifuse.tasks.writer import repair_partial_line
+from omnifuse.app.cli import cli_main
+from omnifuse.app.writer import repair_partial_line
 
 from .test_finetune_support import build_tiny_easyvqa, run_cli, take, write_config
 
@@ -168,7 +168,7 @@ def _predict(config: Path, ckpt: Path, manifest: Path, out: Path) -> None:
             str(config),
             "--data.predict_manifest",
             str(manifest),
-            "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
+            "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter",
             f"--trainer.callbacks.output_dir={out}",
             "--ckpt_path",
             str(ckpt),

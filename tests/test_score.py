@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from omnifuse.tasks.cli import main
+from omnifuse.app.cli import main
 from omnifuse.tasks.metrics import caption_scores, tokenize_caption
 
 VOICES = ["anna", "ben", "cleo"]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from omnifuse.data.tokenizer import ByteTokenizer
-from omnifuse.tasks.structured import (
+from omnifuse.schema import (
     JsonSchemaLogitsProcessor,
     SchemaError,
     UnsupportedSchemaError,

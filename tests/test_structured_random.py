@@ -13,7 +13,7 @@ import random
 import jsonschema
 import pytest
 
-from omnifuse.tasks.structured import UnsupportedSchemaError, compile_schema
+from omnifuse.schema import UnsupportedSchemaError, compile_schema
 
 from .test_structured_generate import _single_thread, check_valid, generate  # noqa: F401  (autouse fixture)
 

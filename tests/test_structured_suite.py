@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from omnifuse.tasks.structured import UnsupportedSchemaError, compile_schema
+from omnifuse.schema import UnsupportedSchemaError, compile_schema
 
 SUITE = Path(__file__).parent / "json_schema_suite"
 DRAFT = SUITE / "draft2020-12"

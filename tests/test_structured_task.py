@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from omnifuse.app.cli import cli_main
 from omnifuse.data.easyvqa import prepare_easyvqa
-from omnifuse.tasks.cli import cli_main
 
 TINY = str(Path(__file__).parent / "configs" / "tiny_vqa.yaml")
 TASK = "--model=omnifuse.tasks.StructuredTask"
@@ -49,7 +49,7 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
     cli_main(
         ["predict", "--config", TINY, TASK, "--model.generation.max_new_tokens=120",
          "--data.predict_manifest", str(manifest),
-         "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
+         "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter",
          f"--trainer.callbacks.output_dir={out}", "--trainer.default_root_dir", str(tmp_path),
          "--ckpt_path", str(ckpt)]
     )

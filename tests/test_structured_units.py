@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omnifuse.tasks.structured import SchemaError, UnsupportedSchemaError, compile_schema
-from omnifuse.tasks.structured.numbers import NumSpec
+from omnifuse.schema import SchemaError, UnsupportedSchemaError, compile_schema
+from omnifuse.schema.numbers import NumSpec
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

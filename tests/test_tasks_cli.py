@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
+from omnifuse.app.cli import cli_main, main
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.easyvqa import prepare_easyvqa
-from omnifuse.tasks.cli import cli_main, main
 from omnifuse.tasks.model import OmniModel
 
 TINY = str(Path(__file__).parent / "configs" / "tiny_vqa.yaml")
@@ -59,26 +59,31 @@ def _bad_manifest(root: Path, good: Path, n_good: int = 10) -> tuple[Path, list[
     ]
     manifest = root / "predict.jsonl"
     manifest.write_text("\n".join(lines + [json.dumps(b) for b in bad] + ["{not json"]) + "\n")
-    ids = [json.loads(x)["id"] for x in lines] + [b["id"] for b in bad] + ["line 15"]
+    ids = [json.loads(x)["id"] for x in lines] + [b["id"] for b in bad] + [f"line {len(lines) + len(bad) + 1}"]
     return manifest, ids
 
 
-def test_fit_writes_checkpoint_and_predict_accounts_for_every_id(trained, easyvqa_small, tmp_path):
+def test_plain_predict_writes_both_files_and_accounts_for_every_id(trained, easyvqa_small, tmp_path, capsys):
+    # The plain command a user types: no writer callback named anywhere, the files still appear.
     last = trained / "checkpoints" / "last.ckpt"
     assert last.is_file()
     manifest, ids = _bad_manifest(easyvqa_small, easyvqa_small / "vqa_test.jsonl")
-    out = tmp_path / "pred"
-    cli_main(
+    assert main(
         [
             "predict",
             "--config", TINY,
             "--data.predict_manifest", str(manifest),
-            "--trainer.callbacks+=omnifuse.tasks.writer.JsonlPredictionWriter",
-            f"--trainer.callbacks.output_dir={out}",
-            "--trainer.default_root_dir", str(tmp_path),  # where LightningCLI saves the run's config.yaml
+            "--trainer.default_root_dir", str(tmp_path),
             "--ckpt_path", str(last),
         ]
-    )
+    ) == 0
+    out = tmp_path / "predict"  # the default: <default_root_dir>/predict
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("omnifuse predict:")]
+    n_bad = sum(i.startswith(("bad-", "line ")) for i in ids)
+    assert summary == [
+        f"omnifuse predict: {len(ids)} records: {len(ids) - n_bad} predicted, {n_bad} errors"
+        f" -> {out / 'predictions.jsonl'}, {out / 'errors.jsonl'}"
+    ]
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
     written = [p["id"] for p in preds] + [e["id"] for e in errors]
@@ -91,6 +96,43 @@ def test_fit_writes_checkpoint_and_predict_accounts_for_every_id(trained, easyvq
         assert sum(p["modality_weights"].values()) == pytest.approx(1.0, abs=1e-5)
         assert len(p["experts"]) == 1  # one MoE layer (the first of the two decoder layers is dense)
         assert isinstance(p["prediction"], str)
+
+
+def test_predict_output_option_and_record_counting_progress_bar(trained, easyvqa_small, tmp_path):
+    from omnifuse.app.progress import RecordProgressBar
+    from omnifuse.app.writer import JsonlPredictionWriter
+
+    manifest, ids = _bad_manifest(easyvqa_small, easyvqa_small / "vqa_test.jsonl", n_good=7)
+    cli = cli_main(
+        [
+            "predict",
+            "--config", TINY,
+            "--data.predict_manifest", str(manifest),
+            "--data.eval_batch_size", "3",
+            "--trainer.default_root_dir", str(tmp_path / "root"),
+            "--trainer.enable_progress_bar", "true",
+            "--trainer.callbacks+=omnifuse.app.progress.RecordProgressBar",
+            "--output", str(tmp_path / "chosen"),
+            "--ckpt_path", str(trained / "checkpoints" / "last.ckpt"),
+        ]
+    )
+    written = [json.loads(x)["id"] for name in ("predictions.jsonl", "errors.jsonl")
+               for x in (tmp_path / "chosen" / name).read_text().splitlines()]
+    assert sorted(written) == sorted(ids)
+    assert not (tmp_path / "root" / "predict").exists()
+    assert sum(isinstance(c, JsonlPredictionWriter) for c in cli.trainer.callbacks) == 1
+    bar = next(c for c in cli.trainer.callbacks if isinstance(c, RecordProgressBar))
+    assert bar.predict_records_done == len(ids)  # records, not the 4 batches of 3
+
+
+def test_help_lists_every_verb_and_an_unknown_verb_fails(capsys):
+    from omnifuse.app.cli import VERBS
+
+    assert main(["--help"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert listed == set(VERBS) >= {"fit", "validate", "test", "predict", "prepare", "export", "score", "plot"}
+    assert main(["frobnicate"]) == 2
+    assert "unknown verb 'frobnicate'" in capsys.readouterr().err
 
 
 def _generate(model: OmniModel, records_manifest: Path, batch_size: int) -> list[str]:

@@ -18,12 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from omnifuse.app.writer import ERRORS_FILE, PREDICTIONS_FILE, output_files
 from omnifuse.data.records import Record, read_manifest
 from omnifuse.tasks.caption import CAPTION_METRICS, caption_references
 from omnifuse.tasks.metrics import VQAAccuracy, caption_scores, json_scores, tokenize_caption
 from omnifuse.tasks.structured_task import validate_with_jsonschema
 from omnifuse.tasks.vqa import vqa_references
-from omnifuse.tasks.writer import ERRORS_FILE, PREDICTIONS_FILE, output_files
 
 UNSET = "(unset)"  # the group of records that lack the --by field
 

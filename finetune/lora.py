@@ -20,18 +20,14 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omnifuse.finetune.freezing import LORA_MARK, freeze_modules, resolve_modules, unfreeze_modules
 from omnifuse.moe_core.experts import RoutedExperts
-from omnifuse.tasks.finetune import LORA_MARK, freeze_modules, resolve_modules, unfreeze_modules
-
-if TYPE_CHECKING:
-    from omnifuse.tasks.model import OmniModel
 
 ADAPTERS_NAME = "adapters.safetensors"
 EXPERT_WEIGHTS = ("w_gate", "w_up", "w_down")
@@ -46,7 +42,7 @@ class LoRAConfig:
         alpha: the adapter output is scaled by ``alpha / r``.
         dropout: dropout on the input of linear adapters (expert adapters have none).
         targets: module groups or patterns whose linear layers / stacked experts get adapters (group names in
-            :data:`omnifuse.tasks.finetune.MODULE_GROUPS`: ``decoder_attention``, ``experts``, ``fusion``, ...).
+            :data:`omnifuse.finetune.freezing.MODULE_GROUPS`: ``decoder_attention``, ``experts``, ``fusion``, ...).
         trainable: groups trained in full beside the adapters (e.g. ``[audio_encoder, modality_embeddings]``).
         train_new: also train in full the tensors ``init_from`` did not provide (a new encoder, a new modality
             projection); everything else of the base model is frozen.
@@ -156,7 +152,7 @@ def _lora_targets(modules: list[nn.Module]) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def apply_lora(model: OmniModel, config: LoRAConfig, new_keys: list[str] | None = None) -> int:
+def apply_lora(model: nn.Module, config: LoRAConfig, new_keys: list[str] | None = None) -> int:
     """Add adapters to the ``config.targets`` of ``model`` and freeze everything else except the adapters,
     ``config.trainable`` groups and (with ``config.train_new``) the parameters named in ``new_keys``.
     Returns the number of adapted layers."""
@@ -254,7 +250,7 @@ def save_lora_adapters(model: nn.Module, path: str | Path, config: LoRAConfig | 
     return path
 
 
-def load_lora_adapters(model: OmniModel, path: str | Path, merge: bool = False) -> OmniModel:
+def load_lora_adapters(model: nn.Module, path: str | Path, merge: bool = False) -> nn.Module:
     """Add to ``model`` (a base model, e.g. ``OmniModel.from_pretrained(base)``) the adapters saved at ``path`` and
     load their values; with ``merge=True`` fold them into the base weights right away."""
     from safetensors import safe_open

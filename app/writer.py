@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -123,10 +124,15 @@ class JsonlPredictionWriter(BasePredictionWriter):
             self.counts[key] += len(rows)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counts = dict(self.counts)
+        if trainer.world_size > 1:  # each rank counted its own rows; the summary is the job's
+            local = torch.tensor([counts["predictions"], counts["errors"]], device=pl_module.device)
+            counts["predictions"], counts["errors"] = (int(x) for x in trainer.strategy.reduce(local, reduce_op="sum"))
         if trainer.is_global_zero:
-            c = self.counts
+            records = counts["predictions"] + counts["errors"] + counts["skipped"]
             print(
-                f"omnifuse predict: {c['predictions']} predictions, {c['errors']} errors"
-                + (f", {c['skipped']} already done (resumed)" if c["skipped"] else "")
-                + f" -> {self.output_dir}"
+                f"omnifuse predict: {records:,} records: {counts['predictions']:,} predicted, {counts['errors']:,} errors"
+                + (f", {counts['skipped']:,} already done (skipped)" if counts["skipped"] else "")
+                + f" -> {self.output_dir / PREDICTIONS_FILE}, {self.output_dir / ERRORS_FILE}",
+                flush=True,
             )
