@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import pickle
 import sys
 import warnings
 from collections.abc import Callable
@@ -18,30 +21,81 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from omnifuse.app import runs
 from omnifuse.app.quiet import silence_unactionable_noise
 from omnifuse.app.writer import JsonlPredictionWriter
 from omnifuse.data.datamodule import MultimodalDataModule
+from omnifuse.data.records import RecordError
+from omnifuse.finetune.safe_load import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    check_checkpoint,
+    scan_checkpoint,
+    unpickling_reason,
+)
 from omnifuse.tasks.module import OmniTask
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
 
 class OmniCLI(LightningCLI):
-    """LightningCLI that, after ``fit``, evaluates the best checkpoint on the test split when there is one, and whose
-    ``predict`` always writes its results: ``--output DIR`` (default ``<default_root_dir>/predict``) gets
-    ``predictions.jsonl`` and ``errors.jsonl`` unless the config already has a prediction writer."""
+    """LightningCLI with what the ``omnifuse`` verbs add to Lightning's:
+
+    * every command writes into a run folder of its own under ``trainer.default_root_dir`` (``version_N`` for a fit,
+      ``predict_N`` ...; :mod:`omnifuse.app.runs`): loggers and checkpoints without an explicit folder go there, and
+      ``--ckpt_path best`` / ``last`` name the newest fit's checkpoints;
+    * after ``fit``, the best checkpoint is evaluated on the test split when there is one (``test_results.json``);
+    * ``predict`` always writes its results: ``predictions.jsonl`` and ``errors.jsonl`` into ``--output DIR``
+      (default: the run folder), unless the config already has a prediction writer.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        argv = kwargs.get("args")
+        self._argv = ["omnifuse", *(sys.argv[1:] if argv is None else argv)]  # for run.json
+        super().__init__(*args, **kwargs)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="write into this folder instead of a new <trainer.default_root_dir>/"
+            f"{runs.folder_prefix(subcommand)}_N (the one way to reuse a folder)",
+        )
         if subcommand == "predict":
             parser.add_argument(
                 "--output",
                 type=str | None,
                 default=None,
-                help="folder for predictions.jsonl and errors.jsonl (default: <trainer.default_root_dir>/predict); "
-                "a job restarted on the same folder skips the ids already written",
+                help="folder for predictions.jsonl and errors.jsonl (default: the run folder); a job restarted on "
+                "the same folder skips the ids already written",
             )
         return parser
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand is not None else self.config
+        trainer = config.trainer
+        root = Path(trainer.default_root_dir or ".")
+        if self.subcommand is None:
+            # cli_main(run=False) builds the objects and runs nothing: no run folder is made; "{run_dir}" stands for
+            # the root, where Lightning's own versioned layout (csv/version_N/...) keeps runs apart, if used at all.
+            self.run_dir = None
+            _fill_folders(trainer, root, checkpoints=None)
+            return
+        try:
+            if self.subcommand != "fit":
+                config.ckpt_path = runs.resolve_checkpoint(config.get("ckpt_path"), root)
+            self.run_dir = runs.choose_run_dir(self.subcommand, root, config.get("run_dir"), config.get("ckpt_path"))
+        except runs.RunFolderError as error:
+            raise SystemExit(f"omnifuse {self.subcommand}: {error}") from None
+        trainer.default_root_dir = str(self.run_dir)
+        _fill_folders(trainer, self.run_dir, checkpoints=self.run_dir / "checkpoints")
+        if runs.inherited_run_dir() is None:  # the launching process, not a DDP worker
+            if self.subcommand == "fit":
+                runs.mark_latest(root, self.run_dir)
+            runs.write_run_record(self.run_dir, self.subcommand, self._argv)
+            print(f"omnifuse {self.subcommand}: run folder {self.run_dir}", flush=True)
 
     def parse_arguments(self, parser, args) -> None:
         if args is None:
@@ -52,6 +106,37 @@ class OmniCLI(LightningCLI):
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             return super().parse_arguments(parser, args)
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        # Lightning leaves weights_only to torch's default, which an environment variable can turn off: a checkpoint
+        # is loaded without running code unless the command line says --weights_only false.
+        if "weights_only" in self._subcommand_method_arguments[subcommand] and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True
+        return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads --ckpt_path's hyper-parameters (weights_only=True) before anything else: an unsafe file is
+        # refused here, with what it would have imported named (found without unpickling it). So is an unsafe
+        # init_from, which would otherwise fail inside jsonargparse's model building, reported as a page of type
+        # alternatives, after a run folder was made.
+        subcommand = self.config.get("subcommand")
+        init_from = self.config.get(f"{subcommand}.model.init_args.init_from") if subcommand else None
+        if isinstance(init_from, str) and Path(init_from).suffix == ".ckpt" and Path(init_from).is_file():
+            check_checkpoint(init_from)
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path is not None and Path(ckpt_path).is_file():  # not "last"/"best"/"hpc": a file to be read
+            scan_checkpoint(ckpt_path)
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as error:  # a legacy-format file the scan cannot read, refused by the load
+            raise UnsafeCheckpointError(ckpt_path, unpickling_reason(error)) from None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except pickle.UnpicklingError as error:  # the Trainer's own weights_only load refused the checkpoint
+            raise UnsafeCheckpointError(self.config_init[subcommand].get("ckpt_path"), unpickling_reason(error)) from None
+
     def before_predict(self) -> None:
         output = self.config[self.subcommand].get("output")
         writers = [c for c in self.trainer.callbacks if isinstance(c, BasePredictionWriter)]
@@ -61,8 +146,7 @@ class OmniCLI(LightningCLI):
                     if isinstance(writer, JsonlPredictionWriter):
                         writer.output_dir = Path(output)
             return
-        default = Path(self.trainer.default_root_dir) / "predict"
-        self.trainer.callbacks.append(JsonlPredictionWriter(output_dir=str(output or default)))
+        self.trainer.callbacks.append(JsonlPredictionWriter(output_dir=str(output or self.run_dir)))
 
     def after_fit(self) -> None:
         datamodule = self.datamodule
@@ -84,20 +168,63 @@ class OmniCLI(LightningCLI):
                 if not k.startswith("test/weight_")
             )
             print(f"omnifuse test ({'best' if ckpt_path else 'final'} checkpoint): {summary}")
+            _write_results(Path(self.trainer.default_root_dir), ckpt_path, results[0])
+
+    def after_test(self) -> None:
+        if self.trainer.is_global_zero and self.trainer.callback_metrics:
+            metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+            _write_results(Path(self.trainer.default_root_dir), self.config[self.subcommand].get("ckpt_path"), metrics)
+
+
+def _fill_folders(trainer, run_dir: Path, checkpoints: Path | None) -> None:
+    """Point loggers and callbacks at the run folder: ``{run_dir}`` in any of their string settings (the shipped
+    recipes write ``save_dir: "{run_dir}"``) becomes the run folder, and a checkpoint callback with no ``dirpath``
+    gets ``<run folder>/checkpoints``. Folders a config spells out are the user's choice and stay."""
+    specs = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+    specs = [*specs, *(trainer.callbacks or [])]
+    for spec in specs:
+        init_args = getattr(spec, "init_args", None)
+        if init_args is None:
+            continue
+        for key, value in vars(init_args).items():
+            if isinstance(value, str) and runs.PLACEHOLDER in value:
+                setattr(init_args, key, value.replace(runs.PLACEHOLDER, str(run_dir)))
+        unset = "dirpath" in init_args and init_args.dirpath is None
+        if checkpoints is not None and unset and issubclass(_class(spec.class_path), ModelCheckpoint):
+            init_args.dirpath = str(checkpoints)
+
+
+def _class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _write_results(run_dir: Path, ckpt_path: str | None, metrics: dict) -> None:
+    """``test_results.json`` in the run folder: the checkpoint tested and every test metric."""
+    values = {k: float(v) for k, v in metrics.items()}
+    (run_dir / "test_results.json").write_text(json.dumps({"checkpoint": ckpt_path, "metrics": values}, indent=2) + "\n")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> OmniCLI:
     """Entry point tests call directly: ``cli_main(["fit", "--config", path, ...])``."""
     silence_unactionable_noise()
-    return OmniCLI(
-        OmniTask,
-        MultimodalDataModule,
-        subclass_mode_model=True,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    inherited = os.environ.get(runs.ENV)
+    try:
+        return OmniCLI(
+            OmniTask,
+            MultimodalDataModule,
+            subclass_mode_model=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    finally:
+        # The run folder is handed to the DDP workers this command starts, not to the next command of this process.
+        if inherited is None:
+            os.environ.pop(runs.ENV, None)
+        else:
+            os.environ[runs.ENV] = inherited
 
 
 def export_main(argv: list[str]) -> int:
@@ -168,12 +295,16 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"omnifuse: unknown verb {verb!r}\n\n{_usage()}", end="", file=sys.stderr)
         return 2
-    if from_command_line and verb in LIGHTNING_VERBS:
-        # LightningCLI reads sys.argv itself: handing it sys.argv[1:] as well makes it warn that "args" and
-        # command-line arguments were both given, on every run.
-        cli_main(None)
-        return 0
-    return VERBS[verb][0](rest)
+    try:
+        if from_command_line and verb in LIGHTNING_VERBS:
+            # LightningCLI reads sys.argv itself: handing it sys.argv[1:] as well makes it warn that "args" and
+            # command-line arguments were both given, on every run.
+            cli_main(None)
+            return 0
+        return VERBS[verb][0](rest)
+    except (CheckpointError, RecordError) as error:  # a refused checkpoint, a bad training record: one line
+        print(f"omnifuse {verb}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

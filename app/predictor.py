@@ -9,7 +9,8 @@ import torch
 
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
-from omnifuse.data.records import RecordError, parse_record
+from omnifuse.data.records import parse_entries
+from omnifuse.finetune.safe_load import load_checkpoint
 from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.inference import predict_batch
 from omnifuse.tasks.model import OmniModel
@@ -49,7 +50,7 @@ class Predictor:
         settings (e.g. the JSON recipe's 160-token budget), unless ``generation`` is given."""
         if Path(path).suffix != ".ckpt":
             return cls(OmniModel.from_pretrained(path), **kwargs)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # read once for model and settings
+        checkpoint = load_checkpoint(path)  # read once for model and settings; never runs code from the file
         saved = (checkpoint.get("hyper_parameters") or {}).get("generation")
         if "generation" not in kwargs and isinstance(saved, (dict, GenerationConfig)):
             kwargs["generation"] = GenerationConfig(**saved) if isinstance(saved, dict) else saved
@@ -69,17 +70,11 @@ class Predictor:
         if isinstance(records, (str, Path)):
             dataset = ManifestDataset(records, mode="predict", **self.dataset_kwargs)
         else:
-            dataset = ManifestDataset(list(_parse_all(records, Path(root))), mode="predict", **self.dataset_kwargs)
+            items = parse_entries(enumerate(records, start=1), Path(root), require_target=False)
+            dataset = ManifestDataset(list(items), mode="predict", **self.dataset_kwargs)
         for start in range(0, len(dataset), self.batch_size):
             samples = [dataset[i] for i in range(start, min(len(dataset), start + self.batch_size))]
             batch = self.collate(samples).to(self.device)
             with torch.inference_mode():
                 yield predict_batch(self.model, batch, self.generation)
 
-
-def _parse_all(raws: Iterable[dict], root: Path):
-    for i, raw in enumerate(raws, start=1):
-        try:
-            yield parse_record(raw, root, require_target=False, line_no=i)
-        except RecordError as err:
-            yield err

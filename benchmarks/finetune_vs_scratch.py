@@ -1,7 +1,7 @@
 """Fine-tuning from a checkpoint vs training from scratch: the same recipe run twice, validation curves side by side.
 
     python benchmarks/finetune_vs_scratch.py --config configs/finetune_vqa_to_caption.yaml \\
-        [--init-from runs/easyvqa/checkpoints/best.ckpt] [--out runs/finetune_vs_scratch] [--threads 2]
+        [--init-from runs/easyvqa/latest/checkpoints/best.ckpt] [--out runs/finetune_vs_scratch] [--threads 2]
 
 Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer and budget: once as written (or with
 ``--init-from``), once with ``model.init_from: null``. Both runs log to ``<out>/<recipe>/{finetune,scratch}``. Prints
@@ -53,7 +53,9 @@ def _as_list(value: object) -> list:
 
 
 def _retarget(config: dict, root: Path) -> None:
-    """Point the recipe's run folder, loggers and checkpoints at ``root``."""
+    """Point the recipe's run folder, loggers and checkpoints at ``root``: ``run_dir`` makes the CLI write into
+    ``root`` itself (not a new ``root/version_N``); folders a config sets explicitly are moved there too."""
+    config["run_dir"] = str(root)
     trainer = config["trainer"]
     trainer["default_root_dir"] = str(root)
     for logger in _as_list(trainer.get("logger")):
@@ -83,7 +85,7 @@ def _newest_log(root: Path) -> Path:
 
 
 # Settings that say where a run writes, not what it trains; ckpt_path must be null in a reused run (a fresh fit).
-_NOT_COMPARED = {"trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "ckpt_path", "weights_only"}
+_NOT_COMPARED = {"trainer.default_root_dir", "trainer.logger", "trainer.callbacks", "ckpt_path", "weights_only", "run_dir"}
 
 
 def _resolved(config: dict) -> dict:

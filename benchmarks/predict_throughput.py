@@ -1,6 +1,6 @@
 """Batch inference throughput: records/s at batch 64 and at batch 1 over the same easy-VQA test records.
 
-    python benchmarks/predict_throughput.py --ckpt runs/easyvqa/checkpoints/best.ckpt [--limit 2000] [--threads 2]
+    python benchmarks/predict_throughput.py --ckpt runs/easyvqa/latest/checkpoints/best.ckpt [--limit 2000] [--threads 2]
 
 Prints one table (records/s for each batch size and the ratio against batch 1) and checks that both batch sizes
 predict the same answers. Figures, not pass/fail.

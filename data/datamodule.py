@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import lightning as L
@@ -13,13 +14,15 @@ from torch.utils.data import DataLoader
 
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
-from omnifuse.data.records import Record, RecordError
+from omnifuse.data.records import INPUT_FIELDS, Record, RecordError
 from omnifuse.data.sampler import ResumableSampler, balancing_weights
 from omnifuse.data.tokenizer import ByteTokenizer
 
 _LIGHTNING_MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 PREPARERS: tuple[str, ...] = ("easyvqa",)
+# Written into the run folder when ``skip_bad_records`` leaves records out.
+SKIPPED_FILE = "skipped_records.jsonl"
 
 
 def record_field_key(record: Record, field: str, option: str) -> str:
@@ -43,23 +46,30 @@ def _check_field_option(option: str, value: str | None, fields: tuple[str, ...])
         raise ValueError(f"{option} must be {names} or 'meta.<key>', got {value!r}")
 
 
-def _union_of_manifests(paths: list[str]) -> list[Record]:
-    """The records of several training/evaluation manifests, in order. Each manifest is checked on its own first (a bad
-    record raises ``RecordError`` naming it and its manifest); an id found in two manifests is an error too."""
+def _union_of_manifests(paths: list[str], skip_bad: bool = False) -> tuple[list[Record], list[RecordError]]:
+    """The records of several training/evaluation manifests, in order, and (with ``skip_bad``) the invalid ones left
+    out. Each manifest is checked on its own first (a bad record raises ``RecordError`` naming it and its manifest);
+    an id found in two manifests is an error too (or, with ``skip_bad``, its later copy is left out)."""
     records: list[Record] = []
+    skipped: list[RecordError] = []
     first_in: dict[str, str] = {}
     for path in paths:
         try:
-            checked = ManifestDataset(path, mode="fit")
+            checked = ManifestDataset(path, mode="fit", skip_bad=skip_bad)
         except RecordError as e:  # say which of the listed manifests holds the bad record (once)
             where = "" if repr(str(path)) in e.reason else f" (in {path!r})"
             raise RecordError(e.record_id, e.field, e.reason + where) from None
+        skipped += [RecordError(e.record_id, e.field, f"{e.reason} (in {path!r})") for e in checked.skipped]
         for record in checked.records:
             if record.id in first_in:
-                raise RecordError(record.id, "id", f"duplicate id: in {first_in[record.id]!r} and in {path!r}")
+                error = RecordError(record.id, "id", f"duplicate id: in {first_in[record.id]!r} and in {path!r}")
+                if not skip_bad:
+                    raise error
+                skipped.append(error)
+                continue
             first_in[record.id] = path
             records.append(record)
-    return records
+    return records, skipped
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -103,6 +113,11 @@ class MultimodalDataModule(L.LightningDataModule):
             so with ~10 questions per image ``group_by: image`` cuts the image tower's share of a step by up to
             ``group_size``x. An epoch still uses the same records; only which ones share a batch changes. None: off.
         group_size: records per run (``1`` turns grouping off).
+        skip_bad_records: what a bad train / val / test record does. Every record is validated, and every image and
+            audio file decoded once, in ``setup`` (before the first step), so a bad one never stops training
+            mid-epoch. False (default): the first one raises ``RecordError`` naming the record, the field and the
+            reason (with how many more there are). True: they are left out, listed on the console and in
+            ``<default_root_dir>/skipped_records.jsonl`` (``{"split", "id", "error"}`` per record).
     """
 
     def __init__(
@@ -131,6 +146,7 @@ class MultimodalDataModule(L.LightningDataModule):
         balance_power: float = 1.0,
         group_by: str | None = None,
         group_size: int = 4,
+        skip_bad_records: bool = False,
     ) -> None:
         super().__init__()
         if prepare is not None and prepare not in PREPARERS:
@@ -162,6 +178,9 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.group_by = group_by
         self.group_size = group_size
+        self.skip_bad_records = skip_bad_records
+        # Records left out per split (skip_bad_records), as reported.
+        self.skipped: dict[str, list[RecordError]] = {}
         self.tokenizer = ByteTokenizer()
         self.collator = Collator(self.tokenizer, max_text_len=max_text_len, max_target_len=max_target_len)
         # Ids the prediction writer already wrote in an earlier, interrupted run (set by JsonlPredictionWriter).
@@ -222,8 +241,13 @@ class MultimodalDataModule(L.LightningDataModule):
             if not Path(path).is_file():
                 hint = "" if self.prepare else " (set prepare='easyvqa' to build easy-VQA manifests)"
                 raise FileNotFoundError(f"{split} manifest not found: {path!r}{hint}")
-        return ManifestDataset(
-            paths[0] if len(paths) == 1 else _union_of_manifests(paths),
+        skipped: list[RecordError] = []
+        if len(paths) == 1:
+            source = paths[0]
+        else:
+            source, skipped = _union_of_manifests(paths, skip_bad=self.skip_bad_records)
+        dataset = ManifestDataset(
+            source,
             mode="predict" if split == "predict" else "fit",
             image_size=self.image_size,
             sample_rate=self.sample_rate,
@@ -231,7 +255,32 @@ class MultimodalDataModule(L.LightningDataModule):
             limit=self.limits.get(split),
             seed=self.seed,
             skip_ids=self.skip_predict_ids if split == "predict" else (),
+            skip_bad=self.skip_bad_records and split != "predict",
         )
+        if split != "predict":
+            # Fail (or skip) now, before the first step, rather than when the batch holding a broken file comes up.
+            dataset.check_files()
+            skipped += dataset.skipped
+            if skipped:
+                self._report_skipped(split, skipped)
+        return dataset
+
+    def _report_skipped(self, split: str, skipped: list[RecordError]) -> None:
+        """List the records ``skip_bad_records`` left out: on the console and in ``skipped_records.jsonl``."""
+        self.skipped.setdefault(split, []).extend(skipped)
+        trainer = self.trainer
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        shown = "\n".join(f"  {e}" for e in skipped[:10]) + (f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else "")
+        where = ""
+        if trainer is not None:
+            path = Path(trainer.default_root_dir) / SKIPPED_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
+                for e in skipped:
+                    fh.write(json.dumps({"split": split, "id": e.record_id, "error": e.detail}, ensure_ascii=False) + "\n")
+            where = f" (all of them in {path})"
+        print(f"omnifuse: skip_bad_records: left out {len(skipped)} bad {split} record(s){where}:\n{shown}", flush=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets ``stage`` needs (fit: train + val; validate: val; test: test; predict: predict)."""
@@ -257,6 +306,27 @@ class MultimodalDataModule(L.LightningDataModule):
                 self.datasets[split] = dataset
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError("fit needs a train_manifest")
+
+    def check_inputs(self, readable: Iterable[str]) -> None:
+        """Train / val / test records must have an input among ``readable`` (the modalities the model has encoders
+        for; the task calls this in its ``setup``): a record with none would be learned or scored from no input at
+        all. Such a record raises ``RecordError``, or is left out and reported with ``skip_bad_records``."""
+        readable = set(readable)
+        for split, dataset in self.datasets.items():
+            if split == "predict":
+                continue
+            errors = []
+            for record in dataset.records:
+                has = [m for m in INPUT_FIELDS if getattr(record, m) is not None]
+                if not readable.intersection(has):
+                    reason = (
+                        f"the model has no encoder for {' or '.join(has)}, and the record has no other input (the "
+                        f"model reads {', '.join(m for m in INPUT_FIELDS if m in readable)})"
+                    )
+                    errors.append(RecordError(record.id, has[0], reason))
+            dataset.refuse(errors, "unreadable")
+            if errors:
+                self._report_skipped(split, errors)
 
     # -------------------------------------------------------------------------------------------------- loaders
 

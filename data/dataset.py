@@ -3,17 +3,20 @@
 Two modes:
 
 - ``fit`` (training, validation, test): every record must be valid and carry a target. The manifest is validated
-  when the dataset is built, so a bad line fails before the first step, and a file that fails to decode later raises
-  ``RecordError`` naming the record and field.
+  when the dataset is built and :meth:`ManifestDataset.check_files` decodes every file once (the data module calls it
+  in ``setup``), so a bad line or file fails before the first step with ``RecordError`` naming the record and field;
+  with ``skip_bad`` such records are left out and listed in ``skipped`` instead (docs/inputs.md).
 - ``predict`` (batch inference): nothing is fatal. An invalid record or an undecodable file becomes a failed sample
   (``Sample.error``) that the collator reports in ``batch.failed`` as ``(id, reason)``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -85,6 +88,8 @@ class ManifestDataset(Dataset):
         limit: keep a deterministic random subset of this many records (quick runs); None keeps all.
         seed: seed of that subset.
         skip_ids: ids to leave out (a resumed prediction job skips what it already wrote).
+        skip_bad: fit mode only: leave invalid records out (listed in ``skipped``) instead of raising ``RecordError``;
+            :meth:`check_files` does the same for records whose files cannot be decoded.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class ManifestDataset(Dataset):
         limit: int | None = None,
         seed: int = 0,
         skip_ids: Iterable[str] = (),
+        skip_bad: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known modes: {', '.join(MODES)}")
@@ -117,18 +123,81 @@ class ManifestDataset(Dataset):
             items = [it for it in items if (it.id if isinstance(it, Record) else it.record_id) not in skip]
         self.items: list[Record | RecordError] = [items[i] for i in subsample(len(items), limit, seed)]
         self.errors = [it for it in self.items if isinstance(it, RecordError)]
+        self.skip_bad = skip_bad
+        # Fit mode with skip_bad: the invalid records left out, in manifest order.
+        self.skipped: list[RecordError] = []
         if mode == "fit" and self.errors:
-            first = self.errors[0]
-            if len(self.errors) == 1:
-                raise first
-            where = f" in {str(self.manifest)!r}" if self.manifest is not None else ""
-            more = f"{first.reason} (and {len(self.errors) - 1} more invalid record(s){where})"
-            raise RecordError(first.record_id, first.field, more)
+            if not skip_bad:
+                raise self._first_of(self.errors, "invalid")
+            self.skipped, self.errors = self.errors, []
+            self.items = [it for it in self.items if isinstance(it, Record)]
         self.image_size = image_size
         self.sample_rate = sample_rate
         self.max_audio_seconds = max_audio_seconds
         self.max_image_pixels = max_image_pixels
         self.cache = ImageCache(int(image_cache_mb * 2**20))
+
+    def _first_of(self, errors: list[RecordError], what: str) -> RecordError:
+        """The error to raise for ``errors``: the first one, with how many more there are."""
+        first = errors[0]
+        if len(errors) == 1:
+            return first
+        where = f" in {str(self.manifest)!r}" if self.manifest is not None else ""
+        return RecordError(first.record_id, first.field, f"{first.reason} (and {len(errors) - 1} more {what} record(s){where})")
+
+    def check_files(self, workers: int | None = None) -> list[RecordError]:
+        """Decode every image and audio file of the records once, so that a file that cannot be used is found before
+        training starts instead of when its batch comes up (fit mode: a data module calls this in ``setup``).
+
+        Each distinct file is decoded once (``workers`` threads: decoding releases the GIL); every record using a
+        bad file gets its own ``RecordError``. Raises the first of them (with how many more) unless ``skip_bad``, in
+        which case those records are left out and added to ``skipped``. Returns the errors found."""
+        users: dict[tuple[str, Path], list[int]] = {}
+        for index, item in enumerate(self.items):
+            if isinstance(item, Record):
+                for field_name in ("image", "audio"):
+                    path = getattr(item, field_name)
+                    if path is not None:
+                        users.setdefault((field_name, path), []).append(index)
+        if not users:
+            return []
+
+        def fault(key: tuple[str, Path]) -> str | None:
+            field_name, path = key
+            try:
+                if field_name == "image":
+                    decode_image(path, self.image_size, self.max_image_pixels)
+                else:
+                    load_audio(path, self.sample_rate, self.max_audio_seconds)
+            except (LoadError, OSError) as e:
+                return str(e)
+            except Exception as e:  # noqa: BLE001 -- whatever a broken file makes a decoder raise, it is the file's
+                return f"{type(e).__name__}: {e}"
+            return None
+
+        keys = list(users)
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            faults = list(pool.map(fault, keys))
+        bad: dict[int, RecordError] = {}
+        for key, reason in zip(keys, faults, strict=True):
+            if reason is not None:
+                for index in users[key]:
+                    bad.setdefault(index, RecordError(self.items[index].id, key[0], reason))
+        errors = [bad[i] for i in sorted(bad)]
+        self.refuse(errors, "unreadable")
+        return errors
+
+    def refuse(self, errors: list[RecordError], what: str = "invalid") -> None:
+        """Records found unusable after loading the manifest (fit mode): raise the first error (with how many more
+        ``what`` records there are) or, with ``skip_bad``, leave them out and add them to ``skipped``."""
+        if not errors:
+            return
+        if not self.skip_bad:
+            raise self._first_of(errors, what)
+        ids = {e.record_id for e in errors}
+        self.items = [it for it in self.items if not (isinstance(it, Record) and it.id in ids)]
+        self.skipped += errors
 
     def __len__(self) -> int:
         return len(self.items)
@@ -159,11 +228,15 @@ class ManifestDataset(Dataset):
                 image = self._image(record.image)
             except (LoadError, OSError) as e:
                 raise RecordError(record.id, "image", str(e)) from e
+            except Exception as e:  # noqa: BLE001 -- a decoder failure on a crafted file must not end the job
+                raise RecordError(record.id, "image", f"{type(e).__name__}: {e}") from e
         if record.audio is not None:
             try:
                 audio = load_audio(record.audio, self.sample_rate, self.max_audio_seconds)
             except (LoadError, OSError) as e:
                 raise RecordError(record.id, "audio", str(e)) from e
+            except Exception as e:  # noqa: BLE001 -- as above
+                raise RecordError(record.id, "audio", f"{type(e).__name__}: {e}") from e
         return Sample(
             id=record.id,
             task=record.task,

@@ -9,11 +9,17 @@ Keys: ``id`` (non-empty string, unique in the manifest), ``task`` (one of ``TASK
 JSON value for task ``json``; required when training), optional ``schema`` (task ``json`` only: an inline JSON Schema
 object or a path to a ``.json`` file) and ``meta`` (an object). Any other key (``answers``, ``view`` ...) is kept in
 ``Record.meta``. At least one of ``image`` / ``audio`` / ``text`` must be present.
+
+A UTF-8 byte-order mark at the start of a manifest is ignored. An entry whose id cannot be used (bad JSON, no id, a
+duplicate: the first line with an id owns it) is reported under its own line label, ``line N`` (docs/inputs.md).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,11 @@ from omnifuse.data.tokenizer import TASKS
 MAX_TEXT_BYTES = 1_000_000
 # JSON Schema files are small; a bigger one is almost certainly the wrong file.
 MAX_SCHEMA_BYTES = 1_000_000
+
+# Longer ids are refused (under their line label): an id is a key, not a payload.
+MAX_ID_CHARS = 1000
+# "line 7" labels an entry whose id cannot be used (bad JSON, no id, a duplicate): such ids are reserved for that.
+LINE_LABEL = re.compile(r"line [0-9]+")
 
 INPUT_FIELDS: tuple[str, ...] = ("image", "audio", "text")
 KNOWN_KEYS = frozenset({"id", "task", "image", "audio", "text", "target", "schema", "meta"})
@@ -148,8 +159,10 @@ def parse_record(
     rid = raw.get("id")
     if not isinstance(rid, str) or not rid.strip():
         raise RecordError(fallback_id, "id", f"must be a non-empty string, got {_describe(rid)}")
-    if len(rid) > 1000:
-        raise RecordError(rid[:40] + "...", "id", f"too long ({len(rid)} characters)")
+    if len(rid) > MAX_ID_CHARS:
+        raise RecordError(fallback_id, "id", f"too long ({len(rid)} characters; the limit is {MAX_ID_CHARS})")
+    if LINE_LABEL.fullmatch(rid):
+        raise RecordError(fallback_id, "id", f"{rid!r} is reserved: 'line N' labels entries whose id is unusable")
 
     task = raw.get("task")
     if task not in TASKS:
@@ -193,45 +206,79 @@ def parse_record(
     return Record(id=rid, task=task, image=image, audio=audio, text=text, target=target, schema=schema, meta=meta)
 
 
-def read_manifest(path: str | Path, *, require_target: bool = True) -> list[Record | RecordError]:
-    """Parse a JSONL manifest: one entry per non-blank line, a ``Record`` or the ``RecordError`` that line raised.
+def usable_id(raw: Any) -> str | None:
+    """The id of a raw entry when it can name the entry in outputs: a non-empty string of at most
+    ``MAX_ID_CHARS`` characters that is not a line label (``line 7``); else None."""
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_ID_CHARS or LINE_LABEL.fullmatch(rid):
+        return None
+    return rid
 
-    A line that is not valid JSON yields ``RecordError('line N', '<json>', ...)``; a repeated id yields an error for
-    the later occurrence. A missing manifest file raises ``FileNotFoundError`` (that is not a record's fault).
-    """
-    path = Path(path)
-    root = path.resolve().parent
-    out: list[Record | RecordError] = []
-    first_line: dict[str, int] = {}
+
+def parse_entries(
+    entries: Iterable[tuple[int, Any]], root: str | Path, *, require_target: bool
+) -> Iterator[Record | RecordError]:
+    """``parse_record`` over ``(line number, raw entry)`` pairs, one result per pair, with the duplicate-id rule:
+    the first line that uses an id owns it (whether or not that line is valid), and every later line with the same
+    id is refused under its own line label (``RecordError('line 9', 'id', "duplicate id 'q1' ...")``), so each id
+    names exactly one line in the outputs. A raw entry may already be a ``RecordError`` (a line that is not JSON)."""
+    root = Path(root)
+    owner: dict[str, int] = {}
     schema_cache: dict[Path, dict] = {}
     path_cache: dict[str, Path] = {}
+    for line_no, raw in entries:
+        if isinstance(raw, RecordError):
+            yield raw
+            continue
+        rid = usable_id(raw)
+        if rid is not None and rid in owner:
+            yield RecordError(
+                f"line {line_no}",
+                "id",
+                f"duplicate id {rid!r}: line {owner[rid]} already uses it, so this line is not used (ids must be "
+                "unique in a manifest)",
+            )
+            continue
+        if rid is not None:
+            owner[rid] = line_no
+        try:
+            yield parse_record(
+                raw,
+                root,
+                require_target=require_target,
+                line_no=line_no,
+                schema_cache=schema_cache,
+                path_cache=path_cache,
+            )
+        except RecordError as e:
+            yield e
+
+
+def _manifest_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed JSON or RecordError)`` for each non-blank line; a UTF-8 byte-order mark at the start of
+    the file (Windows editors write one) is skipped."""
     with path.open("rb") as fh:
         for line_no, raw_line in enumerate(fh, start=1):
+            if line_no == 1 and raw_line.startswith(codecs.BOM_UTF8):
+                raw_line = raw_line[len(codecs.BOM_UTF8) :]
             if not raw_line.strip():
                 continue
             try:
-                raw = json.loads(raw_line.decode("utf-8"))
+                yield line_no, json.loads(raw_line.decode("utf-8"))
             except UnicodeDecodeError as e:
-                out.append(RecordError(f"line {line_no}", "<json>", f"line is not valid UTF-8 ({e.reason})"))
-                continue
+                yield line_no, RecordError(f"line {line_no}", "<json>", f"line is not valid UTF-8 ({e.reason})")
             except json.JSONDecodeError as e:
-                out.append(RecordError(f"line {line_no}", "<json>", f"invalid JSON: {e.msg} at column {e.colno}"))
-                continue
-            try:
-                record = parse_record(
-                    raw,
-                    root,
-                    require_target=require_target,
-                    line_no=line_no,
-                    schema_cache=schema_cache,
-                    path_cache=path_cache,
-                )
-            except RecordError as e:
-                out.append(e)
-                continue
-            if record.id in first_line:
-                out.append(RecordError(record.id, "id", f"duplicate id (first seen on line {first_line[record.id]})"))
-                continue
-            first_line[record.id] = line_no
-            out.append(record)
-    return out
+                yield line_no, RecordError(f"line {line_no}", "<json>", f"invalid JSON: {e.msg} at column {e.colno}")
+            except RecursionError:
+                yield line_no, RecordError(f"line {line_no}", "<json>", "invalid JSON: nested too deeply")
+
+
+def read_manifest(path: str | Path, *, require_target: bool = True) -> list[Record | RecordError]:
+    """Parse a JSONL manifest: one entry per non-blank line, a ``Record`` or the ``RecordError`` that line raised.
+
+    A line that is not valid JSON yields ``RecordError('line N', '<json>', ...)``; a repeated id yields
+    ``RecordError('line N', 'id', ...)`` for the later line (see ``parse_entries``). A UTF-8 byte-order mark is
+    ignored. A missing manifest file raises ``FileNotFoundError`` (that is not a record's fault).
+    """
+    path = Path(path)
+    return list(parse_entries(_manifest_lines(path), path.resolve().parent, require_target=require_target))

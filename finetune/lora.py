@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnifuse.finetune.freezing import LORA_MARK, freeze_modules, resolve_modules, unfreeze_modules
+from omnifuse.finetune.safe_load import load_checkpoint
 from omnifuse.moe_core.experts import RoutedExperts
 
 ADAPTERS_NAME = "adapters.safetensors"
@@ -281,7 +282,7 @@ def export_adapters(checkpoint: str | Path, out: str | Path) -> Path:
     """Extract the adapters of a LoRA fine-tuning checkpoint (``.ckpt``) into a small safetensors file."""
     from safetensors.torch import save_file
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint)
     state = {
         k.removeprefix("model."): v.contiguous()
         for k, v in ckpt["state_dict"].items()
@@ -302,16 +303,17 @@ def export_adapters(checkpoint: str | Path, out: str | Path) -> Path:
 
 class SaveLoRAAdapters(L.Callback):
     """Write the task's adapters alone (``dirpath/adapters.safetensors``) whenever Lightning saves a checkpoint and
-    when training ends."""
+    when training ends. Without ``dirpath``: ``<trainer.default_root_dir>/adapters`` (the run folder under the CLI)."""
 
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = Path(dirpath)
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = Path(dirpath) if dirpath is not None else None
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and lora_state(pl_module.model):
             config = pl_module.hparams.get("lora")
             config = LoRAConfig(**config) if isinstance(config, dict) else config
-            save_lora_adapters(pl_module.model, self.dirpath, config)
+            dirpath = self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "adapters"
+            save_lora_adapters(pl_module.model, dirpath, config)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         self._save(trainer, pl_module)

@@ -19,6 +19,7 @@ from torch import nn
 
 from omnifuse.finetune.format import WEIGHTS_NAME
 from omnifuse.finetune.freezing import _report, resolve_modules
+from omnifuse.finetune.safe_load import load_checkpoint
 
 
 @dataclass
@@ -86,7 +87,7 @@ def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
     elif path.suffix == ".safetensors" and path.is_file():
         state = load_file(str(path))
     elif path.suffix == ".ckpt" and path.is_file():
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
         raw = checkpoint.get("state_dict", checkpoint)
         state = {k.removeprefix("model."): v for k, v in raw.items() if k.startswith("model.")}
         if not state:

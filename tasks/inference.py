@@ -66,9 +66,48 @@ def format_prediction(task: str, text: str) -> Any:
     return text
 
 
+def drop_unreadable_rows(model: OmniModel, batch: MultimodalBatch) -> tuple[MultimodalBatch, list[dict]]:
+    """Rows with no input the model has an encoder for become errors: a prediction would come from no input at all
+    (the decoder's prior). The error names the modalities the record has and those the model reads."""
+    readable = model.has_encoder.cpu()  # (M,)
+    present = batch.present.cpu()  # (B, M)
+    usable = (present & readable).any(dim=1)  # (B,)
+    if bool(usable.all()):
+        return batch, []
+    reads = ", ".join(m for i, m in enumerate(MODALITIES) if readable[i])
+    keep, errors = [], []
+    for row, rid in enumerate(batch.ids):
+        if usable[row]:
+            keep.append(row)
+            continue
+        has = [m for i, m in enumerate(MODALITIES) if present[row, i]] or ["no input"]
+        errors.append(
+            {
+                "id": rid,
+                "error": f"record {rid!r}: field {has[0]!r}: the model has no encoder for {' or '.join(has)}, and the "
+                f"record has no other input (the model reads {reads}); nothing to predict from",
+            }
+        )
+    return batch.select(keep), errors
+
+
+def ignored_modalities(model: OmniModel, batch: MultimodalBatch) -> list[list[str]]:
+    """Per row, the modalities it has that the model has no encoder for (they play no part in its prediction)."""
+    readable = model.has_encoder.cpu().tolist()
+    return [
+        [m for m, has, reads in zip(MODALITIES, row, readable, strict=True) if has and not reads]
+        for row in batch.present.cpu().tolist()
+    ]
+
+
 def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationConfig) -> dict[str, list[dict]]:
-    """Predictions for the good rows of ``batch`` and ``{"id", "error"}`` rows for the bad ones."""
+    """Predictions for the good rows of ``batch`` and ``{"id", "error"}`` rows for the bad ones.
+
+    A row with no input the model can read is an error; a row with some is predicted from those, and its prediction
+    lists the others under ``ignored_modalities``."""
     errors = [{"id": rid, "error": reason} for rid, reason in batch.failed]
+    batch, unreadable = drop_unreadable_rows(model, batch)
+    errors += unreadable
     batch, schema_errors = drop_unusable_schemas(batch, config.max_new_tokens)
     errors += schema_errors
     predictions: list[dict] = []
@@ -77,16 +116,18 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
     generation = model.generate(batch, **generation_kwargs(config, batch, model.tokenizer))
     weights = generation.modality_weights.float().cpu()
     counts = generation.expert_counts.cpu()
-    present = batch.present.cpu()
+    present = batch.present.cpu() & model.has_encoder.cpu()  # (B, M): the inputs the prediction was made from
+    ignored = ignored_modalities(model, batch)
     for row, rid in enumerate(batch.ids):
-        predictions.append(
-            {
-                "id": rid,
-                "task": batch.tasks[row],
-                "prediction": format_prediction(batch.tasks[row], generation.texts[row]),
-                "modality_weights": {m: round(float(weights[row, i]), 6) for i, m in enumerate(MODALITIES) if present[row, i]},
-                # Per MoE layer: {expert index: number of generated tokens it processed}.
-                "experts": [{str(e): int(c) for e, c in enumerate(layer.tolist()) if c} for layer in counts[row]],
-            }
-        )
+        prediction = {
+            "id": rid,
+            "task": batch.tasks[row],
+            "prediction": format_prediction(batch.tasks[row], generation.texts[row]),
+            "modality_weights": {m: round(float(weights[row, i]), 6) for i, m in enumerate(MODALITIES) if present[row, i]},
+            # Per MoE layer: {expert index: number of generated tokens it processed}.
+            "experts": [{str(e): int(c) for e, c in enumerate(layer.tolist()) if c} for layer in counts[row]],
+        }
+        if ignored[row]:
+            prediction["ignored_modalities"] = ignored[row]  # the record has them, the model has no encoder for them
+        predictions.append(prediction)
     return {"predictions": predictions, "errors": errors}

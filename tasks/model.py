@@ -21,6 +21,7 @@ from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.encoders.base import Encoder, TokenSequence
 from omnifuse.finetune.format import CONFIG_NAME, WEIGHTS_NAME
+from omnifuse.finetune.safe_load import load_checkpoint
 from omnifuse.fusion import FusedMemory, ModalityFusion
 from omnifuse.moe_core import DecoderOutput, MoEDecoder, MoEDecoderConfig
 
@@ -264,7 +265,7 @@ class OmniModel(nn.Module):
             model.load_state_dict(merge_lora_state(load_file(str(weights_file), device=str(map_location))))
             return model
         if path.suffix == ".ckpt":
-            return cls.from_checkpoint(torch.load(path, map_location=map_location, weights_only=False), str(path))
+            return cls.from_checkpoint(load_checkpoint(path, map_location=map_location), str(path))
         raise FileNotFoundError(f"{path}: expected a save_pretrained folder or a .ckpt file")
 
     @classmethod

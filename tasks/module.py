@@ -21,6 +21,7 @@ from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import Encoder
 from omnifuse.finetune.freezing import no_weight_decay
 from omnifuse.finetune.lora import LoRAConfig
+from omnifuse.finetune.safe_load import register_safe_types
 from omnifuse.finetune.setup import setup_finetuning
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
@@ -30,6 +31,10 @@ from omnifuse.tasks.speech_ctc import SpeechCTCConfig, SpeechCTCHead, init_head_
 from omnifuse.tasks.strategies import enable_ddp_unused_parameters
 
 IGNORE_INDEX = -100
+
+# Lightning's own checkpoint loads (``--ckpt_path``, ``load_from_checkpoint``) run with ``weights_only=True`` like
+# omnifuse's: let them rebuild the config dataclasses a task built in Python keeps in its hyper-parameters.
+register_safe_types()
 
 
 def rng_states() -> dict[str, Any]:
@@ -242,6 +247,11 @@ class OmniTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Plain `ddp`: a batch without some modality leaves its encoder/projection unused -> find_unused_parameters.
         enable_ddp_unused_parameters(self._trainer)
+        # Before the first step: a train / val / test record whose only inputs the model cannot read fails (or is
+        # skipped with data.skip_bad_records) now, instead of being learned or scored from no input at all.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if stage in ("fit", "validate", "test") and hasattr(datamodule, "check_inputs"):
+            datamodule.check_inputs(self.model.encoders.keys())
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -20,6 +20,7 @@ from torch import nn
 
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.encoders.base import TokenSequence
+from omnifuse.finetune.safe_load import load_checkpoint
 
 
 @dataclass
@@ -116,7 +117,7 @@ def init_head_from(head: SpeechCTCHead, path: str | Path, audio_encoder_loaded: 
         return "  speech_ctc head: new (the audio encoder it reads was not loaded from init_from)"
     if path.suffix != ".ckpt":
         return "  speech_ctc head: new (exported models leave the training-only head out)"
-    raw = torch.load(path, map_location="cpu", weights_only=False)
+    raw = load_checkpoint(path)
     state = {
         k.removeprefix("speech_ctc."): v for k, v in raw.get("state_dict", {}).items() if k.startswith("speech_ctc.")
     }

@@ -153,11 +153,11 @@ def test_read_manifest_reports_bad_lines_and_duplicates(root: Path):
     assert kinds == [
         ("Record", "a", None),
         ("RecordError", "line 2", "<json>"),
-        ("RecordError", "a", "id"),
+        ("RecordError", "line 4", "id"),  # the later copy is refused under its own line, so "a" names one line
         ("RecordError", "c", "task"),
         ("Record", "d", None),
     ]
-    assert "line 1" in items[2].reason  # the duplicate points at the first occurrence
+    assert "'a'" in items[2].reason and "line 1" in items[2].reason  # the id, and the line that owns it
     assert items[4].image == (root / "img" / "a.png").resolve()  # resolved against the manifest's folder
 
 

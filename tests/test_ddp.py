@@ -4,6 +4,8 @@ group unfrozen by FinetuneSchedule after DDP wrapped the model stays synchronise
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -56,6 +58,7 @@ class RankProbe(L.Callback):
                 "world": trainer.world_size,
                 "ddp_kwargs": dict(getattr(trainer.strategy, "_ddp_kwargs", {})),
                 "wrapped": type(trainer.strategy.model).__name__,
+                "run_dir": str(trainer.default_root_dir),
             },
             f"{self.out}/rank{trainer.global_rank}.pt",
         )
@@ -107,6 +110,9 @@ def test_ddp_two_cpu_ranks_stay_identical_and_all_reduce_router_counts(tmp_path_
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert all(r["world"] == 2 and r["wrapped"] == "DistributedDataParallel" for r in ranks)
     assert ranks[0]["ddp_kwargs"].get("find_unused_parameters") is True  # turned on for plain `ddp`
+    # One run folder for the job: the worker process inherits the launcher's choice instead of claiming another.
+    assert sorted(p.name for p in tmp_path.glob("version_*")) == ["version_0"]
+    assert {Path(r["run_dir"]).resolve() for r in ranks} == {(tmp_path / "version_0").resolve()}
     ids = [[s["ids"] for s in r["steps"]] for r in ranks]
     assert len(ids[0]) == len(ids[1]) == 2 and ids[0] != ids[1]  # two steps, different data per rank
     kinds = {i.rsplit("-", 1)[1] for r in ids for step in r for i in step}

@@ -295,7 +295,7 @@ def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from_and_a_schedu
         settings("finetune_vqa_to_spoken.yaml", "finetune_spoken"),
         settings("spoken_vqa.yaml", "spoken_vqa"),
     )
-    assert finetune["model"]["init_args"].pop("init_from") == "runs/easyvqa/checkpoints/best.ckpt"
+    assert finetune["model"]["init_args"].pop("init_from") == "runs/easyvqa/latest/checkpoints/best.ckpt"
     (schedule,) = [c for c in finetune["trainer"]["callbacks"] if c["class_path"].endswith("FinetuneSchedule")]
     finetune["trainer"]["callbacks"].remove(schedule)
     # Everything the VQA model brings is frozen for the first epoch; only the new speech path trains.

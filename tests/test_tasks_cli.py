@@ -77,10 +77,11 @@ def test_plain_predict_writes_both_files_and_accounts_for_every_id(trained, easy
             "--ckpt_path", str(last),
         ]
     ) == 0
-    out = tmp_path / "predict"  # the default: <default_root_dir>/predict
+    out = tmp_path / "predict_0"  # the default: a run folder of its own under default_root_dir
     summary = [line for line in capsys.readouterr().out.splitlines() if line.startswith("omnifuse predict:")]
     n_bad = sum(i.startswith(("bad-", "line ")) for i in ids)
     assert summary == [
+        f"omnifuse predict: run folder {out}",
         f"omnifuse predict: {len(ids)} records: {len(ids) - n_bad} predicted, {n_bad} errors"
         f" -> {out / 'predictions.jsonl'}, {out / 'errors.jsonl'}"
     ]
@@ -119,7 +120,7 @@ def test_predict_output_option_and_record_counting_progress_bar(trained, easyvqa
     written = [json.loads(x)["id"] for name in ("predictions.jsonl", "errors.jsonl")
                for x in (tmp_path / "chosen" / name).read_text().splitlines()]
     assert sorted(written) == sorted(ids)
-    assert not (tmp_path / "root" / "predict").exists()
+    assert not list((tmp_path / "root" / "predict_0").glob("*.jsonl"))  # its run folder holds no predictions
     assert sum(isinstance(c, JsonlPredictionWriter) for c in cli.trainer.callbacks) == 1
     bar = next(c for c in cli.trainer.callbacks if isinstance(c, RecordProgressBar))
     assert bar.predict_records_done == len(ids)  # records, not the 4 batches of 3
@@ -176,7 +177,7 @@ def test_print_config_round_trips(tmp_path, capsys):
         main(["fit", "--config", str(saved), "--print_config"])
     assert capsys.readouterr().out == printed
     config = yaml.safe_load(printed)
-    for key in ("ckpt_path", "weights_only"):  # `fit` arguments, not part of the model/data/trainer config
+    for key in ("ckpt_path", "weights_only", "run_dir"):  # `fit` arguments, not part of the model/data/trainer config
         config.pop(key, None)
     saved.write_text(yaml.safe_dump(config))
     cli = cli_main(["--config", str(saved)], run=False)
