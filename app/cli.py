@@ -21,7 +21,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from omnifuse.app import runs
+from omnifuse.app import runs, threads
 from omnifuse.app.quiet import silence_unactionable_noise
 from omnifuse.app.writer import JsonlPredictionWriter
 from omnifuse.data.datamodule import MultimodalDataModule
@@ -62,6 +62,13 @@ class OmniCLI(LightningCLI):
             default=None,
             help="write into this folder instead of a new <trainer.default_root_dir>/"
             f"{runs.folder_prefix(subcommand)}_N (the one way to reuse a folder)",
+        )
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="intra-op threads of each process (default: the CPUs this process may use, divided among the DDP "
+            "ranks and loader workers on this host; OMNIFUSE_THREADS or OMP_NUM_THREADS if set)",
         )
         if subcommand == "predict":
             parser.add_argument(
@@ -132,6 +139,11 @@ class OmniCLI(LightningCLI):
             raise UnsafeCheckpointError(ckpt_path, unpickling_reason(error)) from None
 
     def _run_subcommand(self, subcommand: str) -> None:
+        threads.configure(
+            self.config[subcommand].get("threads"),
+            ranks_per_host=self.trainer.num_devices,
+            loader_workers=getattr(self.datamodule, "num_workers", 0) or 0,
+        )
         try:
             super()._run_subcommand(subcommand)
         except pickle.UnpicklingError as error:  # the Trainer's own weights_only load refused the checkpoint
@@ -301,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             # command-line arguments were both given, on every run.
             cli_main(None)
             return 0
+        threads.configure()
         return VERBS[verb][0](rest)
     except (CheckpointError, RecordError) as error:  # a refused checkpoint, a bad training record: one line
         print(f"omnifuse {verb}: {error}", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from omnifuse.app import threads as threads_module
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.records import parse_entries
@@ -36,7 +37,10 @@ class Predictor:
         sample_rate: int = 16000,
         max_audio_seconds: float | None = 8.0,
         device: str | torch.device = "cpu",
+        threads: int | None = None,
     ) -> None:
+        # The same thread plan as the omnifuse command (app/threads.py): OMNIFUSE_THREADS / OMP_NUM_THREADS respected.
+        threads_module.configure(threads)
         self.model = model.to(device).eval()
         self.generation = generation or GenerationConfig()
         self.batch_size = batch_size

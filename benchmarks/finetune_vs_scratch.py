@@ -1,7 +1,7 @@
 """Fine-tuning from a checkpoint vs training from scratch: the same recipe run twice, validation curves side by side.
 
     python benchmarks/finetune_vs_scratch.py --config configs/finetune_vqa_to_caption.yaml \\
-        [--init-from runs/easyvqa/latest/checkpoints/best.ckpt] [--out runs/finetune_vs_scratch] [--threads 2]
+        [--init-from runs/easyvqa/latest/checkpoints/best.ckpt] [--out runs/finetune_vs_scratch] [--threads N]
 
 Runs ``omnifuse fit`` on the recipe twice with identical data, seed, optimizer and budget: once as written (or with
 ``--init-from``), once with ``model.init_from: null``. Both runs log to ``<out>/<recipe>/{finetune,scratch}``. Prints
@@ -39,9 +39,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
+from omnifuse.app import threads
 from omnifuse.app.cli import cli_main
 
 
@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument("--init-from", help="checkpoint to fine-tune from (default: the recipe's model.init_from)")
     parser.add_argument("--out", default="runs/finetune_vs_scratch")
     parser.add_argument("--target", type=float, help="metric value to reach (default: the scratch run's last value)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: omnifuse's plan: usable CPUs; OMNIFUSE_THREADS / OMP_NUM_THREADS respected)")
     parser.add_argument("--scratch-run", type=Path, help="a finished scratch run to read instead of training one")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="run the comparison once per seed (seed_everything and data.seed)"
@@ -320,7 +320,7 @@ def main() -> None:
         parser.error("--seeds trains the scratch half once per seed; it cannot be read from one --scratch-run")
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds lists a seed twice: {args.seeds}")
-    torch.set_num_threads(args.threads)
+    args.threads = threads.configure(args.threads).intra_op
 
     recipe = yaml.safe_load(Path(args.config).read_text())
     init_from = args.init_from or recipe["model"]["init_args"].get("init_from")

@@ -1,6 +1,6 @@
 """Training step time with and without ``data.group_by: image``, side by side, on a recipe's real batches.
 
-    python benchmarks/grouped_batches.py [--config configs/easyvqa.yaml] [--steps 30] [--group-size 4] [--threads 2]
+    python benchmarks/grouped_batches.py [--config configs/easyvqa.yaml] [--steps 30] [--group-size 4] [--threads N]
 
 Builds the recipe's model and data module, takes the first ``--steps`` training batches of epoch 0 with a plain
 (balanced) draw and with the same draw grouped by image, and times a full optimizer step (forward, backward, AdamW,
@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from omnifuse.app import threads
 from omnifuse.app.cli import cli_main
 
 
@@ -58,10 +59,10 @@ def main() -> None:
     parser.add_argument("--config", default="configs/easyvqa.yaml")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--group-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: omnifuse's plan: usable CPUs; OMNIFUSE_THREADS / OMP_NUM_THREADS respected)")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # LightningCLI below gets its arguments explicitly
-    torch.set_num_threads(args.threads)
+    args.threads = threads.configure(args.threads).intra_op
 
     rows = {}
     for name, group_by in (("plain", None), (f"group_by image, size {args.group_size}", "image")):

@@ -28,6 +28,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from omnifuse.app import threads
 from omnifuse.moe_core.experts import SwiGLU
 from omnifuse.moe_core.moe import MoELayer
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: omnifuse's plan: usable CPUs; OMNIFUSE_THREADS / OMP_NUM_THREADS respected)")
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no-peer", action="store_true", help="skip the transformers columns")
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    args.threads = threads.configure(args.threads).intra_op
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     n, d = args.tokens, args.d_model

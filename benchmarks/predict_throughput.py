@@ -1,6 +1,6 @@
 """Batch inference throughput: records/s at batch 64 and at batch 1 over the same easy-VQA test records.
 
-    python benchmarks/predict_throughput.py --ckpt runs/easyvqa/latest/checkpoints/best.ckpt [--limit 2000] [--threads 2]
+    python benchmarks/predict_throughput.py --ckpt runs/easyvqa/latest/checkpoints/best.ckpt [--limit 2000] [--threads N]
 
 Prints one table (records/s for each batch size and the ratio against batch 1) and checks that both batch sizes
 predict the same answers. Figures, not pass/fail.
@@ -13,9 +13,8 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from omnifuse import Predictor
+from omnifuse.app import threads
 
 
 def main() -> None:
@@ -24,11 +23,11 @@ def main() -> None:
     parser.add_argument("--manifest", default="datasets/easyvqa/vqa_test.jsonl")
     parser.add_argument("--limit", type=int, default=2000, help="first N records (the same N for every batch size)")
     parser.add_argument("--batch-sizes", default="64,1")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: omnifuse's plan: usable CPUs; OMNIFUSE_THREADS / OMP_NUM_THREADS respected)")
     parser.add_argument("--max-new-tokens", type=int, default=12)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    args.threads = threads.configure(args.threads).intra_op
     manifest = Path(args.manifest)
     records = [json.loads(line) for line in manifest.read_text().splitlines()[: args.limit]]
     results = {}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from omnifuse.app import threads
 from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.schema import JsonSchemaLogitsProcessor, UnsupportedSchemaError, compile_schema
 from omnifuse.schema.compiled import CompiledSchema
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_expected_unsupported:
         write_expected_unsupported()
         return
-    torch.set_num_threads(args.threads)
+    args.threads = threads.configure(args.threads).intra_op
     print_coverage()
     bench_compile()
     print(f"mask time per decoding step (byte tokenizer, random logits, max_new_tokens={args.max_new_tokens}):")

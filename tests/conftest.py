@@ -1,9 +1,12 @@
+import os
+
 import pytest
 import torch
 
 # Tests use tiny models, where a second intra-op thread costs more in synchronisation than it gains, and on a shared
 # machine two spinning threads per process slowed some ops 10-20x (measured). One thread keeps the suite steady.
 torch.set_num_threads(1)
+os.environ.setdefault("OMNIFUSE_THREADS", "1")  # what Predictor and the omnifuse verbs plan (app/threads.py)
 
 
 @pytest.fixture(autouse=True)

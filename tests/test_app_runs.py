@@ -94,8 +94,13 @@ def test_two_fits_keep_both_runs_and_the_root_moves_everything(data, recipe, tmp
     assert sorted(p.name for p in root.iterdir()) == ["latest", "version_0", "version_1"]  # nothing outside the runs
 
 
-def test_ckpt_path_last_resumes_the_newest_run_in_its_folder(data, recipe, tmp_path):
-    _fit(data, recipe, tmp_path)
+def test_ckpt_path_last_resumes_the_newest_run_in_its_folder(data, recipe, tmp_path, capsys, monkeypatch):
+    from omnifuse.app import threads
+
+    monkeypatch.setattr(threads, "_announced", set())  # printed once per process: forget earlier tests' lines
+    _fit(data, recipe, tmp_path, "--threads", "1")
+    # The thread plan is printed at the start of the command (app/threads.py), with the option that chose it.
+    assert "omnifuse threads: 1 intra-op, 1 inter-op (--threads)" in capsys.readouterr().err
     _fit(data, recipe, tmp_path)  # version_1: the newest
     older = _digests(tmp_path / "version_0")
     _fit(data, recipe, tmp_path, "--ckpt_path", "last", "--trainer.max_steps", "5")

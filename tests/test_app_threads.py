@@ -1,0 +1,101 @@
+"""The thread plan (app/threads.py) follows what the process may really use: its CPU affinity and cgroup quota, shared
+among DDP ranks and loader workers; the user's overrides win in a fixed order; the OpenMP wait policy is passive unless
+the user chose one, and only where torch has not been loaded yet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omnifuse.app import threads
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_overrides(monkeypatch):
+    for name in ("OMNIFUSE_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _child(code: str, env: dict[str, str] | None = None) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMNIFUSE_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMNIFUSE_WAIT_POLICY")}
+    result = subprocess.run([sys.executable, "-c", code], env={**clean, **(env or {})}, capture_output=True, text=True,
+                            check=True, timeout=120)
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
+def test_the_plan_follows_cpu_affinity_in_a_fresh_process():
+    cpus = sorted(os.sched_getaffinity(0))
+    code = (
+        "import os, json; os.sched_setaffinity(0, {cpu}); "
+        "from omnifuse.app import threads; p = threads.plan(); "
+        "print(json.dumps([threads.usable_cpus(), p.intra_op]))"
+    )
+    assert json.loads(_child(code.format(cpu={cpus[0]}))) == [1, 1]
+    if len(cpus) >= 2:
+        assert json.loads(_child(code.format(cpu=set(cpus[:2])))) == [2, 2]
+
+
+def test_a_cgroup_quota_caps_the_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: 1.5 CPUs -> 2 threads' worth
+    assert threads.usable_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # no quota
+    assert threads.usable_cpus(tmp_path) == 8
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")  # cgroup v1: 3 CPUs
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.usable_cpus(tmp_path) == 3
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.usable_cpus(tmp_path) == 8
+
+
+def test_cpus_are_shared_among_ranks_and_loader_workers(no_overrides):
+    assert threads.plan(cpus=16).intra_op == 16
+    assert threads.plan(cpus=16, ranks_per_host=4).intra_op == 4
+    assert threads.plan(cpus=16, ranks_per_host=4, loader_workers=2).intra_op == 2
+    assert threads.plan(cpus=2, ranks_per_host=4, loader_workers=2).intra_op == 1  # never below one
+    assert "4 ranks on this host" in threads.plan(cpus=16, ranks_per_host=4).reason
+
+
+def test_overrides_win_in_order(monkeypatch, no_overrides):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert (threads.plan(cpus=16).intra_op, threads.plan(cpus=16).reason) == (3, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMNIFUSE_THREADS", "5")
+    assert threads.plan(cpus=16).intra_op == 5
+    assert threads.plan(7, cpus=16).intra_op == 7
+    monkeypatch.setenv("OMNIFUSE_THREADS", "two")
+    with pytest.raises(ValueError, match="OMNIFUSE_THREADS='two'"):
+        threads.plan(cpus=16)
+    with pytest.raises(ValueError, match="--threads='0'"):
+        threads.plan(0, cpus=16)
+
+
+def test_apply_sets_torch_and_announces_once(capsys, no_overrides):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        threads.configure(1)
+        threads.configure(1)
+        assert torch.get_num_threads() == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("omnifuse threads:")]
+        assert len(lines) <= 1  # printed once per process and plan (it may have been printed by an earlier test)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_passive_wait_policy_is_a_default_set_before_torch_loads():
+    assert _child("import omnifuse, os; print(os.environ.get('OMP_WAIT_POLICY'))") == "PASSIVE"
+    assert _child("import omnifuse, os; print(os.environ['OMP_WAIT_POLICY'])", {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    assert _child("import omnifuse, os; print(os.environ.get('OMP_WAIT_POLICY'))", {"OMNIFUSE_WAIT_POLICY": "library"}) == "None"
+    # torch already loaded: its OpenMP runtime has read the environment, so setting it now would be a lie.
+    assert _child("import torch, omnifuse, os; print(os.environ.get('OMP_WAIT_POLICY'))") == "None"
