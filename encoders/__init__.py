@@ -3,8 +3,10 @@
 Every encoder is an ``Encoder`` (``nn.Module``) with ``modality`` (``"image"`` | ``"audio"`` | ``"text"``),
 ``out_dim``, ``num_tokens(...)`` and a registry name (``build_encoder(name, **kwargs)``; ``list_encoders()``):
 
-- ``timm_image`` :class:`TimmImageEncoder`, ``open_clip_image`` :class:`OpenClipImageEncoder`:
-  ``forward(images (B, 3, H, W) in [0, 1])``
+- ``timm_image`` :class:`TimmImageEncoder`, ``conv_image`` :class:`ConvImageEncoder`, ``open_clip_image``
+  :class:`OpenClipImageEncoder`: ``forward(images (B, 3, H, W) in [0, 1])``; the first two also take
+  ``film=FilmParams(...)``, per-sample scale and shift for each of their ``film_channels`` stages (question-conditioned
+  vision; the parameters come from outside, so the encoder depends on no other modality)
 - ``audio`` :class:`AudioEncoder`, ``timm_audio`` :class:`TimmAudioEncoder`: ``forward(wave (B, S), wave_mask (B, S))``
 - ``text`` :class:`TextEncoder`, ``open_clip_text`` :class:`OpenClipTextEncoder`: ``forward(ids (B, T), mask (B, T))``
 
@@ -17,13 +19,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from omnifuse.encoders.base import Encoder, TokenSequence
+from omnifuse.encoders.base import Encoder, FilmParams, TokenSequence, apply_film
 from omnifuse.encoders.registry import build_encoder, get_encoder_class, list_encoders, register_encoder
 
 if TYPE_CHECKING:
     from omnifuse.encoders.audio import AudioEncoder
     from omnifuse.encoders.audio_frontend import LogMelFrontend, SpecAugment, SpeedPerturb
     from omnifuse.encoders.audio_timm import TimmAudioEncoder
+    from omnifuse.encoders.image_conv import ConvImageEncoder
     from omnifuse.encoders.image_open_clip import OpenClipImageEncoder
     from omnifuse.encoders.image_timm import TimmImageEncoder
     from omnifuse.encoders.text import TextEncoder
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "AudioEncoder": "omnifuse.encoders.audio",
+    "ConvImageEncoder": "omnifuse.encoders.image_conv",
     "LogMelFrontend": "omnifuse.encoders.audio_frontend",
     "OpenClipImageEncoder": "omnifuse.encoders.image_open_clip",
     "OpenClipTextEncoder": "omnifuse.encoders.text_open_clip",
@@ -43,7 +47,9 @@ _LAZY = {
 
 __all__ = [
     "AudioEncoder",
+    "ConvImageEncoder",
     "Encoder",
+    "FilmParams",
     "LogMelFrontend",
     "OpenClipImageEncoder",
     "OpenClipTextEncoder",
@@ -53,6 +59,7 @@ __all__ = [
     "TimmAudioEncoder",
     "TimmImageEncoder",
     "TokenSequence",
+    "apply_film",
     "build_encoder",
     "get_encoder_class",
     "list_encoders",

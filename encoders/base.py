@@ -17,16 +17,46 @@ class TokenSequence(NamedTuple):
     mask: torch.Tensor
 
 
+class FilmParams(NamedTuple):
+    """Per-stage FiLM conditioning (Perez et al. 2018) handed to an encoder that accepts it (``film_channels``).
+
+    Stage ``s`` of the encoder has its feature map ``x`` (B, C_s, ...) replaced by ``x * scale[s] + shift[s]``, per
+    sample and channel; ``scale[s]`` and ``shift[s]`` are (B, C_s) with ``C_s = encoder.film_channels[s]``. A row with
+    scale exactly 1 and shift exactly 0 is the identity, bit for bit (``x * 1 + 0 == x`` in IEEE arithmetic): that is
+    how a sample without conditioning (no question) shares a batch with conditioned ones. The encoder does not know
+    where the parameters come from; it depends on no other modality.
+    """
+
+    scale: tuple[torch.Tensor, ...]
+    shift: tuple[torch.Tensor, ...]
+
+
+def apply_film(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, *spatial) (or (B, N, C) token maps) -> ``x * scale + shift`` per sample and channel.
+
+    ``scale``/``shift`` (B, C). Exact identity for rows with scale 1 and shift 0."""
+    if x.dim() == 3:  # (B, N, C): channels last, e.g. a ViT block's tokens
+        return x * scale[:, None, :].to(x.dtype) + shift[:, None, :].to(x.dtype)
+    shape = scale.shape + (1,) * (x.dim() - 2)  # (B, C, 1, 1)
+    return x * scale.view(shape).to(x.dtype) + shift.view(shape).to(x.dtype)
+
+
 class Encoder(nn.Module):
     """Base class of every encoder: records its own constructor arguments as a ``spec``.
 
     ``spec`` is ``{"class_path": ..., "init_args": {...}}`` — the same shape LightningCLI uses — so a model can write
     its encoders into ``config.json`` and rebuild them later without pickling, whoever constructed them (YAML, CLI or
     plain Python). Subclasses set ``modality`` and ``out_dim``.
+
+    An encoder that can be conditioned (question-conditioned vision, see ``omnifuse.fusion.QuestionFilm``) lists the
+    channel count of each stage it modulates in ``film_channels`` and takes ``film: FilmParams | None = None`` as a
+    keyword argument of ``forward``; ``film=None`` is the plain, unconditioned encoder. ``film_channels == ()``: the
+    encoder takes no conditioning.
     """
 
     modality: str = ""
     out_dim: int = 0
+    film_channels: tuple[int, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from omnifuse.encoders.base import Encoder, TokenSequence
+from omnifuse.encoders.base import Encoder, FilmParams, TokenSequence
 from omnifuse.encoders.registry import register_encoder
 from omnifuse.encoders.timm_backbone import TimmBackbone
 from omnifuse.encoders.utils import ImageNormalizer, as_2tuple, freeze_
@@ -22,7 +22,12 @@ class TimmImageEncoder(Encoder):
             which otherwise get their data-config size. ``None`` with a CNN keeps the incoming size.
         feature_level: ``forward_intermediates`` level to take (-1 = last). On 64x64 images a ResNet's last stage
             is 2x2; ``feature_level=-3`` gives its 8x8 stage (positional detail for small images).
-        model_kwargs: forwarded to ``timm.create_model``.
+        film_levels: ``feature_info`` levels whose output a ``film`` argument modulates (forward hooks on those
+            modules, so any timm CNN works); default: every stage after the stem up to the returned one. Their
+            channel counts are ``film_channels``.
+        channels_last: run the backbone in channels-last memory format (faster for some CNNs on CPU; measure).
+        model_kwargs: forwarded to ``timm.create_model`` (e.g. ``channels``, ``stem_width``, ``layers`` of a ResNet,
+            to size a tower for small images).
 
     The normalisation (mean/std, and the input size for fixed-size models) is resolved from the model's timm data
     config, exposed as ``data_config``. Images carry no padding, so every token is valid (mask all True).
@@ -37,6 +42,8 @@ class TimmImageEncoder(Encoder):
         freeze: bool = False,
         img_size: int | tuple[int, int] | None = None,
         feature_level: int = -1,
+        film_levels: list[int] | None = None,
+        channels_last: bool = False,
         **model_kwargs,
     ) -> None:
         super().__init__()
@@ -49,6 +56,12 @@ class TimmImageEncoder(Encoder):
             size = self.backbone.default_size
         self.normalize = ImageNormalizer(self.data_config["mean"], self.data_config["std"], size)
         self.out_dim = self.backbone.out_dim
+        stages = self.backbone.film_stages(film_levels)
+        self.film_modules = tuple(name for name, _ in stages)
+        self.film_channels = tuple(channels for _, channels in stages)
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.frozen = freeze
         if freeze:
             freeze_(self.backbone)
@@ -64,9 +77,17 @@ class TimmImageEncoder(Encoder):
         h, w = self.backbone.feature_shape(self.normalize.output_size(as_2tuple(image_size)))
         return h * w
 
-    def forward(self, images: torch.Tensor) -> TokenSequence:
-        """``images`` (B, 3, H, W) float in [0, 1] -> tokens (B, h*w, out_dim), mask (B, h*w) all True."""
-        feats = self.backbone(self.normalize(images))  # (B, D, h, w)
+    def forward(self, images: torch.Tensor, film: FilmParams | None = None) -> TokenSequence:
+        """``images`` (B, 3, H, W) float in [0, 1] -> tokens (B, h*w, out_dim), mask (B, h*w) all True.
+
+        ``film``: per-sample FiLM of the ``film_modules`` outputs (see ``FilmParams``); None: unconditioned."""
+        if film is not None and not self.film_channels:
+            raise ValueError(f"{self.backbone.model_name} has no stages to modulate (film_channels is empty)")
+        x = self.normalize(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.backbone.film_hooks(self.film_modules, film):
+            feats = self.backbone(x)  # (B, D, h, w)
         tokens = feats.flatten(2).transpose(1, 2)  # (B, h*w, D), row-major over the grid
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return TokenSequence(tokens, mask)

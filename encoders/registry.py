@@ -13,6 +13,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {}
 # ``import omnifuse.encoders`` does not pay for timm / open_clip until an encoder that needs them is built.
 _BUILTIN_MODULES: dict[str, str] = {
     "audio": "omnifuse.encoders.audio",
+    "conv_image": "omnifuse.encoders.image_conv",
     "open_clip_image": "omnifuse.encoders.image_open_clip",
     "open_clip_text": "omnifuse.encoders.text_open_clip",
     "text": "omnifuse.encoders.text",

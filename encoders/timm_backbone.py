@@ -6,12 +6,15 @@ Shared by the timm image encoder and the AST-style timm audio encoder. Weights a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator, Sequence
 
 import timm
 import torch
 from torch import nn
 
+from omnifuse.encoders.base import FilmParams, apply_film
 from omnifuse.encoders.utils import as_2tuple, resolve_local_weights
 
 
@@ -87,6 +90,48 @@ class TimmBackbone(nn.Module):
         self.in_chans = in_chans
         self._probe_cache: dict[tuple[int, int], tuple[int, tuple[int, int]]] = {}
         self.out_dim, _ = self._probe(self.default_size)
+
+    def output_level(self) -> int | None:
+        """Index into ``model.feature_info`` of the level this backbone returns (None: the model has no feature_info)."""
+        info = getattr(self.model, "feature_info", None)
+        if not info or not self.uses_intermediates:
+            return None
+        return self.feature_level % len(info)
+
+    def film_stages(self, levels: Sequence[int] | None = None) -> list[tuple[str, int]]:
+        """(module name, channels) of the stages FiLM can modulate: ``feature_info`` levels ``levels`` (default: every
+        level after the stem, up to and including the one returned). Empty when the model has no ``feature_info``."""
+        out = self.output_level()
+        if out is None:
+            return []
+        info = self.model.feature_info
+        chosen = list(range(1, out + 1)) if levels is None else [lvl % len(info) for lvl in levels]
+        for lvl in chosen:
+            if not 0 <= lvl <= out:
+                raise ValueError(f"film level {lvl} is not computed: {self.model_name} stops at level {out}")
+        return [(info[lvl]["module"], int(info[lvl]["num_chs"])) for lvl in chosen]
+
+    @contextlib.contextmanager
+    def film_hooks(self, modules: Sequence[str], film: FilmParams | None) -> Iterator[None]:
+        """While active, the output of each named module ``modules[s]`` is FiLM-modulated by ``film`` stage ``s``
+        (forward hooks: works for any timm model whose stages are modules). ``film=None``: nothing is hooked."""
+        if film is None:
+            yield
+            return
+        if len(film.scale) != len(modules) or len(film.shift) != len(modules):
+            raise ValueError(f"film has {len(film.scale)} stages, the backbone modulates {len(modules)}")
+        handles = []
+        try:
+            for name, scale, shift in zip(modules, film.scale, film.shift):
+
+                def hook(_module, _inputs, output, scale=scale, shift=shift):
+                    return apply_film(output, scale, shift)
+
+                handles.append(self.model.get_submodule(name).register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _probe(self, size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
         """(channels, (h, w)) of the feature map for an input of ``size``, from one no-grad eval forward (cached)."""

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from omnifuse.encoders.base import TokenSequence
+from omnifuse.encoders.base import FilmParams, TokenSequence
 from omnifuse.fusion.attention import CrossModalBlock, build_attention_masks
 from omnifuse.fusion.embedding import ModalityEmbedding
+from omnifuse.fusion.film import QuestionFilm
 from omnifuse.fusion.gate import ModalityGate, modality_dropout
 from omnifuse.fusion.types import FusedMemory
 
@@ -35,6 +36,12 @@ class ModalityFusion(nn.Module):
             ``x * (1 + gamma) + beta`` with ``(gamma, beta)`` a linear map of the mean of the other present modalities'
             tokens (zero-initialised, so it starts as the identity). Attention can only mix values; FiLM gives a
             direct product between, say, a question's words and every image token.
+        vision_film: question-conditioned vision. ``vision_conditioning`` computes, from the question's tokens (text
+            or audio, per sample), FiLM parameters for every stage of the image encoder (``QuestionFilm``), which the
+            model passes to the image encoder *before* fusion, so the question shapes the visual features from the
+            first stage on. A sample without a question gets exactly no conditioning.
+        vision_film_hidden: width of the ``QuestionFilm`` summary and MLP.
+        vision_film_channels: the image encoder's ``film_channels`` (given by the model, not by configs).
 
     Memory layout, along N: ``[null] + [tokens of modalities[0]] + [tokens of modalities[1]] + ...``, where only the
     modalities found in ``sequences`` have a block. The null token is a learned vector, always attendable, so no
@@ -61,6 +68,9 @@ class ModalityFusion(nn.Module):
         max_positions: int = 1024,
         gate_floor: float = 0.5,
         film: bool = False,
+        vision_film: bool = False,
+        vision_film_hidden: int = 256,
+        vision_film_channels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
@@ -78,9 +88,22 @@ class ModalityFusion(nn.Module):
             for layer in self.film.values():
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+        self.vision_film = (
+            QuestionFilm(in_dims, vision_film_channels, vision_film_hidden, sources=("text", "audio"))
+            if vision_film
+            else None
+        )
         self.blocks = nn.ModuleList([CrossModalBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.gate = ModalityGate(d_model, len(self.modalities), floor=gate_floor)
+
+    def vision_conditioning(self, sequences: Mapping[str, TokenSequence], present: torch.Tensor) -> FilmParams | None:
+        """FiLM parameters for the image encoder from the question modalities in ``sequences`` (``present`` (B, M)
+        bool, columns in ``modalities``); None without ``vision_film`` or when no sample has a question."""
+        if self.vision_film is None:
+            return None
+        flags = {m: present[:, i].bool() for i, m in enumerate(self.modalities)}
+        return self.vision_film(sequences, flags)
 
     def _film(self, names: list[str], parts: list[torch.Tensor], valids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each modality's tokens (B, N_m, D) modulated by the mean of the *other* modalities' valid tokens."""

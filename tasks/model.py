@@ -19,7 +19,7 @@ from torch import nn
 
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.data.tokenizer import ByteTokenizer
-from omnifuse.encoders.base import Encoder, TokenSequence
+from omnifuse.encoders.base import Encoder, FilmParams, TokenSequence
 from omnifuse.finetune.format import CONFIG_NAME, WEIGHTS_NAME
 from omnifuse.finetune.safe_load import load_checkpoint
 from omnifuse.fusion import FusedMemory, ModalityFusion
@@ -39,6 +39,10 @@ class FusionConfig:
     modality_dropout: float = 0.0
     gate_floor: float = 0.5
     film: bool = False
+    # Question-conditioned vision: FiLM parameters for the image encoder's stages computed from the question's tokens
+    # (text or audio, per sample; fusion.QuestionFilm); the image is encoded after the question, conditioned on it.
+    vision_film: bool = False
+    vision_film_hidden: int = 256
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Generation:
     expert_counts: torch.Tensor  # (B, n_moe_layers, E)
 
 
-def encode_distinct_images(encoder: nn.Module, images: torch.Tensor) -> TokenSequence:
+def encode_distinct_images(encoder: nn.Module, images: torch.Tensor, film: FilmParams | None = None) -> TokenSequence:
     """``encoder(images)`` computed once per distinct image of the batch (B, 3, H, W), rows copied back in place.
 
     VQA manifests ask several questions per image (easy-VQA ~10, VQA v2 ~5); batch inference over them, and training
@@ -59,7 +63,12 @@ def encode_distinct_images(encoder: nn.Module, images: torch.Tensor) -> TokenSeq
     so nothing depends on file names, and the gradients of all copies add up in the one encoding. A batch without
     duplicates runs exactly as before. In training, copies share one dropout mask, and BatchNorm statistics count
     each distinct image once.
+
+    With ``film`` (question-conditioned vision) each row's encoding depends on its own question, so every row is
+    encoded: no deduplication.
     """
+    if film is not None:
+        return encoder(images, film=film)
     flat = images.flatten(1)  # (B, 3*H*W)
     # Rows whose first values already differ are different images: most batches end here, without the full sort.
     if torch.unique(flat[:, :256], dim=0).shape[0] == images.shape[0]:
@@ -139,6 +148,7 @@ class OmniModel(nn.Module):
             d_model=d_memory,
             in_dims={m: enc.out_dim for m, enc in self.encoders.items()},
             modalities=MODALITIES,
+            vision_film_channels=self._vision_film_channels(),
             **asdict(self.fusion_config),
         )
         self.decoder = MoEDecoder(self.decoder_config)
@@ -147,16 +157,36 @@ class OmniModel(nn.Module):
             "has_encoder", torch.tensor([m in self.encoders for m in MODALITIES], dtype=torch.bool), persistent=False
         )
 
+    def _vision_film_channels(self) -> tuple[int, ...]:
+        """The image encoder's ``film_channels`` when ``fusion.vision_film`` is on (checked), else ()."""
+        if not self.fusion_config.vision_film:
+            return ()
+        image = self.encoders["image"] if "image" in self.encoders else None  # noqa: SIM401 (ModuleDict has no .get)
+        if image is None or not getattr(image, "film_channels", ()):
+            raise ValueError(
+                "fusion.vision_film needs an image encoder that accepts FiLM (non-empty film_channels: "
+                f"timm_image CNNs, conv_image); got {type(image).__name__ if image is not None else None}"
+            )
+        if not any(m in self.encoders for m in ("text", "audio")):
+            raise ValueError("fusion.vision_film needs a question encoder (text_encoder or audio_encoder)")
+        return tuple(image.film_channels)
+
     # ------------------------------------------------------------------ forward
 
     def encode_modalities(self, batch: MultimodalBatch) -> dict[str, TokenSequence]:
-        """Each present modality's encoder output, before fusion."""
+        """Each present modality's encoder output, before fusion.
+
+        With ``fusion.vision_film`` the question modalities are encoded first and the image encoder runs conditioned
+        on them (per-sample FiLM from ``fusion.vision_conditioning``; samples without a question: none)."""
         sequences = {}
-        for modality, encoder in self.encoders.items():
+        # Image last: with vision_film its encoding depends on the question's tokens.
+        for modality in sorted(self.encoders, key=lambda m: m == "image"):
+            encoder = self.encoders[modality]
             if not batch.has(modality):
                 continue
             if modality == "image":
-                sequences[modality] = encode_distinct_images(encoder, batch.image)
+                film = self.fusion.vision_conditioning(sequences, batch.present & self.has_encoder)
+                sequences[modality] = encode_distinct_images(encoder, batch.image, film)
             elif modality == "audio":
                 sequences[modality] = encoder(batch.audio, batch.audio_mask)
             else:

@@ -34,7 +34,7 @@ OC_TINY = dict(model_name="ViT-S-32", embed_dim=32, vision_cfg=OC_VISION, text_c
 # One tiny configuration per registered encoder; a new registration must add one (checked below).
 TINY = {
     "timm_image": dict(model_name="resnet10t", feature_level=-3),
-    "conv_image": dict(channels=8, n_blocks=2),
+    "conv_image": dict(channels=8, n_blocks=2, out_channels=12),
     "open_clip_image": OC_TINY,
     "audio": dict(n_mels=32, d_model=32, n_layers=1, n_heads=2, conv_channels=8),
     "timm_audio": dict(model_name="test_vit", n_mels=32, max_frames=64),
