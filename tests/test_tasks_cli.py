@@ -177,7 +177,7 @@ def test_print_config_round_trips(tmp_path, capsys):
         main(["fit", "--config", str(saved), "--print_config"])
     assert capsys.readouterr().out == printed
     config = yaml.safe_load(printed)
-    for key in ("ckpt_path", "weights_only", "run_dir"):  # `fit` arguments, not part of the model/data/trainer config
+    for key in ("ckpt_path", "weights_only", "run_dir", "threads"):  # per-command options, not model/data/trainer config
         config.pop(key, None)
     saved.write_text(yaml.safe_dump(config))
     cli = cli_main(["--config", str(saved)], run=False)
