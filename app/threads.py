@@ -92,8 +92,10 @@ def _positive_int(value: str, name: str) -> int:
 
 def plan(requested: int | None = None, ranks_per_host: int = 1, loader_workers: int = 0, cpus: int | None = None) -> ThreadPlan:
     """The thread counts for this process. Without an override: the usable CPUs divided among the ``ranks_per_host``
-    processes of a DDP job on this host, less the ``loader_workers`` each rank runs (they decode data on cores of
-    their own), at least 1. Inter-op threads (parallel independent ops, rare in these models) get 1."""
+    processes of a DDP job on this host, less one CPU for each loader worker beyond the first, at least 1. The first
+    worker shares: measured on the easy-VQA recipe, its one worker decodes a batch in ~18 ms of a ~180 ms step, and
+    2 threads trained 1.68x faster than 1 (176 vs 296 ms a step, idle 2-CPU machine). Inter-op threads (parallel
+    independent ops, rare in these models) get 1."""
     cpus = usable_cpus() if cpus is None else cpus
     if requested is not None:
         n, reason = _positive_int(str(requested), "--threads"), "--threads"
@@ -103,12 +105,12 @@ def plan(requested: int | None = None, ranks_per_host: int = 1, loader_workers: 
         n, reason = _positive_int(os.environ["OMP_NUM_THREADS"], "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
     else:
         ranks = max(1, ranks_per_host)
-        n = max(1, cpus // ranks - max(0, loader_workers))
+        n = max(1, cpus // ranks - max(0, loader_workers - 1))
         parts = [f"{cpus} usable CPU{'s' if cpus != 1 else ''}"]
         if ranks > 1:
             parts.append(f"{ranks} ranks on this host")
-        if loader_workers:
-            parts.append(f"{loader_workers} loader worker{'s' if loader_workers != 1 else ''} per rank")
+        if loader_workers > 1:
+            parts.append(f"{loader_workers} loader workers per rank")
         reason = ", ".join(parts)
     return ThreadPlan(intra_op=n, inter_op=1, reason=reason)
 

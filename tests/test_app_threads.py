@@ -61,7 +61,9 @@ def test_a_cgroup_quota_caps_the_cpus(tmp_path, monkeypatch):
 def test_cpus_are_shared_among_ranks_and_loader_workers(no_overrides):
     assert threads.plan(cpus=16).intra_op == 16
     assert threads.plan(cpus=16, ranks_per_host=4).intra_op == 4
-    assert threads.plan(cpus=16, ranks_per_host=4, loader_workers=2).intra_op == 2
+    assert threads.plan(cpus=16, ranks_per_host=4, loader_workers=1).intra_op == 4  # one light worker shares
+    assert threads.plan(cpus=16, ranks_per_host=4, loader_workers=3).intra_op == 2  # each further one takes a CPU
+    assert threads.plan(cpus=2, loader_workers=1).intra_op == 2  # the main recipe on this project's machine
     assert threads.plan(cpus=2, ranks_per_host=4, loader_workers=2).intra_op == 1  # never below one
     assert "4 ranks on this host" in threads.plan(cpus=16, ranks_per_host=4).reason
 
