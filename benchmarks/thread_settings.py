@@ -76,7 +76,8 @@ def _background_fit(args, policy: str | None, fit_threads: int | None, clock: Pa
     cmd = [sys.executable, __file__, "--background-fit", str(clock), "--config", args.config, "--root", str(root)]
     if fit_threads is not None:
         cmd += ["--fit-threads", str(fit_threads)]
-    return subprocess.Popen(cmd, env=_env(policy), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = (root.parent / f"{root.name}.log").open("w")  # the fit's output, for when it fails
+    return subprocess.Popen(cmd, env=_env(policy), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _run_fit(clock: str, config: str, root: str, fit_threads: int | None) -> None:
@@ -89,7 +90,7 @@ def _run_fit(clock: str, config: str, root: str, fit_threads: int | None) -> Non
     cli_main(
         [
             "fit", "--config", config, "--run_dir", root, "--trainer.max_epochs", "1000",
-            "--trainer.enable_progress_bar", "false", "--trainer.callbacks+=__main__.StepClock",
+            "--trainer.callbacks+=__main__.StepClock",
             f"--trainer.callbacks.path={clock}", *extra,
         ]
     )
@@ -119,6 +120,8 @@ def main() -> None:
             fit = _background_fit(args, policy, fit_threads, clock, Path(tmp) / f"fit{len(rows)}")
             try:
                 time.sleep(args.warmup)  # data preparation, model build, first steps
+                if fit.poll() is not None:
+                    raise SystemExit(f"the background fit stopped (exit {fit.returncode}): {Path(tmp) / f'fit{len(rows)}.log'}")
                 alone_start = time.monotonic()
                 time.sleep(20.0)
                 fit_alone = _steps_per_second(clock, alone_start, time.monotonic())
