@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         threads.configure()
         return VERBS[verb][0](rest)
-    except (CheckpointError, RecordError) as error:  # a refused checkpoint, a bad training record: one line
+    except (CheckpointError, RecordError, threads.ThreadSettingError) as error:  # refused input: one line
         print(f"omnifuse {verb}: {error}", file=sys.stderr)
         return 1
 

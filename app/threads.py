@@ -80,13 +80,17 @@ class ThreadPlan:
         )
 
 
+class ThreadSettingError(ValueError):
+    """A thread override that is not a positive whole number; the message names the setting and its value."""
+
+
 def _positive_int(value: str, name: str) -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r}: expected a positive whole number of threads") from None
+        n = 0
     if n < 1:
-        raise ValueError(f"{name}={value!r}: expected a positive whole number of threads")
+        raise ThreadSettingError(f"{name}={value!r}: expected a positive whole number of threads")
     return n
 
 

@@ -176,7 +176,9 @@ class ManifestDataset(Dataset):
             return None
 
         keys = list(users)
-        workers = workers or min(8, os.cpu_count() or 1)
+        # The CPUs this process may use (affinity), not the machine's count (see app/threads.py).
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = workers or min(8, usable)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             faults = list(pool.map(fault, keys))
         bad: dict[int, RecordError] = {}

@@ -77,20 +77,30 @@ def test_overrides_win_in_order(monkeypatch, no_overrides):
     monkeypatch.setenv("OMNIFUSE_THREADS", "two")
     with pytest.raises(ValueError, match="OMNIFUSE_THREADS='two'"):
         threads.plan(cpus=16)
-    with pytest.raises(ValueError, match="--threads='0'"):
+    with pytest.raises(threads.ThreadSettingError, match="--threads='0'"):
         threads.plan(0, cpus=16)
 
 
-def test_apply_sets_torch_and_announces_once(capsys, no_overrides):
+def test_a_bad_thread_setting_is_one_line_from_the_command(monkeypatch, capsys):
+    from omnifuse.app.cli import main
+
+    monkeypatch.setenv("OMNIFUSE_THREADS", "many")
+    assert main(["prepare", "--help"]) == 1  # the plan is made before the verb runs
+    assert "OMNIFUSE_THREADS='many': expected a positive whole number of threads" in capsys.readouterr().err
+
+
+def test_apply_sets_torch_and_announces_once(capsys, monkeypatch, no_overrides):
     import torch
 
+    monkeypatch.setattr(threads, "_announced", set())  # forget what earlier tests of this process printed
     before = torch.get_num_threads()
     try:
         threads.configure(1)
         threads.configure(1)
         assert torch.get_num_threads() == 1
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("omnifuse threads:")]
-        assert len(lines) <= 1  # printed once per process and plan (it may have been printed by an earlier test)
+        assert lines == ["omnifuse threads: 1 intra-op, 1 inter-op (--threads); OpenMP wait policy " +
+                         os.environ.get("OMP_WAIT_POLICY", "library default (spinning)")]
     finally:
         torch.set_num_threads(before)
 
