@@ -15,9 +15,10 @@ from omnifuse.encoders.registry import register_encoder
 from omnifuse.encoders.utils import safe_key_mask, zero_masked
 
 # ASCII whitespace and punctuation end a word; every other byte (letters, digits, UTF-8 multi-byte sequences) is inside.
-_SEPARATOR_BYTES = torch.tensor(
-    [b in b" \t\n\r\x0b\x0c" or chr(b) in string.punctuation if b < 128 else False for b in range(256)]
-)
+_WHITESPACE_BYTES = torch.tensor([b in b" \t\n\r\x0b\x0c" for b in range(256)])
+_PUNCTUATION_BYTES = torch.tensor([b < 128 and chr(b) in string.punctuation for b in range(256)])
+_SEPARATOR_BYTES = _WHITESPACE_BYTES | _PUNCTUATION_BYTES
+TOKEN_UNITS = ("byte", "word")
 _HASH_MODULUS = 2_147_483_647  # 2**31 - 1, prime; each term (byte + 1) * power < 2**40, far from int64 overflow
 _HASH_BASE = 257
 
@@ -60,9 +61,27 @@ def word_bucket_ids(
     return torch.where(in_word, 1 + word_hash % buckets, 0)
 
 
+def word_units(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the ids of each row into units: a word (a maximal run of bytes that are not ASCII whitespace or
+    punctuation), a single punctuation byte, or a single non-byte id (a special or task token). Whitespace belongs
+    to no unit, nor does padding.
+
+    ``ids``, ``mask`` (B, T) -> ``unit`` (B, T) long, the 0-based unit index of each id (-1: in no unit), and
+    ``starts`` (B, T) bool, True on the first id of each unit."""
+    is_byte = (ids >= 0) & (ids < 256)
+    byte = ids.clamp(0, 255)
+    in_word = mask & is_byte & ~_SEPARATOR_BYTES.to(ids.device)[byte]
+    single = mask & ((is_byte & _PUNCTUATION_BYTES.to(ids.device)[byte]) | ~is_byte)
+    previous_in_word = F.pad(in_word[:, :-1], (1, 0), value=False)
+    starts = (in_word & ~previous_in_word) | single  # (B, T)
+    unit = starts.long().cumsum(dim=1) - 1
+    return torch.where(in_word | single, unit, -1), starts
+
+
 @register_encoder("text")
 class TextEncoder(Encoder):
-    """Ids (B, T) + mask (B, T) -> tokens (B, min(T, max_len), d_model), one token per input id.
+    """Ids (B, T) + mask (B, T) -> tokens (B, N, d_model): one token per input id (``units="byte"``, N = T) or one
+    per word (``units="word"``, N = the most words in a row of the batch).
 
     Defaults match the byte tokenizer (ids 0..255 = UTF-8 bytes, then ``<pad> <bos> <eos>`` and task tokens:
     vocab 262, pad 256). Ids under the mask are replaced by ``pad_id`` before the embedding, so padding may hold
@@ -74,6 +93,12 @@ class TextEncoder(Encoder):
     words); separators get no word embedding. Bytes alone make a word's identity something the layers must
     assemble from its letters; with the word embedding it is there from the start. No shipped recipe uses it yet:
     in the easy-VQA probes (README) it did not by itself make yes/no questions bind to the image.
+
+    ``units="word"``: the transformer runs over words instead of bytes (``word_units``: a word, a punctuation mark
+    or a special token is one unit; whitespace is dropped). A unit's input is the mean of its ids' embeddings, plus
+    its word's hashed embedding with ``word_buckets``, plus the position of the unit. An English question is ~5x
+    fewer words than bytes, so attention and feed-forward cost ~5x less; ``max_len`` then counts units. A text with
+    no unit (only whitespace) has no valid token, like an empty one.
     """
 
     modality = "text"
@@ -89,15 +114,20 @@ class TextEncoder(Encoder):
         ffn_mult: int = 4,
         dropout: float = 0.0,
         word_buckets: int = 0,
+        units: str = "byte",
     ) -> None:
         super().__init__()
         if word_buckets < 0:
             raise ValueError(f"word_buckets must be >= 0, got {word_buckets}")
+        if units not in TOKEN_UNITS:
+            raise ValueError(f"units must be one of {TOKEN_UNITS}, got {units!r}")
+        self.units = units
         self.pad_id = pad_id
         self.word_buckets = word_buckets
         # Bucket 0 is "not in a word" (separators, padding) and stays a zero vector.
         self.word_embed = nn.Embedding(word_buckets + 1, d_model, padding_idx=0) if word_buckets else None
         if word_buckets:
+            # Byte mode cuts inputs to max_len ids; word mode reads whole texts, whose words can be longer.
             self.register_buffer("hash_powers", hash_powers(max_len), persistent=False)
         self.max_len = max_len
         self.embed = nn.Embedding(vocab_size, d_model)
@@ -108,18 +138,47 @@ class TextEncoder(Encoder):
         self.out_dim = d_model
 
     def num_tokens(self, seq_len: int) -> int:
-        """Tokens for inputs of ``seq_len`` ids: ``min(seq_len, max_len)``."""
+        """Most tokens for inputs of ``seq_len`` ids: ``min(seq_len, max_len)`` (word units: at most that many)."""
         return min(seq_len, self.max_len)
 
+    def _word_inputs(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word-unit inputs (B, N, D) and their mask (B, N) from ids (B, T) whose padding is already ``pad_id``."""
+        unit, starts = word_units(ids, mask)  # (B, T) each
+        B, T = ids.shape
+        counts = (unit.max(dim=1).values + 1) if T else ids.new_zeros(B)  # (B,) units per row
+        n = int(counts.max()) if B else 0
+        if n > self.max_len:
+            warnings.warn(f"text of {n} words cut to max_len={self.max_len}", stacklevel=3)
+        n = min(n, self.max_len)
+        keep = (unit >= 0) & (unit < n)  # (B, T)
+        slot = torch.where(keep, unit, n)  # ids in no kept unit go to a spare slot n, dropped below
+        x = self.embed(ids)  # (B, T, D)
+        if self.word_embed is not None:
+            powers = self.hash_powers if self.hash_powers.shape[0] >= T else None
+            # Added once per unit, on its first id, so the mean below leaves the word's own embedding whole.
+            words = self.word_embed(torch.where(starts, word_bucket_ids(ids, mask, self.word_buckets, powers), 0))
+        index = slot[..., None].expand_as(x)  # (B, T, D)
+        sums = x.new_zeros(B, n + 1, x.shape[-1]).scatter_add(1, index, x)  # (B, n + 1, D)
+        size = torch.zeros(B, n + 1, dtype=x.dtype, device=x.device).scatter_add(1, slot, keep.to(x.dtype))
+        units = sums[:, :n] / size[:, :n, None].clamp(min=1)
+        if self.word_embed is not None:
+            units = units + x.new_zeros(B, n + 1, x.shape[-1]).scatter_add(1, index, words)[:, :n]
+        unit_mask = torch.arange(n, device=ids.device) < counts[:, None]  # (B, n)
+        return units + self.pos[:n], unit_mask
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> TokenSequence:
-        """``ids`` (B, T) long, ``mask`` (B, T) bool -> TokenSequence (B, T, out_dim), tokens 0 under the mask."""
-        if ids.shape[1] > self.max_len:
+        """``ids`` (B, T) long, ``mask`` (B, T) bool -> TokenSequence (B, N, out_dim), tokens 0 under its mask (N = T
+        for byte units, the most words in a row for word units)."""
+        if self.units == "byte" and ids.shape[1] > self.max_len:
             warnings.warn(f"text of {ids.shape[1]} ids cut to max_len={self.max_len}", stacklevel=2)
             ids, mask = ids[:, : self.max_len], mask[:, : self.max_len]
         ids = torch.where(mask, ids, self.pad_id)  # (B, T)
-        x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, D)
-        if self.word_embed is not None:
-            x = x + self.word_embed(word_bucket_ids(ids, mask, self.word_buckets, self.hash_powers))
+        if self.units == "word":
+            x, mask = self._word_inputs(ids, mask)  # (B, N, D), (B, N)
+        else:
+            x = self.embed(ids) + self.pos[: ids.shape[1]]  # (B, T, D)
+            if self.word_embed is not None:
+                x = x + self.word_embed(word_bucket_ids(ids, mask, self.word_buckets, self.hash_powers))
         x = self.drop(x)
         key_mask = safe_key_mask(mask)
         for block in self.blocks:

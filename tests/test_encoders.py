@@ -24,7 +24,7 @@ from omnifuse.encoders import (
     list_encoders,
 )
 from omnifuse.encoders.layers import TransformerBlock
-from omnifuse.encoders.text import word_bucket_ids
+from omnifuse.encoders.text import word_bucket_ids, word_units
 
 # Tiny open_clip configs (random init): override the named model's towers through create_model kwargs.
 OC_VISION = dict(image_size=32, layers=2, width=64, patch_size=8, head_width=32)
@@ -314,3 +314,87 @@ def test_text_encoder_with_word_buckets_keeps_the_masking_invariants():
         assert not torch.allclose(plain(*clean).tokens[0], a.tokens[0])  # the word embedding is used
     with pytest.raises(ValueError, match="word_buckets"):
         TextEncoder(word_buckets=-1)
+
+
+def _reference_units(ids: list[int]) -> list[list[int]]:
+    """Plain-Python reference for ``word_units``: the positions of each unit (a word of non-separator bytes, one
+    punctuation byte, or one non-byte id); whitespace in none."""
+    whitespace = set(b" \t\n\r\x0b\x0c")
+    punctuation = {ord(c) for c in string.punctuation}
+    units, word = [], []
+    for pos, i in enumerate(ids):
+        if i < 256 and i not in whitespace and i not in punctuation:
+            word.append(pos)
+            continue
+        if word:
+            units.append(word)
+            word = []
+        if i >= 256 or i in punctuation:
+            units.append([pos])
+    return units + ([word] if word else [])
+
+
+def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows)) + 2
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return ids, mask
+
+
+def test_word_units_match_a_plain_reference():
+    rng = random.Random(1)
+    pieces = ["red", "naïve", "日本", "a", " ", "  ", ",", "?", "--", "\t", "12"]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 10))) for _ in range(200)]
+    tok = ByteTokenizer()
+    rows = [tok.encode(t, add_bos=rng.random() < 0.5, add_eos=rng.random() < 0.5) for t in texts]
+    ids, mask = _padded(rows, tok.pad_id)
+    unit, starts = word_units(ids, mask)
+    for i, row in enumerate(rows):
+        expected = [-1] * ids.shape[1]
+        for k, positions in enumerate(_reference_units(row)):
+            for pos in positions:
+                expected[pos] = k
+        assert unit[i].tolist() == expected, texts[i]
+        assert starts[i].nonzero().flatten().tolist() == [p[0] for p in _reference_units(row)]
+
+
+def test_word_units_text_encoder_inputs_match_a_plain_loop():
+    """Each unit's input is the mean of its ids' embeddings + its word's hashed embedding + its position."""
+    enc = TextEncoder(d_model=16, n_layers=0, n_heads=2, max_len=32, word_buckets=50, units="word").eval()
+    tok = ByteTokenizer()
+    texts = ["is there a red shape?", "what  color, is it", "x"]
+    rows = [tok.encode(t) for t in texts]
+    ids, mask = _padded(rows, tok.pad_id)
+    buckets = word_bucket_ids(ids, mask, 50)
+    with torch.no_grad():
+        got, got_mask = enc._word_inputs(ids, mask)
+        for i, row in enumerate(rows):
+            units = _reference_units(row)
+            assert got_mask[i].tolist() == [k < len(units) for k in range(got.shape[1])]
+            for k, positions in enumerate(units):
+                want = enc.embed(ids[i, positions]).mean(0) + enc.word_embed(buckets[i, positions[0]]) + enc.pos[k]
+                assert_close(got[i, k], want)
+    assert got.shape[1] == 6  # "is there a red shape ?"
+
+
+def test_word_unit_text_encoder_keeps_the_masking_invariants():
+    enc = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=64, word_buckets=64, units="word").eval()
+    tok = ByteTokenizer()
+    rows = [tok.encode(t) for t in ["is there a red shape?", "what color is the circle", "no", "   "]]
+    ids, mask = _padded(rows, tok.pad_id)
+    junk = torch.where(mask, ids, torch.randint(0, 262, ids.shape, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        a, b = enc(ids, mask), enc(junk, mask)
+        alone = enc(ids[1:2, : len(rows[1])], mask[1:2, : len(rows[1])])
+    assert_close(a.tokens, b.tokens, rtol=0, atol=0)
+    assert a.mask.sum(1).tolist() == [6, 5, 1, 0]  # the whitespace-only text has no token
+    assert not a.tokens[~a.mask].any()
+    assert_close(alone.tokens[0], a.tokens[1, :5])
+    with pytest.warns(UserWarning, match="cut to max_len=3"):
+        short = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=3, units="word")(ids, mask)
+    assert short.tokens.shape[1] == 3
+    with pytest.raises(ValueError, match="units"):
+        TextEncoder(units="letters")
