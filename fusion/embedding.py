@@ -11,12 +11,13 @@ class ModalityEmbedding(nn.Module):
 
     The input LayerNorm evens out the very different scales of encoder outputs (CNN maps vs transformer tokens).
     Positions are learned per modality (an image grid and a time axis mean different things), up to
-    ``max_positions`` tokens.
+    ``max_positions`` tokens. ``input_norm=False``: ``Linear(x)`` without the LayerNorm, for tokens whose size is
+    the message (see ``ModalityFusion(raw_modalities=...)``).
     """
 
-    def __init__(self, in_dim: int, d_model: int, max_positions: int = 1024) -> None:
+    def __init__(self, in_dim: int, d_model: int, max_positions: int = 1024, input_norm: bool = True) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm = nn.LayerNorm(in_dim) if input_norm else nn.Identity()
         self.proj = nn.Linear(in_dim, d_model)
         self.type_embedding = nn.Parameter(torch.randn(d_model) * 0.02)
         self.pos_embedding = nn.Parameter(torch.randn(max_positions, d_model) * 0.02)

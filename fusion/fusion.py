@@ -41,6 +41,19 @@ class ModalityFusion(nn.Module):
             model passes to the image encoder *before* fusion, so the question shapes the visual features from the
             first stage on. A sample without a question gets exactly no conditioning.
         vision_film_hidden: width of the ``QuestionFilm`` summary and MLP.
+        vision_film_depth: hidden layers of the ``QuestionFilm`` head (0: linear).
+        vision_film_residual: ``QuestionFilm(residual_scale=...)``: True, ``scale = 1 + gamma`` starting at exactly 1;
+            False, ``scale = gamma`` from a random start (the FiLM paper's form).
+        raw_modalities: modalities whose tokens are not LayerNormed, neither before their projection nor after the
+            cross-modal blocks. A LayerNorm divides a token by its own spread across channels, so a feature that says
+            "yes" by how strongly it fires is partly divided away. Measured on the plain FiLM network of issue 29
+            (benchmarks/film_reference.py --pooled-norm): a LayerNorm over the pooled image feature held validation
+            yes/no near its answer prior for 1,000+ steps on a seed that bound by step 1,000 without it.
+        question_memory: with ``vision_film``, whether the question's own tokens (text, audio) are also in the
+            decoder's memory for samples that have an image. False: for those samples the memory holds the image
+            tokens only, so the answer has to come through the image features the question shaped (the FiLM
+            network's design, where the classifier sees only the pooled visual features); a sample without an image
+            keeps its question tokens. ``modality_weights`` then give the question modalities 0 for such samples.
         vision_film_channels: the image encoder's ``film_channels`` (given by the model, not by configs).
 
     Memory layout, along N: ``[null] + [tokens of modalities[0]] + [tokens of modalities[1]] + ...``, where only the
@@ -70,7 +83,11 @@ class ModalityFusion(nn.Module):
         film: bool = False,
         vision_film: bool = False,
         vision_film_hidden: int = 256,
+        vision_film_residual: bool = True,
+        vision_film_depth: int = 1,
         vision_film_channels: Sequence[int] = (),
+        question_memory: bool = True,
+        raw_modalities: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
@@ -81,7 +98,16 @@ class ModalityFusion(nn.Module):
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
         self.d_model = d_model
         self.modality_dropout = modality_dropout
-        self.embed = nn.ModuleDict({m: ModalityEmbedding(int(d), d_model, max_positions) for m, d in in_dims.items()})
+        unknown = set(raw_modalities) - set(self.modalities)
+        if unknown:
+            raise ValueError(f"raw_modalities has {sorted(unknown)} not in modalities={self.modalities}")
+        self.raw_modalities = tuple(raw_modalities)
+        self.embed = nn.ModuleDict(
+            {
+                m: ModalityEmbedding(int(d), d_model, max_positions, input_norm=m not in self.raw_modalities)
+                for m, d in in_dims.items()
+            }
+        )
         self.null_token = nn.Parameter(torch.randn(d_model) * 0.02)
         self.film = nn.ModuleDict({m: nn.Linear(d_model, 2 * d_model) for m in in_dims}) if film else None
         if self.film is not None:
@@ -89,10 +115,20 @@ class ModalityFusion(nn.Module):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
         self.vision_film = (
-            QuestionFilm(in_dims, vision_film_channels, vision_film_hidden, sources=("text", "audio"))
+            QuestionFilm(
+                in_dims,
+                vision_film_channels,
+                vision_film_hidden,
+                sources=("text", "audio"),
+                residual_scale=vision_film_residual,
+                depth=vision_film_depth,
+            )
             if vision_film
             else None
         )
+        if not question_memory and not vision_film:
+            raise ValueError("question_memory=False needs vision_film=True: without it the question reaches nothing")
+        self.question_memory = question_memory
         self.blocks = nn.ModuleList([CrossModalBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.gate = ModalityGate(d_model, len(self.modalities), floor=gate_floor)
@@ -137,6 +173,10 @@ class ModalityFusion(nn.Module):
         present = present & has_tokens  # (B, M)
         if self.training and self.modality_dropout > 0:
             present = modality_dropout(present, self.modality_dropout)
+        if self.vision_film is not None and not self.question_memory and "image" in self.modalities:
+            has_image = present[:, self.modalities.index("image"), None]  # (B, 1)
+            questions = torch.tensor([m in self.vision_film.sources for m in self.modalities], device=present.device)
+            present = present & ~(has_image & questions)  # the question reaches the decoder through the image
 
         # Embed each modality; padding / absent positions are zeroed first so their content cannot matter.
         device = self.null_token.device
@@ -158,7 +198,9 @@ class ModalityFusion(nn.Module):
         cross_mask, self_mask = build_attention_masks(segment, valid)  # (B, 1, N, N) each
         for block in self.blocks:
             x = block(x, cross_mask, self_mask)
-        x = self.norm(x)  # (B, N, D)
+        raw = torch.tensor([m in self.raw_modalities for m in self.modalities], device=device)[segment.clamp(min=0)]
+        raw = raw & (segment >= 0)  # (N,): tokens of a raw modality (never the null token)
+        x = torch.where(raw[None, :, None], x, self.norm(x)) if self.raw_modalities else self.norm(x)  # (B, N, D)
 
         # Gate from masked-mean summaries of each modality block.
         summaries = x.new_zeros(B, M, self.d_model)  # (B, M, D), zeros for modalities not in `sequences`

@@ -43,6 +43,14 @@ class FusionConfig:
     # (text or audio, per sample; fusion.QuestionFilm); the image is encoded after the question, conditioned on it.
     vision_film: bool = False
     vision_film_hidden: int = 256
+    vision_film_residual: bool = True  # scale = 1 + gamma from zero (True) or gamma from a random start (False)
+    vision_film_depth: int = 1  # hidden layers of the FiLM head; 0: FiLM parameters linear in the pooled question
+    # With vision_film: False leaves the question's tokens out of the decoder's memory for samples with an image, so
+    # the answer is read from the question-shaped image features (ModalityFusion.question_memory).
+    question_memory: bool = True
+    # Modalities whose tokens skip the fusion's LayerNorms (ModalityFusion.raw_modalities), e.g. [image] for a
+    # question-conditioned image whose pooled features say "yes" by their size.
+    raw_modalities: tuple[str, ...] = ()
 
 
 @dataclass

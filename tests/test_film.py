@@ -17,6 +17,7 @@ from omnifuse.encoders import (
     FilmParams,
     TextEncoder,
     TimmImageEncoder,
+    TokenSequence,
     build_encoder,
     list_encoders,
 )
@@ -249,3 +250,77 @@ def test_fresh_generator_starts_as_the_unconditioned_tower_and_config_round_trip
         assert torch.equal(got, model.encoders["image"](batch.image).tokens)  # zero-initialised last layer
     reloaded = OmniModel.from_pretrained(model.save_pretrained(tmp_path / "m"))
     assert reloaded.fusion_config.vision_film and reloaded.fusion.vision_film is not None
+
+
+def test_question_memory_off_keeps_the_question_out_of_memory_only_where_an_image_carries_it():
+    torch.manual_seed(0)
+    model = _tiny_model()
+    off = OmniModel(
+        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
+        audio_encoder=AudioEncoder(n_mels=32, d_model=16, n_layers=1, n_heads=2, conv_channels=4),
+        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=32),
+        fusion={"n_layers": 1, "n_heads": 2, "vision_film": True, "vision_film_hidden": 16, "question_memory": False},
+        decoder=TINY_DECODER,
+    ).eval()
+    off.load_state_dict(model.state_dict())
+    batch = _batch()
+    image_col = MODALITIES.index("image")
+    with torch.no_grad():
+        sequences = model.encode_modalities(batch)
+        encoded = off.encode_modalities(batch)
+        assert all(torch.equal(sequences[m].tokens, encoded[m].tokens) for m in sequences)  # the encoders agree
+        memory = off.encode(batch, sequences)
+        for b in range(len(TEXT_LEN)):
+            # The reference: the full model's fusion, told the sample has no question modality when it has an image.
+            alone = batch.select([b])
+            if HAS_IMAGE[b]:
+                alone.present[:, [MODALITIES.index("audio"), MODALITIES.index("text")]] = False
+            rows = {m: TokenSequence(s.tokens[b : b + 1], s.mask[b : b + 1]) for m, s in sequences.items()}
+            want = model.encode(alone, rows)
+            assert_close(memory.tokens[b][memory.mask[b]], want.tokens[0][want.mask[0]], rtol=1e-4, atol=1e-5)
+            expected_weights = torch.tensor([1.0, 0.0, 0.0]) if HAS_IMAGE[b] else want.modality_weights[0]
+            assert_close(memory.modality_weights[b], expected_weights)
+    assert memory.mask[3].sum() == 1 + TEXT_LEN[3]  # no image: null token + the question's tokens
+    assert memory.mask[0].sum() == 1 + sequences["image"].tokens.shape[1]  # image + question: null + image tokens
+    assert memory.modality_weights[:, image_col].tolist() == [1.0, 1.0, 1.0, 0.0, 1.0]
+
+
+def test_question_film_options_round_trip_through_a_saved_model(tmp_path):
+    fusion = {"n_layers": 0, "n_heads": 2, "vision_film": True, "vision_film_hidden": 16}
+    fusion |= {"vision_film_depth": 0, "vision_film_residual": False, "question_memory": False}
+    model = OmniModel(
+        image_encoder=ConvImageEncoder(channels=8, n_blocks=2, token_pool=8),
+        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=32, units="word"),
+        fusion=fusion,
+        decoder=TINY_DECODER,
+    ).eval()
+    reloaded = OmniModel.from_pretrained(model.save_pretrained(tmp_path / "m")).eval()
+    assert not reloaded.fusion.question_memory and not reloaded.fusion.vision_film.residual_scale
+    assert reloaded.encoders["text"].units == "word" and len(reloaded.fusion.vision_film.mlp) == 1
+    batch = _batch().select([0, 3])
+    batch.present[:, MODALITIES.index("audio")] = False
+    with torch.no_grad():
+        assert torch.equal(model.encode(batch).tokens, reloaded.encode(batch).tokens)
+
+
+def test_linear_head_with_direct_scale_matches_a_plain_computation():
+    """``depth=0, residual_scale=False`` (the FiLM paper's generator): scale = gamma, shift = beta, both one linear map
+    of the pooled question; rows without a question still get exactly scale 1 and shift 0."""
+    torch.manual_seed(0)
+    gen = QuestionFilm({"text": 6}, channels=(3, 5), d_hidden=8, depth=0, residual_scale=False)
+    assert len(gen.mlp) == 1 and isinstance(gen.mlp[0], nn.Linear)
+    assert gen.mlp[0].weight.abs().sum() > 0  # default initialisation, not zero: questions differ from step 0
+    text = torch.randn(3, 4, 6)
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    film = gen({"text": (text, mask)}, {"text": mask.any(-1)})
+    for b in (0, 2):
+        out = gen.mlp[0](_reference_pool(gen, "text", text[b][mask[b]]))
+        gamma, beta = out.chunk(2)
+        assert_close(torch.cat(film.scale, dim=-1)[b], gamma)
+        assert_close(torch.cat(film.shift, dim=-1)[b], beta)
+    assert all(torch.equal(s[1], torch.ones(s.shape[1])) for s in film.scale)
+    assert all(torch.equal(s[1], torch.zeros(s.shape[1])) for s in film.shift)
+    deep = QuestionFilm({"text": 6}, channels=(3,), d_hidden=8, depth=2)
+    assert sum(isinstance(m, nn.Linear) for m in deep.mlp) == 3 and not deep.mlp[-1].weight.any()
+    with pytest.raises(ValueError, match="depth"):
+        QuestionFilm({"text": 6}, channels=(3,), depth=-1)

@@ -202,3 +202,32 @@ def test_modality_dropout_only_in_training():
     assert (eval_w > 0).sum() > (train_w > 0).sum()
     has_any = (eval_w > 0).any(-1)
     assert ((train_w > 0).any(-1) == has_any).all()  # dropout never empties a sample
+
+
+def test_raw_modalities_skip_both_layernorms_and_keep_the_masking_invariants():
+    """With ``raw_modalities=("image",)`` and no cross-modal block, an image token in memory is exactly
+    ``(Linear(x) + type + pos) * gate scale`` (no LayerNorm before or after), while the other modalities keep theirs;
+    a token scaled by 2 before fusion comes out scaled by 2 (up to the type and position embeddings' share)."""
+    torch.manual_seed(0)
+    fusion = ModalityFusion(32, IN_DIMS, MODALITIES, n_layers=0, n_heads=2, raw_modalities=("image",)).eval()
+    seqs = make_sequences()
+    with torch.no_grad():
+        out = fusion(seqs, PRESENT)
+        n_present = PRESENT.sum(-1)
+        emb = fusion.embed["image"]
+        assert isinstance(emb.norm, torch.nn.Identity) and isinstance(fusion.embed["text"].norm, torch.nn.LayerNorm)
+        for b in range(B):
+            if not PRESENT[b, 0]:
+                continue
+            plain = emb.proj(seqs["image"].tokens[b]) + emb.type_embedding + emb.pos_embedding[: WIDTHS["image"]]
+            scale = out.modality_weights[b, 0] * n_present[b]
+            assert_close(out.tokens[b, 1 : 1 + WIDTHS["image"]], plain * scale, rtol=1e-5, atol=1e-6)
+            # The text block is still LayerNormed (then gated): zero mean per token before the gate's scale.
+            text = out.tokens[b, 1 + WIDTHS["image"] + WIDTHS["audio"] :][seqs["text"].mask[b] & PRESENT[b, 2]]
+            assert_close(text.mean(-1), torch.zeros(len(text)), rtol=0, atol=1e-5)
+        junk = fusion(make_sequences(junk=True), PRESENT)
+    assert torch.equal(out.tokens, junk.tokens)  # padding and absent modalities still cannot leak
+    with pytest.raises(ValueError, match="raw_modalities"):
+        ModalityFusion(32, IN_DIMS, MODALITIES, raw_modalities=("smell",))
+    with pytest.raises(ValueError, match="question_memory=False needs vision_film"):
+        ModalityFusion(32, IN_DIMS, MODALITIES, question_memory=False)
