@@ -10,8 +10,8 @@ __all__ = ["OmniModel", "Predictor", "__version__"]
 from omnifuse import _moved
 from omnifuse.app import threads as _threads
 
-_moved.install()
-_threads.prepare_process()  # a passive OpenMP wait policy, if torch is not loaded yet: see app/threads.py  # module paths from before tasks/ was split still import: see _moved.py
+_moved.install()  # module paths from before tasks/ was split still import: see _moved.py
+_threads.prepare_process()  # the OpenMP wait policy, if torch is not loaded yet: see app/threads.py
 
 
 def __getattr__(name: str):

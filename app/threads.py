@@ -4,9 +4,16 @@ Two measured problems this module exists for (docs/results.md, "Threads"):
 
 * On a machine whose cores another process holds, OpenMP threads that *spin* while waiting for work oversubscribe
   the cores: predicting at 2 threads beside a running fit was 20-70x slower than at 1 thread. A *passive* wait policy
-  (threads sleep instead of spinning) removes most of it. libgomp, PyTorch's OpenMP runtime on Linux, reads the
-  policy once, when torch is imported, so :func:`prepare_process` must run before that: the ``omnifuse`` command does
-  it first thing (``app/launch.py``), and importing ``omnifuse`` sets it as a default when torch is not loaded yet.
+  (threads sleep instead of spinning) removes most of it. On an idle machine, though, passive threads cost 30-40 %:
+  every parallel region wakes them through the kernel (easy-VQA fit: 3.1-3.7 steps/s passive, 4.9 spinning). So the
+  default, ``auto``, looks before it leaps: it samples how busy this process's CPUs are (``/proc/stat``, 50 ms) and
+  keeps the library's spin-then-sleep default when they are idle, the passive policy when another process is
+  computing on them. libgomp, PyTorch's OpenMP runtime on Linux, reads the policy once, when torch is imported, so
+  :func:`prepare_process` must run before that: the ``omnifuse`` command does it first thing (``app/launch.py``),
+  and importing ``omnifuse`` does it when torch is not loaded yet. The cost of deciding at start, measured
+  (docs/results.md, "Threads"): a fit that started on an idle machine keeps spinning when a predict arrives beside it,
+  and then runs 2.8x slower (the predict, finding the CPUs busy, sleeps passively and keeps its speed at batch 64).
+  On a machine shared by several jobs, ``OMNIFUSE_WAIT_POLICY=PASSIVE`` (or ``OMP_WAIT_POLICY``) fixes the policy.
 * ``os.cpu_count()`` counts the machine, not what this process may use. :func:`usable_cpus` reads the CPU affinity
   mask and the cgroup CPU quota (containers, CI runners), and :func:`plan` divides them among the DDP ranks on the
   host and the data-loader worker processes.
@@ -24,18 +31,80 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-WAIT_POLICY_DEFAULT = "PASSIVE"
+WAIT_POLICY_DEFAULT = "auto"
+# Busy CPUs (summed over this process's CPUs) at or above which ``auto`` chooses the passive policy: half a CPU kept
+# busy by others is a running job, not the noise of an idle machine (a few hundredths).
+BUSY_CPUS_FOR_PASSIVE = 0.5
 _CGROUP = Path("/sys/fs/cgroup")
+_PROC_STAT = Path("/proc/stat")
 _announced: set[str] = set()
 
 
-def prepare_process() -> None:
-    """Set the OpenMP wait policy for this process and its children, unless the user chose one (``OMP_WAIT_POLICY``;
-    ``OMNIFUSE_WAIT_POLICY=library`` keeps the library's own). Only has an effect before torch is imported (libgomp
-    reads it at load)."""
+def _cpu_times(cpus: set[int], stat: Path) -> tuple[int, int, int]:
+    """(busy, total) jiffies summed over ``cpus`` from a ``/proc/stat`` snapshot (idle and iowait count as idle), and
+    how many of ``cpus`` it listed."""
+    busy = total = seen = 0
+    for line in stat.read_text().splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]
+        seen += 1
+    return busy, total, seen
+
+
+def busy_cpus(interval: float = 0.05, stat: Path = _PROC_STAT, cpus: set[int] | None = None) -> float | None:
+    """How many of this process's CPUs (its affinity mask, or ``cpus``) were busy over the next ``interval`` seconds,
+    summed (0.0 idle .. the CPU count); None where it cannot be told: no readable ``/proc/stat``, none of the CPUs
+    listed in it (containers may renumber them), or counters that did not move."""
+    import time
+
+    try:
+        cpus = set(os.sched_getaffinity(0)) if cpus is None else cpus
+        busy0, total0, seen0 = _cpu_times(cpus, stat)
+        time.sleep(interval)
+        busy1, total1, seen1 = _cpu_times(cpus, stat)
+    except Exception:  # noqa: BLE001 (runs at `import omnifuse`: an odd /proc/stat must never stop the import)
+        return None
+    if not seen0 or seen0 != seen1 or total1 <= total0:
+        return None
+    return len(cpus) * (busy1 - busy0) / (total1 - total0)
+
+
+def choose_wait_policy(busy: float | None) -> str:
+    """``auto``'s choice: ``library`` (libgomp's spin-then-sleep default) on idle CPUs, ``PASSIVE`` on busy ones or
+    when nothing could be measured."""
+    return "library" if busy is not None and busy < BUSY_CPUS_FOR_PASSIVE else "PASSIVE"
+
+
+_decided: str | None = None  # this process's own auto decision, for describe_wait_policy
+
+
+def _torch_loaded() -> bool:
+    return "torch" in sys.modules
+
+
+def prepare_process(measure=busy_cpus) -> None:
+    """Set the OpenMP wait policy for this process, unless the user chose one (``OMP_WAIT_POLICY``, or
+    ``OMNIFUSE_WAIT_POLICY``: ``auto`` (default), ``library`` for libgomp's own, or a policy such as ``PASSIVE``).
+    Only has an effect before torch is imported (libgomp reads it at load), and decides once per process.
+
+    A passive decision is written to ``OMP_WAIT_POLICY``, so child processes (DDP ranks, anything launched later)
+    inherit the safe choice; a spinning decision is not written down, so a child started later looks at the CPUs
+    for itself (a predict launched from an idle notebook that has since started a fit must not inherit "idle")."""
+    global _decided
+    if _decided is not None or _torch_loaded() or "OMP_WAIT_POLICY" in os.environ:
+        return
     policy = os.environ.get("OMNIFUSE_WAIT_POLICY", WAIT_POLICY_DEFAULT)
-    if "torch" not in sys.modules and policy.lower() != "library":
-        os.environ.setdefault("OMP_WAIT_POLICY", policy)
+    if policy.lower() == "auto":
+        busy = measure()
+        policy = choose_wait_policy(busy)
+        seen = "not measured" if busy is None else f"{busy:.1f} CPUs busy at start"
+        _decided = f"auto: {seen}"
+    if policy.lower() != "library":
+        os.environ["OMP_WAIT_POLICY"] = policy
 
 
 def _cgroup_cpus(root: Path = _CGROUP) -> float | None:
@@ -73,11 +142,16 @@ class ThreadPlan:
     reason: str
 
     def describe(self) -> str:
-        policy = os.environ.get("OMP_WAIT_POLICY", "library default (spinning)")
         return (
             f"omnifuse threads: {self.intra_op} intra-op, {self.inter_op} inter-op ({self.reason}); "
-            f"OpenMP wait policy {policy}"
+            f"OpenMP wait policy {describe_wait_policy()}"
         )
+
+
+def describe_wait_policy() -> str:
+    """The policy in force, e.g. ``PASSIVE (auto: 1.9 CPUs busy at start)`` or ``library default (spin, then sleep)``."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "library default (spin, then sleep)")
+    return f"{policy} ({_decided})" if _decided else policy
 
 
 class ThreadSettingError(ValueError):

@@ -8,7 +8,11 @@ clocked alone and during each predict run. Settings:
 
 * before: the library's OpenMP wait policy (threads spin), predict and fit at 2 threads each (the old default);
 * passive, --threads 1 / 2: OMP_WAIT_POLICY=PASSIVE for both processes, predict at a fixed thread count;
-* default: what omnifuse now does with no option given (app/threads.py: passive, and its thread plan).
+* passive, omnifuse's plan: passive for both, the thread plan of app/threads.py (the default until the policy
+  became load-aware);
+* auto (default): what omnifuse does with no option given: each process looks at its CPUs when it starts (the fit
+  finds them idle and keeps the library's spin-then-sleep policy; the predict, started beside the running fit, finds
+  them busy and sleeps passively), and the thread plan.
 
 Prints one table with the ratio of each to the best predict setting beside the fit. Figures, not pass/fail.
 """
@@ -28,11 +32,12 @@ import lightning as L
 
 HERE = Path(__file__).resolve().parent
 
-SETTINGS = {  # name -> (OMP_WAIT_POLICY or None for the library default, predict --threads, fit --threads)
+SETTINGS = {  # name -> (OMP_WAIT_POLICY, None: the library default, "auto": omnifuse decides; predict, fit --threads)
     "before (spin, 2 threads)": (None, 2, 2),
     "passive, --threads 1": ("PASSIVE", 1, None),
     "passive, --threads 2": ("PASSIVE", 2, None),
-    "default (omnifuse's plan)": ("PASSIVE", None, None),
+    "passive, omnifuse's plan": ("PASSIVE", None, None),
+    "auto (the default)": ("auto", None, None),
 }
 
 
@@ -48,8 +53,11 @@ class StepClock(L.Callback):
 
 
 def _env(policy: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OMNIFUSE_THREADS")}
-    if policy is not None:
+    unset = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "OMNIFUSE_THREADS", "OMNIFUSE_WAIT_POLICY", "OMNIFUSE_WAIT_POLICY_REASON")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    if policy == "auto":
+        pass  # each process decides when it starts (app/threads.py)
+    elif policy is not None:
         env["OMP_WAIT_POLICY"] = policy
     else:
         env["OMNIFUSE_WAIT_POLICY"] = "library"  # omnifuse leaves OMP_WAIT_POLICY unset: libgomp's own default
