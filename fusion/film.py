@@ -51,6 +51,8 @@ class QuestionFilm(nn.Module):
             tower exactly as it is unconditioned. False: ``scale = gamma`` from a default-initialised last layer (the
             FiLM paper's form): a fresh generator already gives each question its own scale, near 0, so every
             block's residual branch starts almost shut and opens channel by channel as the question selects them.
+            A sample without a question still gets scale exactly 1: the tower as it is unconditioned, which a model
+            trained only on questioned images has not seen (with ``residual_scale=True`` that is its starting point).
     """
 
     def __init__(
