@@ -396,5 +396,13 @@ def test_word_unit_text_encoder_keeps_the_masking_invariants():
     with pytest.warns(UserWarning, match="cut to max_len=3"):
         short = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=3, units="word")(ids, mask)
     assert short.tokens.shape[1] == 3
+    # A batch with no word at all gives no token (and no error); a text longer in bytes than max_len is read whole
+    # when its words fit (the word hashes then need more powers than the buffer holds).
+    with torch.no_grad():
+        empty = enc(*_padded([tok.encode("  "), tok.encode(" ")], tok.pad_id))
+        long_ids, long_mask = _padded([tok.encode("a b " * 20)], tok.pad_id)  # 80 bytes, 40 words
+        long = enc(long_ids, long_mask)
+    assert empty.tokens.shape == (2, 0, 32) and empty.mask.shape == (2, 0)
+    assert long_ids.shape[1] > enc.max_len and long.mask.sum() == 40 and long.tokens.isfinite().all()
     with pytest.raises(ValueError, match="units"):
         TextEncoder(units="letters")
