@@ -27,6 +27,11 @@ class OptimizerConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     lr_scale: dict[str, float] = field(default_factory=dict)
+    # Which AdamW kernel: "fused" (one kernel per parameter for the whole update), "foreach" (batched tensor ops),
+    # "for-loop" (torch's reference, one op per step of the update per parameter), or "auto": fused where every
+    # trainable parameter is a floating tensor on a device with fused kernels (CPU and CUDA), else torch's default.
+    # Measured on the easy-VQA model (2.7 M parameters, 2 CPU threads): 9.3 ms for-loop, 10.8 foreach, 3.3 fused.
+    implementation: str = "auto"
 
 
 @dataclass

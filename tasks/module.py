@@ -72,6 +72,32 @@ def gather_from_ranks(obj: Any) -> list[Any]:
     return [obj]
 
 
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
+
+
+def adamw_kernel(groups: list[dict], cfg: OptimizerConfig) -> dict[str, bool]:
+    """``torch.optim.AdamW`` keyword arguments (``fused`` / ``foreach``) for ``cfg.implementation``.
+
+    ``auto`` picks the fused kernel where every parameter is a floating tensor on a device torch has fused AdamW for
+    (its update is the same arithmetic as the for-loop reference, in one kernel per parameter), and otherwise leaves
+    the choice to torch (e.g. a meta or integer parameter, a device without the kernel)."""
+    if cfg.implementation not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"optimizer.implementation must be one of {ADAMW_IMPLEMENTATIONS}, got {cfg.implementation!r}")
+    if cfg.implementation == "fused":
+        return {"fused": True}
+    if cfg.implementation == "foreach":
+        return {"foreach": True}
+    if cfg.implementation == "for-loop":
+        return {"foreach": False}
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.is_floating_point() and p.device.type in supported for p in params):
+        return {"fused": True}
+    return {}
+
+
 def parameter_groups(
     model: torch.nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float] | None = None
 ) -> list[dict]:
@@ -168,6 +194,7 @@ class OmniTask(L.LightningModule):
                     "speech_ctc is set but the audio encoder is frozen: the CTC loss can only train its head"
                 )
         self.optimizer_config = optimizer or OptimizerConfig()
+        adamw_kernel([], self.optimizer_config)  # an unknown implementation fails here, not at the first step
         self.generation_config = generation or self.default_generation()
         self.eval_generate = eval_generate
         self.save_hyperparameters(ignore=["image_encoder", "audio_encoder", "text_encoder"])
@@ -263,11 +290,7 @@ class OmniTask(L.LightningModule):
         groups = parameter_groups(self.model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
         if self.speech_ctc is not None:  # after the model's groups: FinetuneSchedule reads group 0's settings
             groups += parameter_groups(self.speech_ctc, cfg.weight_decay, cfg.lr)
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-        )
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **adamw_kernel(groups, cfg))
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
         warmup = min(cfg.warmup_steps, max(total - 1, 0))
 

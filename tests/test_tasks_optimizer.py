@@ -93,3 +93,40 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     set_rng_states(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
     got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def _adamw_run(kernel: dict, steps: int = 5) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    net = _Net()
+    grads = [[torch.randn_like(p) for p in net.parameters()] for _ in range(steps)]
+    opt = torch.optim.AdamW(parameter_groups(net, 0.05, 1e-2), lr=1e-2, betas=(0.9, 0.99), **kernel)
+    for step_grads in grads:
+        for p, g in zip(net.parameters(), step_grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_auto_adamw_is_fused_on_cpu_and_matches_the_for_loop_reference():
+    from omnifuse.tasks.config import OptimizerConfig
+    from omnifuse.tasks.module import adamw_kernel
+
+    net = _Net()
+    groups = parameter_groups(net, 0.05, 1e-2)
+    kernel = adamw_kernel(groups, OptimizerConfig())
+    assert kernel == {"fused": True}
+    # torch's for-loop AdamW is the reference; the fused kernel does the same arithmetic in another order.
+    for got, want in zip(_adamw_run(kernel), _adamw_run({"foreach": False}), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # An integer (or otherwise unfused) parameter leaves the choice to torch.
+    odd = [{"params": [nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False)]}]
+    assert adamw_kernel(odd, OptimizerConfig()) == {}
+    assert adamw_kernel(groups, OptimizerConfig(implementation="for-loop")) == {"foreach": False}
+
+
+def test_an_unknown_adamw_implementation_is_an_error():
+    from omnifuse.tasks.config import OptimizerConfig
+    from omnifuse.tasks.module import adamw_kernel
+
+    with pytest.raises(ValueError, match="implementation"):
+        adamw_kernel([], OptimizerConfig(implementation="fast"))
