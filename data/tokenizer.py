@@ -40,6 +40,15 @@ class ByteTokenizer:
         """The bytes a token stands for, or None for a special token (used by constrained decoding)."""
         return bytes([token_id]) if 0 <= token_id < self.n_bytes else None
 
+    def token_label(self, token_id: int) -> str:
+        """A readable name for one token: its character for printable ASCII, ``<0xNN>`` for any other byte (one
+        byte of a multi-byte UTF-8 character, a control byte), the token's name for a special token."""
+        data = self.token_bytes(token_id)
+        if data is None:
+            names = {v: k for k, v in self.special_ids.items()}
+            return names.get(token_id, f"<id {token_id}>")
+        return data.decode("ascii") if 0x20 <= data[0] < 0x7F else f"<0x{data[0]:02X}>"
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         ids = list(text.encode("utf-8"))
         if add_bos:

@@ -13,7 +13,8 @@
   sampling, ``R = B * num_beams`` for beam search, rows sample-major (row ``r`` is sample ``r // num_beams``).
   A row whose logits are all ``-inf`` emits ``eos_id``.
 * Router usage: ``expert_counts[b, l, e]`` counts, over the generated tokens of sample ``b``, how often the
-  position that produced the token was routed to expert ``e`` in MoE layer ``l`` (``top_k`` per token).
+  position that produced the token was routed to expert ``e`` in MoE layer ``l`` (``top_k`` per token);
+  ``token_experts[b, t, l]`` are the ``top_k`` experts themselves for generated token ``t`` (-1 past its end).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class GenerationOutput:
     lengths: Tensor  # (B,) long, generated tokens per sample (eos included where emitted)
     expert_counts: Tensor  # (B, n_moe_layers, E) long, router usage of the generated tokens
     scores: Tensor  # (B,) float: beam = length-normalised log-prob; greedy/sample = summed log-prob
+    # (B, L, n_moe_layers, top_k) long: the experts of the position that produced each generated token, -1 past the
+    # sample's length (the same routing expert_counts sums).
+    token_experts: Tensor | None = None
 
 
 class _Decoding:
@@ -102,6 +106,13 @@ def _route_counts(routes: list[Tensor], n_rows: int, n_experts: int, device) -> 
     for layer, idx in enumerate(routes):
         out[:, layer].scatter_add_(1, idx, torch.ones_like(idx))
     return out
+
+
+def _route_ids(routes: list[Tensor], n_rows: int, top_k: int, device) -> Tensor:
+    """One step's routing as ids ``(R, n_moe_layers, top_k)`` (a model without MoE layers: ``(R, 0, top_k)``)."""
+    if not routes:
+        return torch.zeros(n_rows, 0, top_k, dtype=torch.long, device=device)
+    return torch.stack(routes, dim=1)
 
 
 def _sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
@@ -223,8 +234,11 @@ def _greedy_or_sample(
     lengths = torch.zeros(b, dtype=torch.long, device=dev)
     scores = torch.zeros(b, dtype=torch.float32, device=dev)
     out_tokens: list[Tensor] = []
+    out_routes: list[Tensor] = []  # per step (B, n_moe_layers, top_k)
     if max_new_tokens == 0:
-        return GenerationOutput(prompt.new_zeros(b, 0), lengths, counts, scores)
+        return GenerationOutput(
+            prompt.new_zeros(b, 0), lengths, counts, scores, _no_routes(b, model.n_moe_layers, cfg.top_k, dev)
+        )
     dec = _Decoding(model, mem, prompt, prompt_mask, max_new_tokens, use_cache)
     logits, routes = dec.first()
     for step in range(max_new_tokens):
@@ -241,6 +255,8 @@ def _greedy_or_sample(
         live = ~finished
         tok = torch.where(live, tok, torch.full_like(tok, cfg.pad_id))
         counts += _route_counts(routes, b, n_experts, dev) * live.view(b, 1, 1)
+        step_ids = _route_ids(routes, b, cfg.top_k, dev)
+        out_routes.append(torch.where(live.view(b, 1, 1), step_ids, torch.full_like(step_ids, -1)))
         scores += torch.where(live & ~dead, logp, torch.zeros_like(logp))
         lengths += live.long()
         finished = finished | (tok == eos_id)
@@ -249,9 +265,18 @@ def _greedy_or_sample(
             break
         logits, routes = dec.next(tok, ~finished)
     tokens = torch.stack(out_tokens, dim=1)  # (B, L)
+    width = int(lengths.max())
     return GenerationOutput(
-        tokens=tokens[:, : int(lengths.max())], lengths=lengths, expert_counts=counts, scores=scores
+        tokens=tokens[:, :width],
+        lengths=lengths,
+        expert_counts=counts,
+        scores=scores,
+        token_experts=torch.stack(out_routes, dim=1)[:, :width],
     )
+
+
+def _no_routes(b: int, n_moe: int, top_k: int, device) -> Tensor:
+    return torch.zeros(b, 0, n_moe, top_k, dtype=torch.long, device=device)
 
 
 def _beam(
@@ -273,6 +298,7 @@ def _beam(
             z,
             torch.zeros(b, n_moe, n_experts, dtype=torch.long, device=dev),
             torch.zeros(b, device=dev),
+            _no_routes(b, n_moe, cfg.top_k, dev),
         )
     mem = mem.repeat_interleave(nb)
     dec = _Decoding(
@@ -282,7 +308,9 @@ def _beam(
     beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
     gen = torch.zeros(r, 0, dtype=torch.long, device=dev)  # (R, t) generated so far
     counts = torch.zeros(r, n_moe, n_experts, dtype=torch.long, device=dev)
-    hyps: list[list[tuple[float, Tensor, Tensor]]] = [[] for _ in range(b)]  # (score, tokens, counts)
+    gen_routes = torch.zeros(r, 0, n_moe, cfg.top_k, dtype=torch.long, device=dev)  # (R, t, n_moe, k)
+    # (score, tokens, counts, per-token routes)
+    hyps: list[list[tuple[float, Tensor, Tensor, Tensor]]] = [[] for _ in range(b)]
     done = [False] * b
     logits, routes = dec.first()
     for step in range(max_new_tokens):
@@ -291,6 +319,7 @@ def _beam(
         logp = F.log_softmax(logits, dim=-1).nan_to_num(nan=float("-inf"))  # (R, V); all -inf row stays -inf
         v = logp.size(-1)
         step_counts = counts + _route_counts(routes, r, n_experts, dev)  # routing of the parent rows
+        step_routes = torch.cat((gen_routes, _route_ids(routes, r, cfg.top_k, dev).unsqueeze(1)), dim=1)
         cand = (beam_scores.view(r, 1) + logp).view(b, nb * v)  # (B, nb*V)
         top_scores, top_ids = cand.topk(min(2 * nb, nb * v), dim=1)  # (B, 2nb)
         top_scores_l, top_ids_l = top_scores.tolist(), top_ids.tolist()
@@ -310,7 +339,7 @@ def _beam(
                     if rank < nb:
                         row = i * nb + parent
                         seq = torch.cat((gen[row], gen.new_tensor([eos_id])))
-                        _add_hyp(hyps[i], nb, s / cur_len**length_penalty, seq, step_counts[row])
+                        _add_hyp(hyps[i], nb, s / cur_len**length_penalty, seq, step_counts[row], step_routes[row])
                     continue
                 new_scores[i][j], new_parent[i][j], new_tok[i][j] = s, parent, tok
                 j += 1
@@ -325,6 +354,7 @@ def _beam(
         rows = (torch.arange(b, device=dev).unsqueeze(1) * nb + new_parent).view(r)  # (R,) parent row of each beam
         gen = torch.cat((gen[rows], new_tok.view(r, 1)), dim=1)
         counts = step_counts[rows]
+        gen_routes = step_routes[rows]
         beam_scores = new_scores
         if all(done) or step == max_new_tokens - 1:
             break
@@ -339,21 +369,29 @@ def _beam(
         for j in range(nb):
             if scores_l[i][j] != float("-inf"):
                 row = i * nb + j
-                _add_hyp(hyps[i], nb, scores_l[i][j] / gen.size(1) ** length_penalty, gen[row], counts[row])
-    best = [h[0] if h else (float("-inf"), gen.new_tensor([eos_id]), counts[0] * 0) for h in hyps]
-    tokens = _pad_stack([t for _, t, _ in best], cfg.pad_id, dev)
+                _add_hyp(
+                    hyps[i], nb, scores_l[i][j] / gen.size(1) ** length_penalty, gen[row], counts[row], gen_routes[row]
+                )
+    no_hyp = (float("-inf"), gen.new_tensor([eos_id]), counts[0] * 0, gen_routes.new_full((1, n_moe, cfg.top_k), -1))
+    best = [h[0] if h else no_hyp for h in hyps]
+    tokens = _pad_stack([t for _, t, _, _ in best], cfg.pad_id, dev)
+    width = tokens.size(1)
+    token_experts = gen_routes.new_full((b, width, n_moe, cfg.top_k), -1)
+    for i, (_, t, _, routes_i) in enumerate(best):
+        token_experts[i, : t.numel()] = routes_i[: t.numel()]
     return GenerationOutput(
         tokens=tokens,
-        lengths=torch.tensor([t.numel() for _, t, _ in best], dtype=torch.long, device=dev),
-        expert_counts=torch.stack([c for _, _, c in best]),
-        scores=torch.tensor([s for s, _, _ in best], dtype=torch.float32, device=dev),
+        lengths=torch.tensor([t.numel() for _, t, _, _ in best], dtype=torch.long, device=dev),
+        expert_counts=torch.stack([c for _, _, c, _ in best]),
+        scores=torch.tensor([s for s, _, _, _ in best], dtype=torch.float32, device=dev),
+        token_experts=token_experts,
     )
 
 
-def _add_hyp(hyps: list, nb: int, score: float, tokens: Tensor, counts: Tensor) -> None:
+def _add_hyp(hyps: list, nb: int, score: float, tokens: Tensor, counts: Tensor, routes: Tensor) -> None:
     """Insert into the best-first list ``hyps`` and keep at most ``nb``."""
     if len(hyps) >= nb and score <= hyps[-1][0]:
         return
-    hyps.append((score, tokens.clone(), counts.clone()))
+    hyps.append((score, tokens.clone(), counts.clone(), routes.clone()))
     hyps.sort(key=lambda h: -h[0])
     del hyps[nb:]

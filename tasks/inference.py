@@ -116,6 +116,9 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
     generation = model.generate(batch, **generation_kwargs(config, batch, model.tokenizer))
     weights = generation.modality_weights.float().cpu()
     counts = generation.expert_counts.cpu()
+    token_ids = generation.tokens.cpu().tolist()
+    routes = generation.token_experts.cpu().tolist() if generation.token_experts is not None else None
+    lengths = generation.lengths.cpu().tolist() if generation.lengths is not None else None
     present = batch.present.cpu() & model.has_encoder.cpu()  # (B, M): the inputs the prediction was made from
     ignored = ignored_modalities(model, batch)
     for row, rid in enumerate(batch.ids):
@@ -127,6 +130,13 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
             # Per MoE layer: {expert index: number of generated tokens it processed}.
             "experts": [{str(e): int(c) for e, c in enumerate(layer.tolist()) if c} for layer in counts[row]],
         }
+        if routes is not None and lengths is not None:
+            # Per generated token (eos included): its label and, per MoE layer, the experts that produced it.
+            n = lengths[row]
+            prediction["token_experts"] = [
+                {"token": model.tokenizer.token_label(tok), "experts": layers}
+                for tok, layers in zip(token_ids[row][:n], routes[row][:n], strict=True)
+            ]
         if ignored[row]:
             prediction["ignored_modalities"] = ignored[row]  # the record has them, the model has no encoder for them
         predictions.append(prediction)

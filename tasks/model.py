@@ -61,6 +61,8 @@ class Generation:
     tokens: torch.Tensor  # (B, L) generated ids after the task token, right-padded
     modality_weights: torch.Tensor  # (B, M)
     expert_counts: torch.Tensor  # (B, n_moe_layers, E)
+    token_experts: torch.Tensor | None = None  # (B, L, n_moe_layers, top_k): each generated token's experts, -1 past
+    lengths: torch.Tensor | None = None  # (B,) generated tokens per sample, eos included where emitted
 
 
 def encode_distinct_images(encoder: nn.Module, images: torch.Tensor, film: FilmParams | None = None) -> TokenSequence:
@@ -252,6 +254,8 @@ class OmniModel(nn.Module):
             tokens=out.tokens,
             modality_weights=memory.modality_weights,
             expert_counts=out.expert_counts,
+            token_experts=out.token_experts,
+            lengths=out.lengths,
         )
 
     # ------------------------------------------------------------------ persistence

@@ -50,3 +50,11 @@ def test_collated_json_target_decodes_to_the_value(value):
     ids = batch.target_ids[0][batch.target_mask[0]].tolist()
     assert ids[0] == TOK.task_id("json") and ids[-1] == TOK.eos_id
     assert json.loads(TOK.decode(ids[1:])) == value
+
+
+def test_token_label_names_each_token():
+    tok = ByteTokenizer()
+    assert [tok.token_label(i) for i in tok.encode("a b{")] == ["a", " ", "b", "{"]
+    # Each byte of a multi-byte character, and control bytes, by their hex value (a label is one token, not text).
+    assert [tok.token_label(i) for i in tok.encode("é\n")] == ["<0xC3>", "<0xA9>", "<0x0A>"]
+    assert tok.token_label(tok.eos_id) == "<eos>" and tok.token_label(tok.task_id("vqa")) == "<vqa>"

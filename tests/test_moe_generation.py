@@ -208,3 +208,33 @@ def test_generate_under_bf16_autocast():
                 memory.float(), mmask, torch.tensor([[5], [6]]), 4, EOS, strategy=strategy, num_beams=2
             )
             assert out.tokens.shape[0] == 2 and (out.lengths >= 1).all()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_token_experts_are_the_routing_of_a_teacher_forced_pass(strategy):
+    """Each generated token's experts equal the router's top-k at the position that produced it, read from one
+    full forward pass over prompt + generated tokens (no cache, no step loop)."""
+    from omnifuse.moe_core.attention import self_attention_mask
+
+    model = tiny_model()
+    memory, mmask = batch()
+    prompt = torch.tensor([[5, 9], [6, 10], [7, 11], [8, 12]])
+    out = model.generate(memory, mmask, prompt, max_new_tokens=10, eos_id=EOS, strategy=strategy, num_beams=3)
+    b, p = prompt.shape
+    assert out.token_experts.shape == (b, out.tokens.size(1), model.n_moe_layers, model.config.top_k)
+    for i in range(b):
+        n = int(out.lengths[i])
+        seq = torch.cat((prompt[i], out.tokens[i, : n - 1]))[None]  # the token at p - 1 + t produced token t
+        valid = torch.ones_like(seq, dtype=torch.bool)
+        positions = torch.arange(seq.size(1))[None]
+        with torch.no_grad():
+            mem = model.prepare_memory(memory[i : i + 1], mmask[i : i + 1])
+            _, auxes, _ = model.run_blocks(seq, positions, valid, self_attention_mask(valid, seq.size(1)), mem)
+        reference = torch.stack([aux.topk_idx[0, p - 1 :] for aux in auxes], dim=1)  # (n, n_moe_layers, k)
+        assert out.token_experts[i, :n].tolist() == reference.tolist()
+        assert (out.token_experts[i, n:] == -1).all()
+        # The per-sample counts are these routes, summed.
+        counts = torch.zeros(model.n_moe_layers, model.config.n_routed_experts, dtype=torch.long)
+        for layer in range(model.n_moe_layers):
+            counts[layer].scatter_add_(0, reference[:, layer].flatten(), torch.ones(n * model.config.top_k, dtype=torch.long))
+        assert out.expert_counts[i].tolist() == counts.tolist()
