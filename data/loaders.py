@@ -1,4 +1,5 @@
-"""Decoding one file into a tensor: images with PIL, audio with soundfile + torchaudio resampling.
+"""Decoding one file (or the bytes of one, e.g. an upload to ``omnifuse serve``) into a tensor: images with PIL,
+audio with soundfile + torchaudio resampling.
 
 Loaders raise ``LoadError`` (a ``ValueError``) with a reason a user can act on; the dataset wraps it into a
 ``RecordError`` that adds the record id and the field.
@@ -6,7 +7,9 @@ Loaders raise ``LoadError`` (a ``ValueError``) with a reason a user can act on; 
 
 from __future__ import annotations
 
+import io
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -24,19 +27,32 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 MAX_RESAMPLE_RATIO_PRODUCT = 4_000_000
 
 
+# A file on disk, or the whole content of one already in memory (an upload).
+Source = str | Path | bytes
+
+
+def _size_and_handle(source: Source) -> tuple[int, str | io.BytesIO]:
+    """(size in bytes, what PIL / soundfile can open): a path string, or a fresh in-memory stream over the bytes."""
+    if isinstance(source, (bytes, bytearray)):
+        return len(source), io.BytesIO(source)
+    path = Path(source)
+    return path.stat().st_size, str(path)
+
+
 class LoadError(ValueError):
     """A file that exists but cannot be used as the modality it was given for."""
 
 
-def _open_image(path: Path, max_pixels: int) -> Image.Image:
+def _open_image(source: Source, max_pixels: int) -> Image.Image:
     """Open (header only) and check the declared size; no pixel data is decoded here."""
-    if path.stat().st_size == 0:
+    size, handle = _size_and_handle(source)
+    if size == 0:
         raise LoadError("file is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             # PIL warns above its own global limit; our explicit max_pixels check below is the one that decides.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(handle)
     except Image.DecompressionBombError as e:
         raise LoadError(f"image too large (decompression-bomb guard; refused before decoding): {e}") from None
     except UnidentifiedImageError:
@@ -118,12 +134,13 @@ def to_rgb(im: Image.Image) -> Image.Image:
         raise LoadError(f"image mode {mode!r} cannot be converted to RGB ({e})") from None
 
 
-def decode_image(path: str | Path, image_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Decode an image to a ``(3, H, W)`` uint8 tensor (RGB; ``H = W = image_size`` when given, bilinear resize).
+def decode_image(source: Source, image_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Decode an image (a path, or a file's bytes) to a ``(3, H, W)`` uint8 tensor (RGB; ``H = W = image_size`` when
+    given, bilinear resize).
 
     The dataset caches this compact form; ``load_image`` is the float view models consume.
     """
-    path = Path(path)
+    path = source if isinstance(source, (bytes, bytearray)) else Path(source)
     header = _open_image(path, max_pixels)
     try:
         # verify() walks the chunk structure and CRCs without decoding; it leaves the object unusable, hence the
@@ -149,33 +166,36 @@ def decode_image(path: str | Path, image_size: int | None = None, max_pixels: in
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (3, H, W)
 
 
-def load_image(path: str | Path, image_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def load_image(path: Source, image_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Load an image as a ``(3, H, W)`` float32 tensor in ``[0, 1]``; see ``decode_image``."""
     return decode_image(path, image_size, max_pixels).float().div_(255.0)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000, max_seconds: float | None = 8.0) -> torch.Tensor:
-    """Load audio as a mono float32 ``(S,)`` waveform at ``sample_rate``, at most ``max_seconds`` long.
+def load_audio(source: Source, sample_rate: int = 16000, max_seconds: float | None = 8.0) -> torch.Tensor:
+    """Load audio (a path, or a file's bytes) as a mono float32 ``(S,)`` waveform at ``sample_rate``, at most
+    ``max_seconds`` long.
 
     Channels are averaged; the file is read only up to the cap (so a 2-hour file costs no more than the cap);
     empty clips and clips containing NaN or infinite samples are refused.
     """
-    path = Path(path)
-    if path.stat().st_size == 0:
+    size, handle = _size_and_handle(source)
+    if size == 0:
         raise LoadError("file is empty (0 bytes)")
     try:
-        info = sf.info(str(path))
+        info = sf.info(handle)
         frames = info.frames
         if max_seconds is not None:
             # Read a little past the cap at the file's own rate; the exact cut happens after resampling.
             frames = min(frames, math.ceil(max_seconds * info.samplerate) + 1)
         if info.samplerate <= 0:
             raise LoadError(f"audio declares a sample rate of {info.samplerate} Hz")
-        data, file_rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)  # (N, C)
+        _, handle = _size_and_handle(source)  # a fresh stream: sf.info consumed the first
+        data, file_rate = sf.read(handle, frames=frames, dtype="float32", always_2d=True)  # (N, C)
     except LoadError:
         raise
     except Exception as e:  # noqa: BLE001 -- libsndfile on a crafted or truncated file: the file's fault
-        raise LoadError(f"file is not a readable audio file ({e})") from None
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the uploaded bytes", str(e))
+        raise LoadError(f"file is not a readable audio file ({reason})") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise LoadError("audio has no samples")
     if not np.isfinite(data).all():
