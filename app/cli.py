@@ -289,6 +289,7 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "score": (_lazy("omnifuse.app.score"), "score a predict folder against its manifest, overall and per group"),
     "plot": (_lazy("omnifuse.app.plots"), "charts of modality weights and expert routing from a predict folder"),
     "serve": (_lazy("omnifuse.app.serve"), "online inference over HTTP: dynamic batching, a web page, /metrics"),
+    "prune": (_lazy("omnifuse.app.prune"), "drop the least used routed experts (calibration manifest) -> smaller model"),
 }
 
 

@@ -1,0 +1,74 @@
+"""Expert pruning: remove routed experts from a trained :class:`~omnifuse.moe_core.MoEDecoder`.
+
+The result is a smaller model, not a masked one: each MoE layer keeps the chosen rows of its stacked expert weights,
+of its router's weight and of its balancing bias, and the decoder's config says the new expert count, so the pruned
+model saves, loads, predicts and fine-tunes like any other. Every MoE layer keeps the same number of experts (the
+config has one ``n_routed_experts``); which ones is per layer.
+
+Removing expert ``e`` from a layer selects as if ``e`` could never be selected: the router scores the other experts
+as before and the top-k is taken among the kept ones. With sigmoid scores (the recipes', DeepSeek-V3's) each expert's
+score is its own, so the layer computes exactly what the unpruned one computes when ``e`` is unroutable; with softmax
+scores the probabilities are normalised over the kept experts only, so their combine weights grow (what a recovery
+fine-tune absorbs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from omnifuse.moe_core.decoder import MoEDecoder
+
+
+def experts_to_keep(usage: Tensor, n_drop: int) -> list[Tensor]:
+    """Per MoE layer, the sorted ids of the experts to keep: all but the ``n_drop`` least used.
+
+    ``usage: (n_moe_layers, E)`` how many tokens each expert processed (e.g. on a calibration set). Ties drop the
+    higher expert index first, so the choice is deterministic."""
+    if usage.dim() != 2:
+        raise ValueError(f"usage must be (n_moe_layers, n_experts), got shape {tuple(usage.shape)}")
+    n_experts = usage.size(1)
+    if not 0 <= n_drop < n_experts:
+        raise ValueError(f"can drop 0 .. {n_experts - 1} of {n_experts} experts, not {n_drop}")
+    keep = []
+    for layer in usage.double():
+        # Sort by usage, descending; among equal usage the lower index ranks first (stable sort on the index order).
+        order = sorted(range(n_experts), key=lambda e: (-float(layer[e]), e))
+        keep.append(torch.tensor(sorted(order[: n_experts - n_drop]), dtype=torch.long))
+    return keep
+
+
+def prune_experts(decoder: MoEDecoder, keep: Sequence[Tensor]) -> None:
+    """Keep only the experts ``keep[l]`` (ids) in MoE layer ``l``, in place; every layer must keep the same number."""
+    layers = decoder.moe_layers
+    if len(keep) != len(layers):
+        raise ValueError(f"keep has {len(keep)} entries for {len(layers)} MoE layers")
+    sizes = {int(k.numel()) for k in keep}
+    if len(sizes) != 1:
+        raise ValueError(f"every MoE layer must keep the same number of experts, got {sorted(sizes)}")
+    n_keep = sizes.pop()
+    cfg = decoder.config
+    if cfg.n_groups != 1:
+        raise ValueError("pruning a router with expert groups (n_groups > 1) is not supported: groups must stay equal")
+    new_cfg = replace(cfg, n_routed_experts=n_keep)  # validates (e.g. top_k <= n_keep)
+    for layer, ids in zip(layers, keep, strict=True):
+        ids = ids.to(torch.long)
+        if ids.unique().numel() != ids.numel() or int(ids.min()) < 0 or int(ids.max()) >= layer.n_experts:
+            raise ValueError(
+                f"expert ids to keep must be distinct and in 0 .. {layer.n_experts - 1}, got {ids.tolist()}"
+            )
+        router, experts = layer.router, layer.experts
+        index = ids.to(router.weight.device)
+        router.weight = nn.Parameter(router.weight.detach()[index].clone())
+        router.expert_bias = router.expert_bias[index].clone()
+        router._load_counts = None
+        router.n_experts = n_keep
+        for name in ("w_gate", "w_up", "w_down"):
+            setattr(experts, name, nn.Parameter(getattr(experts, name).detach()[index].clone()))
+        experts.n_experts = n_keep
+        layer.n_experts = n_keep
+    # The decoder's config object may be shared (OmniModel keeps the same instance): update it in place.
+    cfg.n_routed_experts = new_cfg.n_routed_experts

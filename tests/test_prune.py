@@ -1,0 +1,163 @@
+"""Expert pruning: a pruned decoder generates what the original generates when the dropped experts can never be
+routed to; ``omnifuse prune`` writes a smaller model that loads and predicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from omnifuse.moe_core import MoEDecoder, MoEDecoderConfig
+from omnifuse.moe_core.prune import experts_to_keep, prune_experts
+
+EOS = 3
+
+
+def _decoder(**kw) -> MoEDecoder:
+    cfg = dict(
+        vocab_size=24, d_model=32, n_layers=3, n_heads=4, d_memory=16, n_dense_layers=1, d_ff_dense=48,
+        n_routed_experts=6, n_shared_experts=1, top_k=2, d_expert=16, max_seq_len=64, pad_id=23, init_std=0.4,
+    )  # fmt: skip
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return MoEDecoder(MoEDecoderConfig(**cfg)).double().eval()
+
+
+def _unroutable(decoder: MoEDecoder, keep: list[torch.Tensor]) -> None:
+    """The full model whose routers can never pick a dropped expert (a bias of -1e9 only affects selection)."""
+    for layer, ids in zip(decoder.moe_layers, keep, strict=True):
+        dropped = torch.ones(layer.n_experts, dtype=torch.bool)
+        dropped[ids] = False
+        layer.router.expert_bias[dropped] = -1e9
+
+
+@pytest.mark.parametrize("score_func", ["sigmoid", "softmax"])
+def test_pruned_router_selects_what_the_original_selects_among_the_kept(score_func):
+    pruned, reference = _decoder(score_func=score_func), _decoder(score_func=score_func)
+    keep = [torch.tensor([0, 2, 3, 5]), torch.tensor([1, 2, 4, 5])]
+    _unroutable(reference, keep)
+    prune_experts(pruned, keep)
+    x = torch.randn(50, 32, dtype=torch.float64)
+    for layer, ids in enumerate(keep):
+        got = pruned.moe_layers[layer].router(x).topk_idx
+        want = reference.moe_layers[layer].router(x).topk_idx
+        assert ids[got].sort(-1).values.tolist() == want.sort(-1).values.tolist()
+
+
+def test_pruned_sigmoid_decoder_generates_what_the_original_generates_with_the_dropped_experts_unroutable():
+    # Sigmoid scores (the recipes', DeepSeek-V3's) are per expert, so dropping experts changes nothing else; softmax
+    # scores are normalised over all experts, so there the kept experts' combine weights change (test above: the
+    # selection does not).
+    torch.set_num_threads(1)
+    pruned = _decoder(score_func="sigmoid")
+    reference = _decoder(score_func="sigmoid")  # same weights (same seed)
+    keep = [torch.tensor([0, 2, 3, 5]), torch.tensor([1, 2, 4, 5])]
+    _unroutable(reference, keep)
+    prune_experts(pruned, keep)
+    assert pruned.config.n_routed_experts == 4
+    assert all(layer.experts.w_gate.shape[0] == 4 and layer.router.weight.shape[0] == 4 for layer in pruned.moe_layers)
+    memory = torch.randn(3, 5, 16, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    prompt = torch.tensor([[5], [6], [7]])
+    kw = dict(max_new_tokens=10, eos_id=EOS)
+    got, want = pruned.generate(memory, mask, prompt, **kw), reference.generate(memory, mask, prompt, **kw)
+    assert got.tokens.tolist() == want.tokens.tolist()
+    torch.testing.assert_close(got.scores, want.scores)
+    # Routing ids are renumbered: kept expert keep[l][j] is expert j of the pruned layer.
+    for layer, ids in enumerate(keep):
+        mapped = want.token_experts[:, :, layer].clone()
+        valid = mapped >= 0
+        mapped[valid] = torch.searchsorted(ids, mapped[valid])
+        assert got.token_experts[:, :, layer].tolist() == mapped.tolist()
+
+
+def test_experts_to_keep_drops_the_least_used():
+    usage = torch.tensor([[5, 0, 9, 1, 9, 0], [3, 3, 3, 3, 3, 3]])
+    keep = experts_to_keep(usage, 2)
+    assert keep[0].tolist() == [0, 2, 3, 4]  # 1 and 5 unused
+    assert keep[1].tolist() == [0, 1, 2, 3]  # a tie drops the higher indices
+    with pytest.raises(ValueError, match="drop"):
+        experts_to_keep(usage, 6)
+
+
+def test_prune_refusals():
+    decoder = _decoder()
+    with pytest.raises(ValueError, match="top_k"):  # one expert left under top-2 routing
+        prune_experts(decoder, [torch.tensor([0]), torch.tensor([1])])
+    with pytest.raises(ValueError, match="same number"):
+        prune_experts(decoder, [torch.tensor([0, 1, 2]), torch.tensor([1, 2])])
+    with pytest.raises(ValueError, match="distinct"):
+        prune_experts(decoder, [torch.tensor([0, 0, 2]), torch.tensor([1, 2, 3])])
+    with pytest.raises(ValueError, match="groups"):
+        prune_experts(_decoder(n_groups=2, topk_groups=1), [torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])])
+
+
+def test_prune_command_writes_a_smaller_model_that_predicts(tmp_path):
+    from omnifuse.app.cli import main
+    from omnifuse.app.predictor import Predictor
+    from omnifuse.encoders import ConvImageEncoder, TextEncoder
+    from omnifuse.tasks.model import OmniModel
+
+    torch.manual_seed(0)
+    model = OmniModel(
+        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
+        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=64),
+        fusion={"n_layers": 1, "n_heads": 2},
+        decoder=dict(d_model=32, n_layers=2, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16),
+    )
+    source = Path(model.save_pretrained(tmp_path / "model"))
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"id": f"c{i}", "task": "vqa", "image": f"{i}.png", "text": "what color?"}))
+    (tmp_path / "calib.jsonl").write_text("\n".join(lines) + "\n")
+
+    out = tmp_path / "pruned"
+    assert (
+        main(
+            [
+                "prune",
+                str(source),
+                "--calib",
+                str(tmp_path / "calib.jsonl"),
+                "--drop-experts",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "prune.json").read_text())
+    assert report["experts"] == {"before": 8, "after": 6}
+    assert report["parameters"]["after"] < report["parameters"]["before"]
+    assert (out / "model.safetensors").stat().st_size < (source / "model.safetensors").stat().st_size
+    # The usage is the calibration predictions' own telemetry, and the kept experts are its 6 most used per layer.
+    rows = Predictor.from_pretrained(source).predict(tmp_path / "calib.jsonl")["predictions"]
+    usage = torch.zeros(2, 8, dtype=torch.long)
+    for row in rows:
+        for layer, counts in enumerate(row["experts"]):
+            for e, c in counts.items():
+                usage[layer, int(e)] += c
+    assert report["usage"] == usage.tolist()
+    for layer in range(2):
+        ranked = sorted(range(8), key=lambda e: (-int(usage[layer, e]), e))[:6]
+        assert report["kept"][layer] == sorted(ranked)
+    # Each kept expert's weights are the original expert's.
+    pruned = OmniModel.from_pretrained(out)
+    original = OmniModel.from_pretrained(source)
+    for layer, ids in enumerate(report["kept"]):
+        a, b = pruned.decoder.moe_layers[layer], original.decoder.moe_layers[layer]
+        torch.testing.assert_close(a.experts.w_down, b.experts.w_down[ids], rtol=0, atol=0)
+        torch.testing.assert_close(a.router.weight, b.router.weight[ids], rtol=0, atol=0)
+    again = Predictor.from_pretrained(out).predict(tmp_path / "calib.jsonl")
+    assert len(again["predictions"]) == 6 and not again["errors"]
+    assert (
+        main(
+            ["prune", str(source), "--calib", str(tmp_path / "calib.jsonl"), "--drop-experts", "0.9", "--out", str(out)]
+        )
+        == 2
+    )
