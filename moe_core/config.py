@@ -27,8 +27,12 @@ class MoEDecoderConfig:
     d_ff_dense: int = 1024
     n_routed_experts: int = 16
     n_shared_experts: int = 1
-    top_k: int = 2
+    top_k: int = 2  # with top_p: the most experts a token may take
     d_expert: int = 256
+    # Adaptive routing: a token takes experts in selection order until their share of its affinity (scores normalised
+    # over all experts) reaches top_p, at least min_experts and at most top_k. None: always top_k.
+    top_p: float | None = None
+    min_experts: int = 1
     # router
     score_func: str = "sigmoid"
     n_groups: int = 1
@@ -94,6 +98,11 @@ class MoEDecoderConfig:
                 self.capacity_factor,
             )
             need(self.d_expert > 0, f"d_expert must be > 0, got {self.d_expert}")
+            need(self.top_p is None or 0.0 < self.top_p <= 1.0, f"top_p must be None or in (0, 1], got {self.top_p}")
+            need(
+                1 <= self.min_experts <= self.top_k,
+                f"min_experts must be in [1, top_k={self.top_k}], got {self.min_experts}",
+            )
             need(self.n_shared_experts >= 0, f"n_shared_experts must be >= 0, got {self.n_shared_experts}")
 
     @property

@@ -104,7 +104,8 @@ def _route_counts(routes: list[Tensor], n_rows: int, n_experts: int, device) -> 
     """One step's routing, ``routes``: one ``(R, k)`` per MoE layer -> counts ``(R, n_moe_layers, E)``."""
     out = torch.zeros(n_rows, len(routes), n_experts, dtype=torch.long, device=device)
     for layer, idx in enumerate(routes):
-        out[:, layer].scatter_add_(1, idx, torch.ones_like(idx))
+        used = idx >= 0  # -1: a slot adaptive routing left unused
+        out[:, layer].scatter_add_(1, idx.clamp_min(0), used.long())
     return out
 
 

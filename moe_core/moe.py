@@ -41,14 +41,24 @@ class Dispatch:
 
 
 def sort_by_expert(
-    topk_idx: Tensor, n_experts: int, valid: Tensor | None = None, capacity: float | None = None
+    topk_idx: Tensor,
+    n_experts: int,
+    valid: Tensor | None = None,
+    capacity: float | None = None,
+    active: Tensor | None = None,
 ) -> Dispatch:
-    """Group the ``N*k`` token copies of ``topk_idx: (N, k)`` by expert (stable: token order within an expert)."""
+    """Group the ``N*k`` token copies of ``topk_idx: (N, k)`` by expert (stable: token order within an expert).
+
+    ``valid: (N,)`` marks real tokens, ``active: (N, k)`` the slots a token uses (adaptive routing); other copies
+    are not routed."""
     n, k = topk_idx.shape
     flat = topk_idx.reshape(-1)  # (N*k,)
-    if valid is not None:
-        # Padding copies get the sentinel expert id E, which sorts after every real expert.
-        flat = flat.masked_fill(~valid.reshape(n, 1).expand(n, k).reshape(-1), n_experts)
+    copy_valid = None if valid is None else valid.reshape(n, 1).expand(n, k)
+    if active is not None:
+        copy_valid = active if copy_valid is None else copy_valid & active
+    if copy_valid is not None:
+        # Padding and inactive copies get the sentinel expert id E, which sorts after every real expert.
+        flat = flat.masked_fill(~copy_valid.reshape(-1), n_experts)
     counts_all = torch.bincount(flat, minlength=n_experts + 1)  # (E+1,)
     routed = counts_all[:n_experts]  # (E,)
     order = torch.argsort(flat, stable=True)  # (N*k,)
@@ -61,7 +71,7 @@ def sort_by_expert(
         counts = routed.clamp(max=cap)
         dropped = (routed - counts).sum()
     else:
-        if valid is not None:
+        if copy_valid is not None:
             order = order[: int(routed.sum())]  # (M,)
         counts = routed
         dropped = routed.new_zeros(())
@@ -88,6 +98,8 @@ class MoELayer(nn.Module):
         z_loss_coef: float = 0.0,
         capacity_factor: float | None = None,
         expert_impl: str = "auto",
+        top_p: float | None = None,
+        min_experts: int = 1,
     ) -> None:
         super().__init__()
         check_router_args(n_experts, top_k, n_groups, topk_groups, route_scale, capacity_factor)
@@ -95,8 +107,9 @@ class MoELayer(nn.Module):
         self.aux_loss_coef, self.seq_aux_loss_coef, self.z_loss_coef = aux_loss_coef, seq_aux_loss_coef, z_loss_coef
         self.capacity_factor = capacity_factor
         self.router = Router(
-            d_model, n_experts, top_k, score_func, n_groups, topk_groups, route_scale, bias_update_rate
-        )
+            d_model, n_experts, top_k, score_func, n_groups, topk_groups, route_scale, bias_update_rate, top_p,
+            min_experts,
+        )  # fmt: skip
         self.experts = RoutedExperts(n_experts, d_model, d_expert, expert_impl)
         self.shared = SwiGLU(d_model, n_shared_experts * d_expert) if n_shared_experts > 0 else None
 
@@ -105,7 +118,7 @@ class MoELayer(nn.Module):
         return cls(
             cfg.d_model, cfg.n_routed_experts, cfg.top_k, cfg.d_expert, cfg.n_shared_experts, cfg.score_func,
             cfg.n_groups, cfg.topk_groups, cfg.route_scale, cfg.bias_update_rate, cfg.aux_loss_coef,
-            cfg.seq_aux_loss_coef, cfg.z_loss_coef, cfg.capacity_factor, cfg.expert_impl,
+            cfg.seq_aux_loss_coef, cfg.z_loss_coef, cfg.capacity_factor, cfg.expert_impl, cfg.top_p, cfg.min_experts,
         )  # fmt: skip
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, MoEAux]:
@@ -115,7 +128,7 @@ class MoELayer(nn.Module):
         vf = None if valid is None else valid.reshape(-1)  # (N,)
         r = self.router(xf)
         capacity = self.capacity_factor if self.training else None
-        disp = sort_by_expert(r.topk_idx, self.n_experts, vf, capacity)
+        disp = sort_by_expert(r.topk_idx, self.n_experts, vf, capacity, r.active)
 
         ws = r.topk_weight.reshape(-1).index_select(0, disp.order)  # (M,) combine weight of each sorted copy
         y = self._routed(xf, disp, ws)  # (N, d) weighted sum of each token's expert outputs
@@ -133,6 +146,11 @@ class MoELayer(nn.Module):
         z = self.router.z_loss(r, vf) if self.z_loss_coef > 0 else zero
         loss = self.aux_loss_coef * aux + self.seq_aux_loss_coef * seq_aux + self.z_loss_coef * z
         routed = disp.routed.detach()
+        experts_per_token = None
+        if r.active is not None:
+            real = r.active if vf is None else r.active & vf.unsqueeze(1)
+            n_real = torch.tensor(xf.size(0), device=xf.device) if vf is None else vf.sum()
+            experts_per_token = real.sum().float() / n_real.clamp_min(1).float()
         stats = RouterStats(
             tokens_per_expert=routed,
             max_over_mean=routed.max().float() / routed.float().mean().clamp_min(1e-9),
@@ -140,8 +158,11 @@ class MoELayer(nn.Module):
             aux_loss=aux.detach(),
             seq_aux_loss=seq_aux.detach(),
             z_loss=z.detach(),
+            experts_per_token=experts_per_token,
         )
-        return y.view(*lead, d), MoEAux(router_loss=loss, stats=stats, topk_idx=r.topk_idx.view(*lead, self.top_k))
+        # Telemetry: an inactive slot (adaptive routing) reads -1.
+        idx = r.topk_idx if r.active is None else r.topk_idx.masked_fill(~r.active, -1)
+        return y.view(*lead, d), MoEAux(router_loss=loss, stats=stats, topk_idx=idx.view(*lead, self.top_k))
 
     def _routed(self, x: Tensor, disp: Dispatch, weights: Tensor) -> Tensor:
         """Gather the copies, run the experts, weighted sum onto the tokens: ``x: (N, d)`` -> ``(N, d)``.

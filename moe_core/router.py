@@ -2,6 +2,9 @@
 
 Selection uses ``scores + expert_bias`` (the auxiliary-loss-free balancing bias); the combine weights are
 gathered from the *un-biased* scores, normalised for sigmoid scoring, and multiplied by ``route_scale``.
+With ``top_p`` (adaptive routing) a token takes its selected experts in order until their share of the token's
+affinity (un-biased scores normalised over all experts) reaches ``top_p``: at least ``min_experts``, at most
+``top_k``; the other slots are inactive (no compute, weight 0); sigmoid weights are normalised over the active ones.
 The router runs in fp32 whatever the activation dtype (autocast is switched off around the gate matmul).
 """
 
@@ -23,9 +26,10 @@ class RouterOutput:
     """What the router decided for ``N`` tokens."""
 
     topk_idx: Tensor  # (N, k) long, experts chosen per token
-    topk_weight: Tensor  # (N, k) fp32, combine weights (un-biased scores, normalised, * route_scale)
+    topk_weight: Tensor  # (N, k) fp32, combine weights (un-biased scores, normalised, * route_scale); 0 if inactive
     scores: Tensor  # (N, E) fp32, un-biased affinities (softmax or sigmoid of the logits)
     logits: Tensor  # (N, E) fp32, raw gate logits
+    active: Tensor | None = None  # (N, k) bool, the slots a token uses (adaptive routing); None: all of them
 
 
 @dataclass
@@ -38,10 +42,13 @@ class RouterStats:
     aux_loss: Tensor  # () float, unweighted Switch-style balance loss (0 when its coefficient is 0)
     seq_aux_loss: Tensor  # () float, unweighted DeepSeek sequence-wise balance loss (0 when its coefficient is 0)
     z_loss: Tensor  # () float, unweighted router z-loss (0 when its coefficient is 0)
+    experts_per_token: Tensor | None = None  # () float, mean experts per real token (top_k unless adaptive)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Scalars for a logger (one host sync)."""
+        extra = {} if self.experts_per_token is None else {f"{prefix}experts_per_token": float(self.experts_per_token)}
         return {
+            **extra,
             f"{prefix}max_over_mean": float(self.max_over_mean),
             f"{prefix}dropped": float(self.dropped),
             f"{prefix}aux_loss": float(self.aux_loss),
@@ -67,9 +74,16 @@ class Router(nn.Module):
         topk_groups: int = 1,
         route_scale: float = 1.0,
         bias_update_rate: float = 1e-3,
+        top_p: float | None = None,
+        min_experts: int = 1,
     ) -> None:
         super().__init__()
         check_router_args(n_experts, top_k, n_groups, topk_groups, route_scale, None)
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+        if not 1 <= min_experts <= top_k:
+            raise ValueError(f"min_experts must be in [1, top_k={top_k}], got {min_experts}")
+        self.top_p, self.min_experts = top_p, min_experts
         if score_func not in SCORE_FUNCS:
             raise ValueError(f"score_func must be one of {SCORE_FUNCS}, got {score_func!r}")
         self.n_experts, self.top_k = n_experts, top_k
@@ -115,12 +129,19 @@ class Router(nn.Module):
             masked = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)  # (N, G)
             # -inf, never 0: with negative biases a 0 could beat every expert of the allowed groups.
             choice = grouped.masked_fill(masked.unsqueeze(-1), float("-inf")).flatten(1)  # (N, E)
-        topk_idx = choice.topk(self.top_k, dim=-1).indices  # (N, k)
+        topk_idx = choice.topk(self.top_k, dim=-1).indices  # (N, k), best first
         weight = scores.gather(1, topk_idx)  # (N, k) from the un-biased scores
-        if self.score_func == "sigmoid":
+        active = None
+        if self.top_p is not None:
+            share = weight.detach() / scores.detach().sum(dim=-1, keepdim=True).clamp_min(1e-20)  # (N, k)
+            taken_before = share.cumsum(dim=-1) - share  # (N, k) affinity share of the slots before each slot
+            active = taken_before < self.top_p  # take slots until the share reaches top_p ...
+            active[:, : self.min_experts] = True  # ... and at least min_experts
+            weight = weight * active
+        if self.score_func == "sigmoid":  # over the active slots (the others are 0); softmax weights stay as they are
             weight = weight / weight.sum(dim=-1, keepdim=True).clamp_min(1e-20)
         weight = weight * self.route_scale
-        return RouterOutput(topk_idx=topk_idx, topk_weight=weight, scores=scores, logits=logits)
+        return RouterOutput(topk_idx=topk_idx, topk_weight=weight, scores=scores, logits=logits, active=active)
 
     # ----------------------------------------------------------------------------------- balancing losses
     def aux_loss(self, out: RouterOutput, valid: Tensor | None = None) -> Tensor:
@@ -130,10 +151,11 @@ class Router(nn.Module):
         ``P_i`` = mean normalised affinity of expert ``i``; equals 1 for perfectly uniform routing.
         """
         m = _mask(out, valid)  # (N,) float
-        sel = torch.zeros_like(out.scores).scatter_(1, out.topk_idx, 1.0)  # (N, E)
+        sel = _selected(out)  # (N, E)
         probs = out.scores / out.scores.sum(dim=-1, keepdim=True)  # (N, E) normalised affinities
         n = m.sum().clamp_min(1.0)
-        f = (m @ sel) * (self.n_experts / (self.top_k * n))  # (E,)
+        copies = (m @ sel).sum().clamp_min(1.0)  # top_k * n, or fewer with adaptive routing
+        f = (m @ sel) * (self.n_experts / copies)  # (E,)
         p = (m @ probs) / n  # (E,)
         return (f * p).sum()
 
@@ -142,10 +164,11 @@ class Router(nn.Module):
         b, t = batch_shape
         e = self.n_experts
         m = _mask(out, valid).view(b, t, 1)  # (B, T, 1)
-        sel = torch.zeros_like(out.scores).scatter_(1, out.topk_idx, 1.0).view(b, t, e)  # (B, T, E)
+        sel = _selected(out).view(b, t, e)  # (B, T, E)
         probs = (out.scores / out.scores.sum(dim=-1, keepdim=True)).view(b, t, e)  # (B, T, E)
         n = m.sum(dim=1)  # (B, 1) real tokens per sequence
-        f = (sel * m).sum(dim=1) * (e / (self.top_k * n.clamp_min(1.0)))  # (B, E)
+        copies = (sel * m).sum(dim=(1, 2)).unsqueeze(1)  # (B, 1) top_k * n, or fewer with adaptive routing
+        f = (sel * m).sum(dim=1) * (e / copies.clamp_min(1.0))  # (B, E)
         p = (probs * m).sum(dim=1) / n.clamp_min(1.0)  # (B, E)
         per_seq = (f * p).sum(dim=-1)  # (B,)
         has = (n.squeeze(1) > 0).to(per_seq.dtype)
@@ -184,6 +207,12 @@ def update_router_biases(routers: Sequence[Router], group: dist.ProcessGroup | N
         step = torch.sign(load.mean() - load) * r.bias_update_rate  # (E,), all 0 when no tokens were seen
         r.expert_bias += step
         r.load_counts.zero_()
+
+
+def _selected(out: RouterOutput) -> Tensor:
+    """``(N, E)`` 1.0 where a token uses an expert (its active slots), else 0."""
+    used = torch.ones_like(out.topk_weight) if out.active is None else out.active.to(out.scores.dtype)
+    return torch.zeros_like(out.scores).scatter_(1, out.topk_idx, used)
 
 
 def _mask(out: RouterOutput, valid: Tensor | None) -> Tensor:

@@ -134,9 +134,9 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
             # Per generated token (eos included): its label and, per MoE layer, the experts that produced it.
             n = lengths[row]
             prediction["token_experts"] = [
-                {"token": model.tokenizer.token_label(tok), "experts": layers}
+                {"token": model.tokenizer.token_label(tok), "experts": [[e for e in ids if e >= 0] for ids in layers]}
                 for tok, layers in zip(token_ids[row][:n], routes[row][:n], strict=True)
-            ]
+            ]  # (an unused slot of adaptive routing, -1, is left out)
         if ignored[row]:
             prediction["ignored_modalities"] = ignored[row]  # the record has them, the model has no encoder for them
         predictions.append(prediction)

@@ -252,6 +252,8 @@ class OmniTask(L.LightningModule):
                 self.log(f"train/{name}", losses[name], batch_size=bs)
         for i, stats in enumerate(output.router_stats):
             self.log(f"router/layer{i}_max_over_mean", float(stats.max_over_mean), batch_size=bs)
+            if stats.experts_per_token is not None:  # adaptive routing (decoder.top_p)
+                self.log(f"router/layer{i}_experts_per_token", float(stats.experts_per_token), batch_size=bs)
         self._log_modality_weights("train", memory.modality_weights, batch, bs)
         return losses["loss"]
 
