@@ -13,14 +13,6 @@ from omnifuse.moe_core import MoEDecoder, MoEDecoderConfig
 from omnifuse.moe_core.moe import MoELayer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _layer(score_func: str, top_p: float | None, min_experts: int = 1, top_k: int = 4) -> MoELayer:
     torch.manual_seed(0)
     layer = (
