@@ -34,6 +34,7 @@ _CONFIG_CLASSES = (
     "omnifuse.tasks.config.OptimizerConfig",
     "omnifuse.tasks.config.GenerationConfig",
     "omnifuse.tasks.speech_ctc.SpeechCTCConfig",
+    "omnifuse.tasks.distill.DistillConfig",
     "omnifuse.finetune.lora.LoRAConfig",
 )
 

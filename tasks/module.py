@@ -25,6 +25,7 @@ from omnifuse.finetune.safe_load import register_safe_types
 from omnifuse.finetune.setup import setup_finetuning
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
+from omnifuse.tasks.distill import DistillConfig, distillation_loss
 from omnifuse.tasks.inference import generation_kwargs, predict_batch
 from omnifuse.tasks.model import FusionConfig, Generation, OmniModel
 from omnifuse.tasks.speech_ctc import SpeechCTCConfig, SpeechCTCHead, init_head_from
@@ -171,6 +172,7 @@ class OmniTask(L.LightningModule):
         lora: LoRAConfig | None = None,
         init_skip: list[str] | None = None,
         speech_ctc: SpeechCTCConfig | None = None,
+        distill: DistillConfig | None = None,
     ) -> None:
         super().__init__()
         self.model = OmniModel(image_encoder, audio_encoder, text_encoder, fusion=fusion, decoder=decoder)
@@ -194,6 +196,10 @@ class OmniTask(L.LightningModule):
                     "speech_ctc is set but the audio encoder is frozen: the CTC loss can only train its head"
                 )
         self.optimizer_config = optimizer or OptimizerConfig()
+        # Distillation: the teacher is loaded on first use (fit start), never at construction, so a distilled
+        # student's checkpoint tests, predicts and exports without its teacher's file.
+        self.distill_config = DistillConfig(**distill) if isinstance(distill, dict) else distill
+        self._teacher: list[OmniModel] = []  # a list: an nn.Module attribute would join the student's state
         adamw_kernel([], self.optimizer_config)  # an unknown implementation fails here, not at the first step
         self.generation_config = generation or self.default_generation()
         self.eval_generate = eval_generate
@@ -222,9 +228,21 @@ class OmniTask(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
+    def teacher(self) -> OmniModel:
+        """The distillation teacher (``distill.teacher``), loaded once, frozen, in eval mode, on this task's device.
+        Held outside the module tree, so it is in no checkpoint, export, optimizer or ``.train()`` call."""
+        if not self._teacher:
+            teacher = OmniModel.from_pretrained(self.distill_config.teacher).eval()
+            teacher.requires_grad_(False)
+            self._teacher.append(teacher)
+        teacher = self._teacher[0]
+        if next(teacher.parameters()).device != self.device:
+            teacher.to(self.device)
+        return teacher
+
     def _losses(self, batch: MultimodalBatch, auxiliary: bool = True) -> tuple[dict[str, torch.Tensor], Any, Any]:
-        """Training losses; ``auxiliary=False`` (evaluation) leaves out the training-only ``speech_ctc`` term, so
-        ``val/loss`` compares across runs with and without it."""
+        """Training losses; ``auxiliary=False`` (evaluation) leaves out the training-only ``speech_ctc`` and
+        ``distill`` terms, so ``val/loss`` compares across runs with and without them."""
         sequences = self.model.encode_modalities(batch)
         output, memory = self.model(batch, sequences)
         labels = batch.target_ids[:, 1:].masked_fill(~batch.target_mask[:, 1:], IGNORE_INDEX)  # (B, T-1)
@@ -240,6 +258,12 @@ class OmniTask(L.LightningModule):
             ctc = self.speech_ctc(sequences["audio"], batch)
             if ctc is not None:
                 losses["ctc"] = self.speech_ctc.config.weight * ctc
+        if auxiliary and self.distill_config is not None and self.distill_config.weight > 0:
+            teacher = self.teacher()
+            with torch.no_grad():
+                teacher_output, _ = teacher(batch, teacher.encode_modalities(batch))
+            kd = distillation_loss(output.logits, teacher_output.logits, labels, self.distill_config.temperature)
+            losses["distill"] = self.distill_config.weight * kd
         losses["loss"] = sum(losses.values())
         return losses, output, memory
 
@@ -247,7 +271,7 @@ class OmniTask(L.LightningModule):
         losses, output, memory = self._losses(batch)
         bs = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        for name in ("ce", "router", "mtp", "ctc"):
+        for name in ("ce", "router", "mtp", "ctc", "distill"):
             if name in losses:
                 self.log(f"train/{name}", losses[name], batch_size=bs)
         for i, stats in enumerate(output.router_stats):
@@ -265,6 +289,8 @@ class OmniTask(L.LightningModule):
                 self.log(f"{stage}/weight_{name}", weights[has, m].float().mean(), batch_size=int(has.sum()))
 
     def on_fit_start(self) -> None:
+        if self.distill_config is not None and self.distill_config.weight > 0:
+            self.teacher()  # a missing or unsafe teacher fails now, not at the first step
         # Adam's second-moment estimates decay into denormal floats, which x86 CPUs process ~100x slower: measured,
         # the optimizer step was over half of each easy-VQA training step until denormals were flushed to zero.
         # The flag is process state (it also changes Python float arithmetic), so it is held only while fitting.
