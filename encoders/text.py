@@ -19,6 +19,15 @@ _WHITESPACE_BYTES = torch.tensor([b in b" \t\n\r\x0b\x0c" for b in range(256)])
 _PUNCTUATION_BYTES = torch.tensor([b < 128 and chr(b) in string.punctuation for b in range(256)])
 _SEPARATOR_BYTES = _WHITESPACE_BYTES | _PUNCTUATION_BYTES
 TOKEN_UNITS = ("byte", "word")
+_BYTE_TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def _byte_table(name: str, device: torch.device) -> torch.Tensor:
+    """``_SEPARATOR_BYTES`` / ``_PUNCTUATION_BYTES`` on ``device``, copied there once (not on every call)."""
+    key = (name, device)
+    if key not in _BYTE_TABLES:
+        _BYTE_TABLES[key] = {"separator": _SEPARATOR_BYTES, "punctuation": _PUNCTUATION_BYTES}[name].to(device)
+    return _BYTE_TABLES[key]
 _HASH_MODULUS = 2_147_483_647  # 2**31 - 1, prime; each term (byte + 1) * power < 2**40, far from int64 overflow
 _HASH_BASE = 257
 
@@ -43,7 +52,7 @@ def word_bucket_ids(
     """
     B, T = ids.shape
     is_byte = (ids >= 0) & (ids < 256) & mask
-    separator = ~is_byte | _SEPARATOR_BYTES.to(ids.device)[ids.clamp(0, 255)]  # (B, T)
+    separator = ~is_byte | _byte_table("separator", ids.device)[ids.clamp(0, 255)]  # (B, T)
     in_word = ~separator
     previous_in_word = F.pad(in_word[:, :-1], (1, 0), value=False)
     starts = in_word & ~previous_in_word  # (B, T) first byte of each word
@@ -70,8 +79,8 @@ def word_units(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
     ``starts`` (B, T) bool, True on the first id of each unit."""
     is_byte = (ids >= 0) & (ids < 256)
     byte = ids.clamp(0, 255)
-    in_word = mask & is_byte & ~_SEPARATOR_BYTES.to(ids.device)[byte]
-    single = mask & ((is_byte & _PUNCTUATION_BYTES.to(ids.device)[byte]) | ~is_byte)
+    in_word = mask & is_byte & ~_byte_table("separator", ids.device)[byte]
+    single = mask & ((is_byte & _byte_table("punctuation", ids.device)[byte]) | ~is_byte)
     previous_in_word = F.pad(in_word[:, :-1], (1, 0), value=False)
     starts = (in_word & ~previous_in_word) | single  # (B, T)
     unit = starts.long().cumsum(dim=1) - 1

@@ -129,6 +129,13 @@ class ModalityFusion(nn.Module):
         if not question_memory and not vision_film:
             raise ValueError("question_memory=False needs vision_film=True: without it the question reaches nothing")
         self.question_memory = question_memory
+        # Per modality column: is it a question source (vision_film), is it raw. Buffers, so a forward on a GPU does not
+        # copy (and wait for) a freshly built host tensor; not persistent: derived from the settings, not learned.
+        sources = self.vision_film.sources if self.vision_film is not None else ()
+        self.register_buffer("_question_cols", torch.tensor([m in sources for m in self.modalities]), persistent=False)
+        self.register_buffer(
+            "_raw_cols", torch.tensor([m in self.raw_modalities for m in self.modalities]), persistent=False
+        )
         self.blocks = nn.ModuleList([CrossModalBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
         self.norm = nn.LayerNorm(d_model)
         self.gate = ModalityGate(d_model, len(self.modalities), floor=gate_floor)
@@ -175,8 +182,7 @@ class ModalityFusion(nn.Module):
             present = modality_dropout(present, self.modality_dropout)
         if self.vision_film is not None and not self.question_memory and "image" in self.modalities:
             has_image = present[:, self.modalities.index("image"), None]  # (B, 1)
-            questions = torch.tensor([m in self.vision_film.sources for m in self.modalities], device=present.device)
-            present = present & ~(has_image & questions)  # the question reaches the decoder through the image
+            present = present & ~(has_image & self._question_cols.to(present.device))  # the question reaches the decoder through the image
 
         # Embed each modality; padding / absent positions are zeroed first so their content cannot matter.
         device = self.null_token.device
@@ -198,7 +204,7 @@ class ModalityFusion(nn.Module):
         cross_mask, self_mask = build_attention_masks(segment, valid)  # (B, 1, N, N) each
         for block in self.blocks:
             x = block(x, cross_mask, self_mask)
-        raw = torch.tensor([m in self.raw_modalities for m in self.modalities], device=device)[segment.clamp(min=0)]
+        raw = self._raw_cols[segment.clamp(min=0)]
         raw = raw & (segment >= 0)  # (N,): tokens of a raw modality (never the null token)
         x = torch.where(raw[None, :, None], x, self.norm(x)) if self.raw_modalities else self.norm(x)  # (B, N, D)
 
