@@ -16,6 +16,15 @@ from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.inference import predict_batch
 from omnifuse.tasks.model import OmniModel
 
+INPUT_SETTINGS = ("image_size", "sample_rate", "max_audio_seconds")
+
+
+def input_settings(checkpoint: dict) -> dict:
+    """The data settings a checkpoint's run used for its inputs (from the data module's hyper-parameters), so
+    inference loads images and audio the way training did."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return {key: data[key] for key in INPUT_SETTINGS if key in data}
+
 
 class Predictor:
     """Batch inference from Python.
@@ -51,10 +60,13 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> Predictor:
         """From a ``save_pretrained`` folder or an omnifuse ``.ckpt``. A ``.ckpt`` also brings the task's decoding
-        settings (e.g. the JSON recipe's 160-token budget), unless ``generation`` is given."""
+        settings (e.g. the JSON recipe's 160-token budget) and its run's input settings (image size, sample rate,
+        audio cap), unless given here."""
         if Path(path).suffix != ".ckpt":
             return cls(OmniModel.from_pretrained(path), **kwargs)
         checkpoint = load_checkpoint(path)  # read once for model and settings; never runs code from the file
+        for key, value in input_settings(checkpoint).items():
+            kwargs.setdefault(key, value)  # the image size, sample rate and audio cap the model was trained with
         saved = (checkpoint.get("hyper_parameters") or {}).get("generation")
         if "generation" not in kwargs and isinstance(saved, (dict, GenerationConfig)):
             kwargs["generation"] = GenerationConfig(**saved) if isinstance(saved, dict) else saved

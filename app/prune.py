@@ -43,20 +43,34 @@ def main(argv: list[str] | None = None) -> int:
     from omnifuse.app.predictor import Predictor
     from omnifuse.moe_core.prune import experts_to_keep, prune_experts
 
+    def refuse(message: str) -> int:
+        print(f"omnifuse prune: {message}", file=sys.stderr)
+        return 2
+
+    if not 0.0 <= args.drop_experts < 1.0:
+        return refuse(f"--drop-experts must be in [0, 1), got {args.drop_experts}")
+    manifest = Path(args.calib)
+    if not manifest.is_file():
+        return refuse(f"no calibration manifest at {manifest}")
     predictor = Predictor.from_pretrained(args.model, batch_size=args.batch_size)
     model, decoder = predictor.model, predictor.model.decoder
     n_experts, n_layers = decoder.config.n_routed_experts, decoder.n_moe_layers
+    if n_layers == 0:
+        return refuse(f"{args.model} has no MoE layer (n_dense_layers = n_layers): there are no experts to drop")
     n_drop = math.floor(args.drop_experts * n_experts + 1e-9)
-    if not 0.0 <= args.drop_experts < 1.0 or n_experts - n_drop < decoder.config.top_k:
-        print(
-            f"omnifuse prune: --drop-experts {args.drop_experts} leaves {n_experts - n_drop} of {n_experts} experts; "
-            f"at least top_k={decoder.config.top_k} must stay",
-            file=sys.stderr,
+    if n_experts - n_drop < decoder.config.top_k:
+        return refuse(
+            f"--drop-experts {args.drop_experts} leaves {n_experts - n_drop} of {n_experts} experts; at least "
+            f"top_k={decoder.config.top_k} must stay"
         )
-        return 2
-    manifest = Path(args.calib)
     out = predictor.predict(manifest)  # the batch job's path: every record predicted or reported as an error
     usage = expert_usage(out["predictions"], n_layers, n_experts)
+    if int(usage.sum()) == 0:
+        first = out["errors"][0]["error"] if out["errors"] else "no records"
+        return refuse(
+            f"no calibration record was predicted ({len(out['errors'])} errors, e.g. {first}): no usage to rank "
+            "experts by"
+        )
     keep = experts_to_keep(usage, n_drop)
     params_before = sum(p.numel() for p in model.parameters())
     prune_experts(decoder, keep)

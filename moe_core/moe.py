@@ -149,8 +149,8 @@ class MoELayer(nn.Module):
         experts_per_token = None
         if r.active is not None:
             real = r.active if vf is None else r.active & vf.unsqueeze(1)
-            n_real = torch.tensor(xf.size(0), device=xf.device) if vf is None else vf.sum()
-            experts_per_token = real.sum().float() / n_real.clamp_min(1).float()
+            n_real = max(xf.size(0), 1) if vf is None else vf.sum().clamp_min(1).float()
+            experts_per_token = real.sum().float() / n_real
         stats = RouterStats(
             tokens_per_expert=routed,
             max_over_mean=routed.max().float() / routed.float().mean().clamp_min(1e-9),

@@ -7,7 +7,8 @@ config has one ``n_routed_experts``); which ones is per layer.
 
 Removing expert ``e`` from a layer selects as if ``e`` could never be selected: the router scores the other experts
 as before and the top-k is taken among the kept ones. With sigmoid scores (the recipes', DeepSeek-V3's) each expert's
-score is its own, so the layer computes exactly what the unpruned one computes when ``e`` is unroutable; with softmax
+score is its own, so the layer computes exactly what the unpruned one computes when ``e`` is unroutable (with fixed
+top-k; adaptive routing's ``top_p`` measures shares of the sum over all experts, which pruning changes); with softmax
 scores the probabilities are normalised over the kept experts only, so their combine weights grow (what a recovery
 fine-tune absorbs).
 """

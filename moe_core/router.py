@@ -83,7 +83,9 @@ class Router(nn.Module):
             raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
         if not 1 <= min_experts <= top_k:
             raise ValueError(f"min_experts must be in [1, top_k={top_k}], got {min_experts}")
-        self.top_p, self.min_experts = top_p, min_experts
+        # top_p = 1 is fixed top-k: held as None, so a share that rounds to 1.0 in fp32 cannot switch a slot off.
+        self.top_p = None if top_p is not None and top_p >= 1.0 else top_p
+        self.min_experts = min_experts
         if score_func not in SCORE_FUNCS:
             raise ValueError(f"score_func must be one of {SCORE_FUNCS}, got {score_func!r}")
         self.n_experts, self.top_k = n_experts, top_k

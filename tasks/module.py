@@ -76,15 +76,22 @@ def gather_from_ranks(obj: Any) -> list[Any]:
 ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
 
 
-def adamw_kernel(groups: list[dict], cfg: OptimizerConfig) -> dict[str, bool]:
+def adamw_kernel(groups: list[dict], cfg: OptimizerConfig, clips_mixed_precision: bool = False) -> dict[str, bool]:
     """``torch.optim.AdamW`` keyword arguments (``fused`` / ``foreach``) for ``cfg.implementation``.
 
     ``auto`` picks the fused kernel where every parameter is a floating tensor on a device torch has fused AdamW for
     (its update is the same arithmetic as the for-loop reference, in one kernel per parameter), and otherwise leaves
-    the choice to torch (e.g. a meta or integer parameter, a device without the kernel)."""
+    the choice to torch (e.g. a meta or integer parameter, a device without the kernel). A fused AdamW unscales
+    gradients itself, so Lightning cannot clip them under mixed precision: with ``clips_mixed_precision`` (a
+    ``*-mixed`` precision and ``gradient_clip_val``) ``auto`` leaves fused out and ``fused`` is an error."""
     if cfg.implementation not in ADAMW_IMPLEMENTATIONS:
         raise ValueError(f"optimizer.implementation must be one of {ADAMW_IMPLEMENTATIONS}, got {cfg.implementation!r}")
     if cfg.implementation == "fused":
+        if clips_mixed_precision:
+            raise ValueError(
+                "optimizer.implementation 'fused' cannot be combined with gradient clipping under mixed precision "
+                "(the fused kernel unscales gradients itself): use 'auto' or 'foreach', or drop gradient_clip_val"
+            )
         return {"fused": True}
     if cfg.implementation == "foreach":
         return {"foreach": True}
@@ -94,6 +101,8 @@ def adamw_kernel(groups: list[dict], cfg: OptimizerConfig) -> dict[str, bool]:
 
     supported = set(_get_fused_kernels_supported_devices())
     params = [p for g in groups for p in g["params"]]
+    if clips_mixed_precision:
+        return {}
     if params and all(p.is_floating_point() and p.device.type in supported for p in params):
         return {"fused": True}
     return {}
@@ -318,7 +327,15 @@ class OmniTask(L.LightningModule):
         groups = parameter_groups(self.model, cfg.weight_decay, cfg.lr, cfg.lr_scale)
         if self.speech_ctc is not None:  # after the model's groups: FinetuneSchedule reads group 0's settings
             groups += parameter_groups(self.speech_ctc, cfg.weight_decay, cfg.lr)
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **adamw_kernel(groups, cfg))
+        trainer = self._trainer
+        clips_mixed = (
+            trainer is not None
+            and "mixed" in str(trainer.precision)
+            and bool(trainer.gradient_clip_val)
+            and float(trainer.gradient_clip_val) > 0
+        )
+        kernel = adamw_kernel(groups, cfg, clips_mixed_precision=clips_mixed)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kernel)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
         warmup = min(cfg.warmup_steps, max(total - 1, 0))
 

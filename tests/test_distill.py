@@ -88,11 +88,15 @@ def test_fit_with_a_teacher_of_another_shape(tmp_path):
     assert len(checkpoint["state_dict"]) == len(task.model.state_dict())
     metrics = next(run.rglob("metrics.csv")).read_text()
     assert "train/distill" in metrics.splitlines()[0]
-    # The student's checkpoint tests without its teacher.
+    # The student's checkpoint loads and predicts without its teacher (its hyper-parameters still name it).
+    from omnifuse.app.predictor import Predictor
+    from omnifuse.tasks import VQATask
+
     for file in folder.iterdir():
         file.unlink()
     folder.rmdir()
-    cli_main(
-        ["test", "--config", TINY, "--data.test_manifest", str(data / "vqa_test.jsonl"),
-         "--ckpt_path", str(run / "ckpt" / "last.ckpt"), "--trainer.default_root_dir", str(run)]
-    )  # fmt: skip
+    assert load_checkpoint(run / "ckpt" / "last.ckpt")["hyper_parameters"]["distill"]["teacher"] == str(folder)
+    restored = VQATask.load_from_checkpoint(run / "ckpt" / "last.ckpt", map_location="cpu")
+    assert restored.distill_config.teacher == str(folder) and not restored._teacher
+    out = Predictor.from_pretrained(run / "ckpt" / "last.ckpt").predict(data / "vqa_test.jsonl")
+    assert out["predictions"] and not out["errors"]

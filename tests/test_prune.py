@@ -51,7 +51,6 @@ def test_pruned_sigmoid_decoder_generates_what_the_original_generates_with_the_d
     # Sigmoid scores (the recipes', DeepSeek-V3's) are per expert, so dropping experts changes nothing else; softmax
     # scores are normalised over all experts, so there the kept experts' combine weights change (test above: the
     # selection does not).
-    torch.set_num_threads(1)
     pruned = _decoder(score_func="sigmoid")
     reference = _decoder(score_func="sigmoid")  # same weights (same seed)
     keep = [torch.tensor([0, 2, 3, 5]), torch.tensor([1, 2, 4, 5])]
@@ -155,9 +154,10 @@ def test_prune_command_writes_a_smaller_model_that_predicts(tmp_path):
         torch.testing.assert_close(a.router.weight, b.router.weight[ids], rtol=0, atol=0)
     again = Predictor.from_pretrained(out).predict(tmp_path / "calib.jsonl")
     assert len(again["predictions"]) == 6 and not again["errors"]
-    assert (
-        main(
-            ["prune", str(source), "--calib", str(tmp_path / "calib.jsonl"), "--drop-experts", "0.9", "--out", str(out)]
-        )
-        == 2
-    )
+    calib = str(tmp_path / "calib.jsonl")
+    assert main(["prune", str(source), "--calib", calib, "--drop-experts", "0.9", "--out", str(out)]) == 2
+    # A calibration set the model cannot predict (every image missing) gives no usage: refused, not guessed.
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"id": "b1", "task": "vqa", "image": "gone.png"}) + "\n")
+    broken = ["prune", str(source), "--calib", str(tmp_path / "broken.jsonl"), "--drop-experts", "0.25"]
+    assert main([*broken, "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()

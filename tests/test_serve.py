@@ -85,7 +85,7 @@ def test_a_good_request_becomes_its_canonical_form():
         ({"task": "vqa", "text": "hi", "image_path": "/etc/passwd"}, "image_path", 400, "unknown field"),
         ({"text": "hi"}, "task", 400, "unknown task"),
         ({"task": "translate", "text": "hi"}, "task", 400, "unknown task"),
-        ({"task": "vqa"}, "image", 400, "no input"),
+        ({"task": "vqa"}, "<request>", 400, "no input"),
         ({"task": "vqa", "text": "   "}, "text", 400, "empty"),
         ({"task": "vqa", "text": 7}, "text", 400, "must be a string"),
         ({"task": "vqa", "image": "/etc/passwd"}, "image", 400, "base64"),  # a path is never opened
@@ -319,9 +319,10 @@ def test_served_answers_equal_the_batch_predictor(server, model_dir, records):
         assert status == 200, row
         want = by_id[record["id"]]
         assert row["prediction"] == want["prediction"]
-        assert row["experts"] == want["experts"]
-        assert row["token_experts"] == want["token_experts"]
         assert row.keys() == want.keys()
+        # Routing too: the same tokens through the same experts (a route could only differ on a near-tie of two
+        # router scores between differently shaped batches; none occurs with this model and these records).
+        assert row["token_experts"] == want["token_experts"]
         for m, w in want["modality_weights"].items():
             assert row["modality_weights"][m] == pytest.approx(w, abs=1e-5)
 

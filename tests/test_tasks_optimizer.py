@@ -130,3 +130,32 @@ def test_an_unknown_adamw_implementation_is_an_error():
 
     with pytest.raises(ValueError, match="implementation"):
         adamw_kernel([], OptimizerConfig(implementation="fast"))
+
+
+def test_fused_adamw_is_left_out_when_lightning_must_clip_under_mixed_precision(tmp_path):
+    """A fused AdamW unscales gradients itself, and Lightning then refuses to clip them under mixed precision: the
+    recipes that clip (caption, JSON) must still train in bf16-mixed."""
+    from pathlib import Path
+
+    from omnifuse.app.cli import cli_main
+    from omnifuse.data.easyvqa import prepare_easyvqa
+    from omnifuse.tasks.config import OptimizerConfig
+    from omnifuse.tasks.module import adamw_kernel
+
+    groups = parameter_groups(_Net(), 0.05, 1e-2)
+    assert adamw_kernel(groups, OptimizerConfig(), clips_mixed_precision=True) == {}
+    with pytest.raises(ValueError, match="clipping"):
+        adamw_kernel(groups, OptimizerConfig(implementation="fused"), clips_mixed_precision=True)
+    data = tmp_path / "data"
+    prepare_easyvqa(data, parts=("vqa",), limit_images=4)
+    cli = cli_main(
+        [
+            "fit", "--config", str(Path(__file__).parent / "configs" / "tiny_vqa.yaml"),
+            "--data.train_manifest", str(data / "vqa_train.jsonl"),
+            "--trainer.max_steps=2", "--trainer.precision=bf16-mixed", "--trainer.gradient_clip_val=1.0",
+            "--trainer.default_root_dir", str(tmp_path / "run"),
+        ]
+    )  # fmt: skip
+    assert cli.trainer.global_step == 2
+    optimizer = cli.trainer.optimizers[0]
+    assert not optimizer.defaults.get("fused")

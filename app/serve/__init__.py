@@ -15,6 +15,7 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import replace
@@ -39,13 +40,11 @@ def model_settings(model_path: str | Path) -> dict:
     settings = {"image_size": 64, "sample_rate": 16000, "max_audio_seconds": 8.0, "max_new_tokens": 32}
     if Path(model_path).suffix != ".ckpt":
         return settings
+    from omnifuse.app.predictor import input_settings
     from omnifuse.finetune.safe_load import load_checkpoint
 
     checkpoint = load_checkpoint(model_path)
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    for key in ("image_size", "sample_rate", "max_audio_seconds"):
-        if key in data:
-            settings[key] = data[key]
+    settings.update(input_settings(checkpoint))  # what Predictor.from_pretrained applies in the worker
     generation = (checkpoint.get("hyper_parameters") or {}).get("generation")
     if isinstance(generation, dict) and "max_new_tokens" in generation:
         settings["max_new_tokens"] = generation["max_new_tokens"]
@@ -203,6 +202,8 @@ def _main(argv: list[str] | None) -> int:
         timeout=args.timeout,
     )
     print(f"omnifuse serve: {args.model} on http://{args.host}:{args.port}/ (POST /predict, GET /metrics)", flush=True)
+    # SIGTERM ends the server like Ctrl+C, so exit handlers (the metrics folder's removal) run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.run(host=host, port=args.port, generate_client_file=False, num_api_servers=1)
     except (ValueError, RuntimeError) as error:  # LitServe's refusals (a port it will not use, a worker that failed)

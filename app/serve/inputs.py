@@ -201,7 +201,7 @@ def check_request(fields: Mapping[str, Any], settings: ServeSettings) -> dict:
         out["schema"] = schema
 
     if not any(m in out for m in ("image", "audio", "text")):
-        raise RequestError("image", "request has no input: give at least one of 'image', 'audio', 'text'")
+        raise RequestError("<request>", "request has no input: give at least one of 'image', 'audio', 'text'")
     return out
 
 
