@@ -43,6 +43,10 @@ class LoadError(ValueError):
     """A file that exists but cannot be used as the modality it was given for."""
 
 
+class TooLargeError(LoadError):
+    """A file refused for its size alone (e.g. an image over the pixel limit), before any decoding."""
+
+
 def _open_image(source: Source, max_pixels: int) -> Image.Image:
     """Open (header only) and check the declared size; no pixel data is decoded here."""
     size, handle = _size_and_handle(source)
@@ -54,7 +58,7 @@ def _open_image(source: Source, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(handle)
     except Image.DecompressionBombError as e:
-        raise LoadError(f"image too large (decompression-bomb guard; refused before decoding): {e}") from None
+        raise TooLargeError(f"image too large (decompression-bomb guard; refused before decoding): {e}") from None
     except UnidentifiedImageError:
         raise LoadError("file is not a valid image (unrecognised format)") from None
     except Exception as e:  # noqa: BLE001 -- a crafted header can raise anything (struct.error, IndexError ...)
@@ -65,7 +69,7 @@ def _open_image(source: Source, max_pixels: int) -> Image.Image:
         raise LoadError(f"image has an empty size {width}x{height}")
     if width * height > max_pixels:
         im.close()
-        raise LoadError(
+        raise TooLargeError(
             f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,} "
             "(decompression-bomb guard; refused before decoding)"
         )

@@ -25,7 +25,7 @@ from typing import Any
 
 import soundfile as sf
 
-from omnifuse.data.loaders import DEFAULT_MAX_PIXELS, LoadError, decode_image, load_audio
+from omnifuse.data.loaders import DEFAULT_MAX_PIXELS, LoadError, TooLargeError, decode_image, load_audio
 from omnifuse.data.records import MAX_ID_CHARS, MAX_TEXT_BYTES
 from omnifuse.data.tokenizer import TASKS
 
@@ -163,8 +163,7 @@ def check_request(fields: Mapping[str, Any], settings: ServeSettings) -> dict:
         try:
             decode_image(data, settings.image_size, limits.max_image_pixels)
         except LoadError as e:
-            status = 413 if "above the limit" in str(e) or "too large" in str(e) else 400
-            raise RequestError("image", str(e), status) from None
+            raise RequestError("image", str(e), 413 if isinstance(e, TooLargeError) else 400) from None
         out["image"] = base64.b64encode(data).decode("ascii")
 
     if fields.get("audio") is not None:
