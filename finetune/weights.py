@@ -47,9 +47,28 @@ class InitReport:
         ]
         if self.skipped:
             lines.append(f"  skipped (init_skip, initialised): {grouped(self.skipped)}")
+        for group, (n_model, n_source) in sorted(self.unmatched_groups().items()):
+            lines.append(
+                f"  WARNING: nothing of {group} was loaded ({n_model} tensors here, {n_source} in the source): a "
+                "different architecture under the same name; it trains from its initialisation"
+            )
         for name, (src, dst) in sorted(self.mismatched.items()):
             lines.append(f"  shape mismatch (initialised): {name} source {tuple(src)} model {tuple(dst)}")
         return "\n".join(lines)
+
+    def unmatched_groups(self) -> dict[str, tuple[int, int]]:
+        """Module groups (``encoders.image``, ``decoder.blocks.0``, ...) that both models have but of which not one
+        tensor loaded: group -> (tensors in the model, tensors in the source). A recipe whose encoder drifted from the
+        run it starts from shows up here rather than as a quiet start from scratch."""
+        model_groups = Counter(_key_group(k) for k in [*self.loaded, *self.new])
+        source_groups = Counter(_key_group(k) for k in [*self.loaded, *self.unused, *self.mismatched])
+        loaded_groups = {_key_group(k) for k in self.loaded}
+        skipped_groups = {_key_group(k) for k in self.skipped}
+        return {
+            g: (n, source_groups[g])
+            for g, n in model_groups.items()
+            if g in source_groups and g not in loaded_groups and g not in skipped_groups
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {

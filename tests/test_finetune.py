@@ -116,6 +116,22 @@ def test_init_from_loads_matching_tensors_and_reports_the_rest(case, vqa_ckpt, t
     out = capsys.readouterr().out
     assert f"init_from {source}: loaded {len(report.loaded)} tensors, {len(report.new)} new" in out
     assert "trainable parameters" in out
+    assert not report.unmatched_groups() and "WARNING" not in out
+
+
+def test_init_from_warns_when_a_shared_encoder_loads_nothing(vqa_ckpt, capsys):
+    """A model whose image encoder is another architecture than the source's: the report names the group."""
+    conv = {"class_path": "omnifuse.encoders.ConvImageEncoder", "init_args": {"channels": 8, "n_blocks": 1}}
+    task = _build(VQATask, 0, image_encoder=conv, text_encoder=TEXT, init_from=str(vqa_ckpt))
+    src = _source_state(vqa_ckpt)
+    mine = [k for k in task.model.state_dict() if k.startswith("encoders.image.")]
+    theirs = [k for k in src if k.startswith("encoders.image.")]
+    assert not set(mine) & set(task.init_report.loaded)  # the premise: nothing of it loads
+    assert task.init_report.unmatched_groups()["encoders.image"] == (len(mine), len(theirs))
+    assert set(task.init_report.unmatched_groups()) <= {"encoders.image", "fusion.embed.image"}
+    assert f"WARNING: nothing of encoders.image was loaded ({len(mine)} tensors here, {len(theirs)}" in (
+        capsys.readouterr().out
+    )
 
 
 def test_init_from_rejects_a_missing_file_and_init_skip_alone(tmp_path):
@@ -299,21 +315,52 @@ def test_spoken_finetune_recipe_is_the_spoken_recipe_plus_init_from_and_a_schedu
     (schedule,) = [c for c in finetune["trainer"]["callbacks"] if c["class_path"].endswith("FinetuneSchedule")]
     finetune["trainer"]["callbacks"].remove(schedule)
     # Everything the VQA model brings is frozen for the first epoch; only the new speech path trains.
-    assert set(schedule["init_args"]["unfreeze"][1]) >= {"image_encoder", "fusion.blocks", "decoder"}
+    assert set(schedule["init_args"]["unfreeze"][1]) >= {"image_encoder", "fusion.vision_film.mlp", "decoder"}
     assert finetune == scratch
 
 
-def test_mixed_recipe_trains_as_long_as_the_spoken_recipe_with_its_settings():
-    """README holds the mixed model's audio view against the spoken model at equal budget and settings."""
+def test_mixed_recipe_hears_speech_as_the_spoken_recipe_does():
+    """README holds the mixed model's audio view against the spoken model: same audio encoder, speech loss, optimizer,
+    decoder, batch and fusion design (the mixed fine-tune trains fewer steps: its text path is trained already)."""
     import yaml
 
     mixed = yaml.safe_load((CONFIGS / "finetune_vqa_to_mixed.yaml").read_text())
     spoken = yaml.safe_load((CONFIGS / "spoken_vqa.yaml").read_text())
-    assert mixed["trainer"]["max_steps"] == spoken["trainer"]["max_steps"]
     assert mixed["data"]["batch_size"] == spoken["data"]["batch_size"]
-    for key in ("speech_ctc", "optimizer", "decoder"):
+    for key in ("audio_encoder", "image_encoder", "speech_ctc", "optimizer", "decoder", "fusion"):
         assert mixed["model"]["init_args"][key] == spoken["model"]["init_args"][key], key
-    assert (
-        mixed["model"]["init_args"]["fusion"]["modality_dropout"]
-        == spoken["model"]["init_args"]["fusion"]["modality_dropout"]
-    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["finetune_vqa_to_caption.yaml", "finetune_vqa_to_spoken.yaml", "finetune_vqa_to_mixed.yaml"],
+)
+def test_finetune_recipes_fit_the_main_recipes_checkpoint(name, tmp_path, capsys):
+    """Each recipe that starts from ``runs/easyvqa`` must take every weight of the parts it shares with the main
+    recipe's model (its image and text encoders, the FiLM generator, the decoder): a recipe whose architecture drifts
+    from configs/easyvqa.yaml would load next to nothing and silently train from scratch. Built from the two YAML
+    files alone; the expected key sets come from the two models' own state dicts."""
+    import yaml
+
+    from omnifuse.finetune.weights import load_matching_weights
+
+    def model_of(config_name: str) -> OmniModel:
+        args = yaml.safe_load((CONFIGS / config_name).read_text())["model"]["init_args"]
+        torch.manual_seed(0)
+        keys = ("image_encoder", "audio_encoder", "text_encoder", "fusion", "decoder")
+        return OmniModel(**{k: args[k] for k in keys if k in args})
+
+    main_args = yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
+    assert main_args["init_from"].startswith("runs/easyvqa/")
+    source = model_of("easyvqa.yaml").save_pretrained(tmp_path / "main")
+    target = model_of(name)
+    report = load_matching_weights(target, source, verbose=False)
+    assert not report.mismatched and not report.unmatched_groups()
+    src = set(model_of("easyvqa.yaml").state_dict())
+    shared_modules = [p for p in ("encoders.image.", "encoders.text.", "decoder.") if any(k.startswith(p) for k in src)]
+    for prefix in shared_modules:
+        in_target = {k for k in target.state_dict() if k.startswith(prefix)}
+        if in_target:  # the recipe keeps this part: all of it must come from the main run
+            assert in_target <= set(report.loaded), (prefix, sorted(in_target - set(report.loaded))[:5])
+    film = {k for k in target.state_dict() if k.startswith("fusion.vision_film.mlp.")}
+    assert film <= set(report.loaded)  # the question -> FiLM map (empty when the recipe has no question)
