@@ -33,6 +33,9 @@ class MoEDecoderConfig:
     # over all experts) reaches top_p, at least min_experts and at most top_k. None: always top_k.
     top_p: float | None = None
     min_experts: int = 1
+    # With top_p: weight of a penalty on the expected number of experts per token (a smooth count of the slots the
+    # rule takes, differentiable in the router's scores), so training can trade expert evaluations for accuracy.
+    experts_loss_coef: float = 0.0
     # router
     score_func: str = "sigmoid"
     n_groups: int = 1
@@ -86,7 +89,9 @@ class MoEDecoderConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.mtp_depth in (0, 1), f"mtp_depth must be 0 or 1, got {self.mtp_depth}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
-        for name in ("bias_update_rate", "aux_loss_coef", "seq_aux_loss_coef", "z_loss_coef", "mtp_loss_coef"):
+        for name in (
+            "bias_update_rate", "aux_loss_coef", "seq_aux_loss_coef", "z_loss_coef", "mtp_loss_coef", "experts_loss_coef"
+        ):  # fmt: skip
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_moe_layers > 0:
             check_router_args(
@@ -102,6 +107,11 @@ class MoEDecoderConfig:
             need(
                 1 <= self.min_experts <= self.top_k,
                 f"min_experts must be in [1, top_k={self.top_k}], got {self.min_experts}",
+            )
+            need(
+                self.experts_loss_coef == 0 or (self.top_p is not None and self.top_p < 1.0),
+                f"experts_loss_coef={self.experts_loss_coef} needs adaptive routing (top_p < 1): with fixed top-k every "
+                "token takes top_k experts and there is nothing to trade",
             )
             need(self.n_shared_experts >= 0, f"n_shared_experts must be >= 0, got {self.n_shared_experts}")
 

@@ -100,11 +100,13 @@ class MoELayer(nn.Module):
         expert_impl: str = "auto",
         top_p: float | None = None,
         min_experts: int = 1,
+        experts_loss_coef: float = 0.0,
     ) -> None:
         super().__init__()
         check_router_args(n_experts, top_k, n_groups, topk_groups, route_scale, capacity_factor)
         self.n_experts, self.top_k = n_experts, top_k
         self.aux_loss_coef, self.seq_aux_loss_coef, self.z_loss_coef = aux_loss_coef, seq_aux_loss_coef, z_loss_coef
+        self.experts_loss_coef = experts_loss_coef
         self.capacity_factor = capacity_factor
         self.router = Router(
             d_model, n_experts, top_k, score_func, n_groups, topk_groups, route_scale, bias_update_rate, top_p,
@@ -119,6 +121,7 @@ class MoELayer(nn.Module):
             cfg.d_model, cfg.n_routed_experts, cfg.top_k, cfg.d_expert, cfg.n_shared_experts, cfg.score_func,
             cfg.n_groups, cfg.topk_groups, cfg.route_scale, cfg.bias_update_rate, cfg.aux_loss_coef,
             cfg.seq_aux_loss_coef, cfg.z_loss_coef, cfg.capacity_factor, cfg.expert_impl, cfg.top_p, cfg.min_experts,
+            cfg.experts_loss_coef,
         )  # fmt: skip
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, MoEAux]:
@@ -145,6 +148,8 @@ class MoELayer(nn.Module):
             seq_aux = self.router.seq_aux_loss(r, shape, vf)
         z = self.router.z_loss(r, vf) if self.z_loss_coef > 0 else zero
         loss = self.aux_loss_coef * aux + self.seq_aux_loss_coef * seq_aux + self.z_loss_coef * z
+        if self.experts_loss_coef > 0:
+            loss = loss + self.experts_loss_coef * self.router.experts_loss(r, vf)
         routed = disp.routed.detach()
         experts_per_token = None
         if r.active is not None:

@@ -64,6 +64,7 @@ class ExpertParallelMoELayer(MoELayer):
         self.n_local = n_experts // self.world
         self.aux_loss_coef, self.seq_aux_loss_coef = layer.aux_loss_coef, layer.seq_aux_loss_coef
         self.z_loss_coef, self.capacity_factor = layer.z_loss_coef, layer.capacity_factor
+        self.experts_loss_coef = layer.experts_loss_coef
         self.router, self.shared = layer.router, layer.shared
         src = layer.experts
         self.experts = RoutedExperts(self.n_local, src.d_model, src.d_expert, src.impl)

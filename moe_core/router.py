@@ -20,6 +20,10 @@ from torch import Tensor, nn
 
 from omnifuse.moe_core.config import SCORE_FUNCS, check_router_args
 
+# Width of the smooth step in ``Router.experts_loss``, in units of affinity share (shares run from 0 to 1): a slot
+# whose share-before sits 0.05 under top_p counts ~0.73, 0.15 under ~0.95.
+EXPERTS_LOSS_TEMPERATURE = 0.05
+
 
 @dataclass
 class RouterOutput:
@@ -175,6 +179,20 @@ class Router(nn.Module):
         per_seq = (f * p).sum(dim=-1)  # (B,)
         has = (n.squeeze(1) > 0).to(per_seq.dtype)
         return (per_seq * has).sum() / has.sum().clamp_min(1.0)
+
+    def experts_loss(self, out: RouterOutput, valid: Tensor | None = None) -> Tensor:
+        """Adaptive routing's compute penalty: mean over real tokens of a smooth count of the slots the ``top_p``
+        rule takes beyond ``min_experts``. Slot ``j`` is taken while the affinity share of the slots before it is
+        under ``top_p``; here that step is ``sigmoid((top_p - share_before_j) / EXPERTS_LOSS_TEMPERATURE)``, which
+        has a gradient in the router's scores (the selection itself has none): lowering it concentrates a token's
+        affinity on its first experts, so fewer slots reach the rule. 0 without ``top_p``."""
+        if self.top_p is None:
+            return out.logits.new_zeros(())
+        m = _mask(out, valid)
+        share = out.scores.gather(1, out.topk_idx) / out.scores.sum(dim=-1, keepdim=True).clamp_min(1e-20)  # (N, k)
+        before = share.cumsum(dim=-1) - share  # (N, k)
+        soft = torch.sigmoid((self.top_p - before[:, self.min_experts :]) / EXPERTS_LOSS_TEMPERATURE)
+        return (m * soft.sum(dim=-1)).sum() / m.sum().clamp_min(1.0)
 
     def z_loss(self, out: RouterOutput, valid: Tensor | None = None) -> Tensor:
         """Router z-loss (ST-MoE): mean over real tokens of ``logsumexp(logits)^2``."""

@@ -120,3 +120,60 @@ def test_bad_settings_are_refused():
         MoEDecoderConfig(top_p=0.0)
     with pytest.raises(ValueError, match="min_experts"):
         MoEDecoderConfig(top_k=2, min_experts=3)
+    with pytest.raises(ValueError, match="experts_loss_coef"):
+        MoEDecoderConfig(experts_loss_coef=0.1)  # fixed top-k: nothing to trade
+
+
+def _soft_count_reference(layer: MoELayer, x: torch.Tensor, valid: list[bool]) -> float:
+    """The penalty written out per token: over the selected slots after min_experts, a sigmoid step on how far the
+    share of the slots before it is under p."""
+    from omnifuse.moe_core.router import EXPERTS_LOSS_TEMPERATURE
+
+    r = layer.router
+    total, n = 0.0, 0
+    for token, real in zip(x, valid, strict=True):
+        if not real:
+            continue
+        logits = (r.weight.detach().float() @ token.float()).double()
+        scores = logits.softmax(-1) if r.score_func == "softmax" else logits.sigmoid()
+        order = sorted(range(r.n_experts), key=lambda e: -float(scores[e] + r.expert_bias[e]))[: r.top_k]
+        before = 0.0
+        for j, e in enumerate(order):
+            if j >= r.min_experts:
+                total += float(torch.sigmoid(torch.tensor((r.top_p - before) / EXPERTS_LOSS_TEMPERATURE)))
+            before += float(scores[e]) / float(scores.sum())
+        n += 1
+    return total / n
+
+
+@pytest.mark.parametrize("score_func", ["sigmoid", "softmax"])
+def test_experts_loss_matches_a_per_token_loop_and_enters_the_router_loss(score_func):
+    layer = _layer(score_func, 0.45, min_experts=1)
+    layer.experts_loss_coef = 0.7
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[0, 5:] = False
+    _, aux = layer(x, valid)
+    expected = _soft_count_reference(layer, x.reshape(-1, 16), valid.reshape(-1).tolist())
+    assert float(aux.router_loss) == pytest.approx(0.7 * expected, rel=1e-5)
+
+
+def test_experts_loss_trains_the_router_to_use_fewer_experts():
+    """Gradient steps on the penalty alone lower the hard number of experts per token (counted by the loop)."""
+    layer = _layer("sigmoid", 0.3, min_experts=1).train()
+    layer.experts_loss_coef = 1.0
+    x = torch.randn(64, 16, dtype=torch.float64)
+
+    def experts_per_token() -> float:
+        _, taken = _reference(layer, x)
+        return sum(len(t) for t in taken) / len(taken)
+
+    before = experts_per_token()
+    opt = torch.optim.Adam([layer.router.weight], lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        _, aux = layer(x)
+        aux.router_loss.backward()
+        opt.step()
+    after = experts_per_token()
+    assert before > 1.5 and after < before - 0.4, (before, after)

@@ -1,0 +1,180 @@
+"""Adaptive routing (``decoder.top_p``) against fixed top-k on trained checkpoints: experts per token, MoE-layer time,
+accuracy.
+
+    python benchmarks/adaptive_routing.py --ckpts runs/recipe_2500/seed_{0,1,2}/version_0/checkpoints/best.ckpt \\
+        [--top-p 0.15 0.2 0.25 0.3] [--max-drop 0.3]
+
+Each checkpoint is rebuilt from its own config with ``decoder.top_p`` set (what ``omnifuse predict ...
+--model.init_args.decoder.top_p P`` does) and run by the batch job (``Predictor``, batch 64, greedy, 12 new tokens):
+
+1. on the validation split, fixed top-k and every ``--top-p``: accuracy, routed experts per generated token (from each
+   prediction's ``token_experts``), overall and per answer type;
+2. ``p`` is chosen on validation alone: the setting with the fewest experts per token whose validation accuracy is
+   within ``--max-drop`` points of fixed top-k on every checkpoint;
+3. on the test split, fixed top-k and the chosen ``p``: the same figures, plus the time spent inside the MoE layers
+   (forward hooks, summed over the pass) and the records/s of the whole pass, the two settings timed alternately.
+
+Prints one table with the median and worst over the checkpoints. A measured figure, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ANSWER_TYPES = ("yes/no", "color", "shape")  # easy-VQA's meta.answer_type
+
+
+def build(ckpt: Path, top_p: float | None):
+    """The checkpoint's model with ``decoder.top_p`` replaced (None: the fixed top-k it was trained with)."""
+    from omnifuse.finetune.safe_load import load_checkpoint
+    from omnifuse.tasks.model import OmniModel
+
+    checkpoint = load_checkpoint(ckpt)
+    config = dict(checkpoint["omnifuse_model_config"])
+    config["decoder"] = {**config["decoder"], "top_p": top_p, "min_experts": 1}
+    model = OmniModel.from_config(config)
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model
+
+
+class MoETimer:
+    """Wall time spent inside the model's MoE layers (CPU: every op is synchronous, so the hooks time the work)."""
+
+    def __init__(self, model) -> None:
+        self.seconds = 0.0
+        self._start: dict[int, float] = {}
+        self.handles = []
+        for layer in model.decoder.moe_layers:
+            self.handles.append(layer.register_forward_pre_hook(self._pre))
+            self.handles.append(layer.register_forward_hook(self._post))
+
+    def _pre(self, module, args) -> None:
+        self._start[id(module)] = time.perf_counter()
+
+    def _post(self, module, args, output) -> None:
+        self.seconds += time.perf_counter() - self._start.pop(id(module))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = None) -> dict:
+    """Accuracy and routed experts per generated token (overall, per answer type, as a histogram) of one pass."""
+    from omnifuse.app.predictor import Predictor
+    from omnifuse.app.score import score_records
+    from omnifuse.data.records import read_manifest
+    from omnifuse.tasks.config import GenerationConfig
+
+    records = [r for r in read_manifest(manifest) if not isinstance(r, Exception)][:limit]
+    inputs = [{"id": r.id, "task": r.task, "image": str(r.image), "text": r.text} for r in records]
+    predictor = Predictor(model, generation=GenerationConfig(max_new_tokens=12), batch_size=64, image_size=64)
+    timer = MoETimer(predictor.model) if timed else None
+    start = time.perf_counter()
+    out = predictor.predict(inputs)
+    wall = time.perf_counter() - start
+    if timer is not None:
+        timer.remove()
+    rows = {row["id"]: row for row in out["predictions"]}
+    kinds = {r.id: r.meta.get("answer_type", "other") for r in records}
+    result: dict = {"errors": len(out["errors"]), "wall_s": wall, "moe_s": timer.seconds if timer else None}
+    result["accuracy"] = (
+        100
+        * score_records("vqa", [r for r in records if r.id in rows], {i: rows[i]["prediction"] for i in rows})[
+            "vqa_accuracy"
+        ]
+    )
+    for kind in ANSWER_TYPES:
+        subset = [r for r in records if r.id in rows and kinds[r.id] == kind]
+        if subset:
+            preds = {r.id: rows[r.id]["prediction"] for r in subset}
+            result[f"accuracy/{kind}"] = 100 * score_records("vqa", subset, preds)["vqa_accuracy"]
+    per_kind: dict[str, list[int]] = defaultdict(list)  # routed experts of each (generated token, MoE layer)
+    for rid, row in rows.items():
+        for token in row.get("token_experts", []):
+            for experts in token["experts"]:
+                per_kind[kinds[rid]].append(len(experts))
+                per_kind["all"].append(len(experts))
+    for kind, counts in per_kind.items():
+        result[f"experts/{kind}"] = statistics.fmean(counts)
+    result["histogram"] = dict(sorted(Counter(per_kind["all"]).items()))
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpts", nargs="+", required=True, help="one trained checkpoint per seed")
+    parser.add_argument("--top-p", type=float, nargs="+", default=[0.15, 0.2, 0.25, 0.3])
+    parser.add_argument("--max-drop", type=float, default=0.3, help="validation points a p may lose against top-k")
+    parser.add_argument("--val", default="datasets/easyvqa/vqa_val.jsonl")
+    parser.add_argument("--test", default="datasets/easyvqa/vqa_test.jsonl")
+    parser.add_argument("--limit", type=int, default=None, help="the first N records of each split (a quick look)")
+    args = parser.parse_args(argv)
+    settings: list[float | None] = [None, *args.top_p]
+    label = {p: ("top-k" if p is None else f"top_p {p:g}") for p in settings}
+
+    val: dict[float | None, list[dict]] = defaultdict(list)
+    for n, ckpt in enumerate(args.ckpts):
+        for p in settings:
+            val[p].append(evaluate(build(Path(ckpt), p), Path(args.val), limit=args.limit))
+            r = val[p][-1]
+            print(
+                f"checkpoint {n} val {label[p]:12s} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f} {r['histogram']}",
+                flush=True,
+            )
+    # Chosen on validation only: fewest experts per token, within max_drop of top-k on every checkpoint.
+    fine = [
+        p for p in args.top_p
+        if all(val[p][i]["accuracy"] >= val[None][i]["accuracy"] - args.max_drop for i in range(len(args.ckpts)))
+    ]  # fmt: skip
+    chosen = min(fine, key=lambda p: statistics.median(r["experts/all"] for r in val[p])) if fine else None
+    print(f"chosen on validation: {label[chosen] if chosen is not None else 'none within the limit'}", flush=True)
+
+    test: dict[float | None, list[dict]] = defaultdict(list)
+    for n, ckpt in enumerate(args.ckpts):
+        models = {p: build(Path(ckpt), p) for p in dict.fromkeys([None, chosen])}
+        evaluate(models[None], Path(args.val), limit=args.limit)  # warm-up (decoded images cached, kernels loaded)
+        order = list(models) if n % 2 == 0 else list(reversed(models))  # alternate which setting runs first
+        for p in order:
+            test[p].append(evaluate(models[p], Path(args.test), timed=True, limit=args.limit))
+            r = test[p][-1]
+            print(
+                f"checkpoint {n} test {label[p]:12s} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f} MoE {r['moe_s']:.2f} s wall {r['wall_s']:.2f} s",
+                flush=True,
+            )
+
+    def med_worst(rows: list[dict], key: str, worst=min) -> str:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return f"{statistics.median(values):7.2f} / {worst(values):6.2f}" if values else "-"
+
+    print(f"\nadaptive routing, {len(args.ckpts)} checkpoints (median / worst); p chosen on {args.val}")
+    print(f"{'split':5s} {'setting':12s} {'accuracy %':>16s} " + " ".join(f"{'acc ' + k:>16s}" for k in ANSWER_TYPES)
+          + f" {'experts/token':>16s} " + " ".join(f"{'experts ' + k:>13s}" for k in ANSWER_TYPES))  # fmt: skip
+    for split, table in (("val", val), ("test", test)):
+        for p, rows in table.items():
+            print(
+                f"{split:5s} {label[p]:12s} {med_worst(rows, 'accuracy')} "
+                + " ".join(med_worst(rows, f"accuracy/{k}") for k in ANSWER_TYPES)
+                + f" {med_worst(rows, 'experts/all', max)} "
+                + " ".join(f"{statistics.median(r[f'experts/{k}'] for r in rows):13.3f}" for k in ANSWER_TYPES if all(f'experts/{k}' in r for r in rows))
+            )  # fmt: skip
+    if chosen is not None:
+        base, adaptive = test[None], test[chosen]
+        moe = [a["moe_s"] / b["moe_s"] for a, b in zip(adaptive, base, strict=True)]
+        wall = [b["wall_s"] / a["wall_s"] for a, b in zip(adaptive, base, strict=True)]
+        cut = [1 - a["experts/all"] / b["experts/all"] for a, b in zip(adaptive, base, strict=True)]
+        print(
+            f"\ntest, {label[chosen]} against top-k: routed expert evaluations -{100 * statistics.median(cut):.1f} % "
+            f"(worst -{100 * min(cut):.1f} %), MoE-layer time x{statistics.median(moe):.3f} (median), "
+            f"records/s x{statistics.median(wall):.3f}; MoE seconds top-k / adaptive: "
+            + ", ".join(f"{b['moe_s']:.2f} / {a['moe_s']:.2f}" for a, b in zip(adaptive, base, strict=True))
+        )
+
+
+if __name__ == "__main__":
+    main()
