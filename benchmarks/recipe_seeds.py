@@ -89,6 +89,35 @@ def parse_test_line(text: str) -> dict[str, float]:
     return found
 
 
+def omnifuse_command(given: str | None = None) -> str:
+    """The omnifuse command: ``given``, else the one installed next to this Python, else ``omnifuse`` on PATH."""
+    command = given or str(Path(sys.executable).with_name("omnifuse"))
+    return command if Path(command).exists() else "omnifuse"
+
+
+def run_seed(
+    command: str, config_path: Path, seed: int, out: Path, extra: list[str], threshold: float = 0.99
+) -> dict:
+    """``omnifuse fit`` (fit + test of the best checkpoint) of the recipe with one seed in ``out/seed_N``; returns
+    seed, wall seconds, exit code, steps, test accuracy (overall and per answer type) and the binding step."""
+    run_dir = out.resolve() / f"seed_{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = seed_config(config_path, run_dir)
+    cmd = [command, "fit", "--config", str(config), "--seed_everything", str(seed), *extra]
+    print(f"seed {seed}: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    with (run_dir / "fit.log").open("w") as log:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=os.environ.copy())
+        log.write(proc.stdout)
+    wall = time.perf_counter() - start
+    row = {"seed": seed, "wall": wall, "rc": proc.returncode}
+    row.update(parse_test_line(proc.stdout))
+    row.update({k: v for k, v in summarize(read_metrics(run_dir), threshold).items() if v is not None})
+    row.setdefault("bind_step", None)
+    print(f"seed {seed}: exit {proc.returncode}, {wall / 60:.1f} min, log {run_dir / 'fit.log'}", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
@@ -99,27 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", help="after --: passed to every omnifuse fit")
     args = parser.parse_args(argv)
 
-    command = args.omnifuse or str(Path(sys.executable).with_name("omnifuse"))
-    if not Path(command).exists():
-        command = "omnifuse"
-    results = []
-    for seed in args.seeds:
-        run_dir = Path(args.out).resolve() / f"seed_{seed}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = seed_config(Path(args.config), run_dir)
-        cmd = [command, "fit", "--config", str(config), "--seed_everything", str(seed), *args.extra]
-        print(f"seed {seed}: {' '.join(cmd)}", flush=True)
-        start = time.perf_counter()
-        with (run_dir / "fit.log").open("w") as log:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=os.environ.copy())
-            log.write(proc.stdout)
-        wall = time.perf_counter() - start
-        row = {"seed": seed, "wall": wall, "rc": proc.returncode}
-        row.update(parse_test_line(proc.stdout))
-        row.update({k: v for k, v in summarize(read_metrics(run_dir), args.threshold).items() if v is not None})
-        row.setdefault("bind_step", None)
-        results.append(row)
-        print(f"seed {seed}: exit {proc.returncode}, {wall / 60:.1f} min, log {run_dir / 'fit.log'}", flush=True)
+    command = omnifuse_command(args.omnifuse)
+    results = [run_seed(command, Path(args.config), seed, Path(args.out), args.extra, args.threshold) for seed in args.seeds]
 
     def pct(v):
         return f"{100 * v:7.2f}" if isinstance(v, float) else f"{'-':>7}"
