@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -36,9 +37,20 @@ SCENE_SCHEMA = json.loads((SUITE.parent / "schemas" / "scene.json").read_text(en
 NESTED_SCHEMA = json.loads((SUITE.parent / "schemas" / "nested.json").read_text(encoding="utf-8"))
 
 
-def _suite_groups():
-    for path in sorted((SUITE / "draft2020-12").glob("*.json")):
+DRAFTS = ("draft4", "draft6", "draft7", "draft2019-09", "draft2020-12")
+
+
+def _suite_groups(draft: str):
+    """(file name, group) of one draft's vendored suite, each group's schema declaring that draft at its root (the
+    suite files leave ``$schema`` out; a user's schema states it)."""
+    from omnifuse.schema.drafts import DRAFT_URIS
+
+    uri = {d: u for u, d in DRAFT_URIS.items()}[draft] + "#"
+    for path in sorted((SUITE / draft).glob("*.json")):
         for group in json.loads(path.read_text(encoding="utf-8")):
+            schema = group["schema"]
+            if isinstance(schema, dict) and "$schema" not in schema:
+                group = {**group, "schema": {"$schema": uri, **schema}}
             yield path.name, group
 
 
@@ -49,7 +61,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def bench_compile() -> None:
     times, ok_times = [], []
-    for _, group in _suite_groups():
+    for _, group in _suite_groups("draft2020-12"):
         t = time.perf_counter()
         try:
             CompiledSchema(group["schema"], formats="annotation")
@@ -183,10 +195,10 @@ def bench_unconstrained(batch: int, steps: int = 200) -> None:
     print(f"  (reference: softmax + multinomial alone, batch {batch:2d}: {statistics.fmean(ts):.1f} us per step)")
 
 
-def suite_coverage() -> tuple[dict, dict]:
+def suite_coverage(draft: str) -> tuple[dict, dict]:
     per_file: dict[str, list[int]] = {}
     unsupported: dict[str, dict[str, str]] = {}
-    for name, group in _suite_groups():
+    for name, group in _suite_groups(draft):
         counts = per_file.setdefault(name, [0, 0])
         counts[1] += len(group["tests"])
         try:
@@ -198,25 +210,34 @@ def suite_coverage() -> tuple[dict, dict]:
 
 
 def print_coverage() -> None:
-    per_file, _ = suite_coverage()
-    sup = sum(s for s, _ in per_file.values())
-    tot = sum(t for _, t in per_file.values())
-    print(f"suite coverage: {sup} / {tot} test cases supported ({100 * sup / tot:.1f} %)")
-    for name, (s, t) in per_file.items():
-        print(f"  {name:32s} {s:4d} / {t:4d}")
+    for draft in DRAFTS:
+        per_file, unsupported = suite_coverage(draft)
+        sup = sum(s for s, _ in per_file.values())
+        tot = sum(t for _, t in per_file.values())
+        refused = Counter(k for groups in unsupported.values() for k in groups.values())
+        print(
+            f"suite coverage {draft:13s}: {sup:5d} / {tot:5d} test cases supported ({100 * sup / tot:5.1f} %); "
+            f"groups refused by keyword: {dict(refused.most_common())}"
+        )
+    for name, (s, t) in suite_coverage("draft2020-12")[0].items():
+        print(f"  draft2020-12/{name:32s} {s:4d} / {t:4d}")
 
 
 def write_expected_unsupported() -> None:
-    per_file, unsupported = suite_coverage()
-    out = {
-        "_comment": "Groups of the vendored draft 2020-12 suite that the compiler refuses (fails closed), with the "
-        "keyword named by UnsupportedSchemaError. Regenerate: python benchmarks/structured.py "
-        "--write-expected-unsupported",
-        "summary": {
+    summary, groups = {}, {}
+    for draft in DRAFTS:
+        per_file, unsupported = suite_coverage(draft)
+        summary[draft] = {
             "supported_cases": sum(s for s, _ in per_file.values()),
             "total_cases": sum(t for _, t in per_file.values()),
-        },
-        "groups": unsupported,
+        }
+        groups[draft] = unsupported
+    out = {
+        "_comment": "Groups of the vendored suites (per draft) that the compiler refuses (fails closed), with the "
+        "keyword named by UnsupportedSchemaError. Regenerate: python benchmarks/structured.py "
+        "--write-expected-unsupported",
+        "summary": summary,
+        "groups": groups,
     }
     path = SUITE / "expected_unsupported.json"
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -18,7 +18,8 @@ from threading import Lock
 
 from .charset import CharSet, allowed_bytes
 from .compiler import Compiler, dumps_key
-from .errors import SchemaError
+from .drafts import original_location, upgrade
+from .errors import SchemaError, UnsupportedSchemaError
 from .recogniser import Machine, RecState
 
 _CACHE: OrderedDict = OrderedDict()
@@ -32,8 +33,15 @@ class CompiledSchema:
     def __init__(self, schema, formats: str = "assert") -> None:
         self.schema = schema
         self.formats = formats
-        compiler = Compiler(schema, formats)
-        self.root = compiler.compile()
+        upgraded, renamed = upgrade(schema)  # an older draft's schema: its 2020-12 equivalent
+        compiler = Compiler(upgraded, formats)
+        try:
+            self.root = compiler.compile()
+        except UnsupportedSchemaError as e:
+            if not renamed:
+                raise
+            keyword, path = original_location(e.keyword, e.path, renamed)  # name what the user wrote
+            raise UnsupportedSchemaError(keyword, path, e.detail) from e
         self.num_nodes = len(compiler.simples)
         self.machine = Machine(self.root)
         self._slack: int | None = None
@@ -118,7 +126,8 @@ class CompiledSchema:
 
 
 def compile_schema(schema, formats: str = "assert") -> CompiledSchema:
-    """Compile a draft 2020-12 JSON Schema (``dict`` or ``bool``) for recognition and constrained decoding.
+    """Compile a JSON Schema (``dict`` or ``bool``) for recognition and constrained decoding: draft 2020-12, or the
+    draft 4, 6, 7 or 2019-09 its root ``$schema`` declares (rewritten to 2020-12 first, :mod:`.drafts`).
 
     Raises :class:`~.errors.UnsupportedSchemaError` naming the keyword and its JSON Pointer when the schema uses
     something the compiler does not implement, and :class:`~.errors.SchemaError` for malformed schemas.

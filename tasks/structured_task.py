@@ -12,8 +12,10 @@ from omnifuse.tasks.module import OmniTask
 
 
 def validate_with_jsonschema(instance: Any, schema: dict) -> bool:
-    """An independent validator for the metric: the ``jsonschema`` library, not our own recogniser."""
-    return jsonschema.Draft202012Validator(schema).is_valid(instance)
+    """An independent validator for the metric: the ``jsonschema`` library, not our own recogniser; the validator of
+    the draft the schema declares (2020-12 when it declares none)."""
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return validator(schema).is_valid(instance)
 
 
 class StructuredTask(OmniTask):

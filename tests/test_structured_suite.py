@@ -1,10 +1,13 @@
-"""JSON-Schema-Test-Suite (draft 2020-12, vendored under tests/json_schema_suite) against the schema recogniser.
+"""JSON-Schema-Test-Suite (drafts 4, 6, 7, 2019-09 and 2020-12, vendored under tests/json_schema_suite) against the
+schema recogniser.
 
 For every test group either the compiler refuses the schema with ``UnsupportedSchemaError`` (and the group is
 listed, with that keyword, in ``expected_unsupported.json``), or the recogniser accepts every valid instance and
 rejects every invalid one, each written compactly, with spaces and indented. Every verdict is also checked
-against the reference validator (``jsonschema``). The suite runs with ``formats="annotation"``, the draft's
-default vocabulary (``format`` is an annotation); format *assertion* is tested on the optional format files.
+against the reference validator of the group's draft (``jsonschema``). An older draft's schema is compiled with its
+root ``$schema`` declaring that draft, as a user's schema would (the suite files leave it out); the compiler rewrites
+it to 2020-12 (``omnifuse.schema.drafts``). The suite runs with ``formats="annotation"``, the drafts' default
+(``format`` is an annotation); format *assertion* is tested on the optional 2020-12 format files.
 """
 
 from __future__ import annotations
@@ -16,17 +19,36 @@ import jsonschema
 import pytest
 
 from omnifuse.schema import UnsupportedSchemaError, compile_schema
+from omnifuse.schema.drafts import DRAFT_URIS
 
 SUITE = Path(__file__).parent / "json_schema_suite"
 DRAFT = SUITE / "draft2020-12"
-EXPECTED_UNSUPPORTED = json.loads((SUITE / "expected_unsupported.json").read_text())["groups"]
+DRAFT_NAMES = ("draft4", "draft6", "draft7", "draft2019-09", "draft2020-12")
+VALIDATORS = {
+    "draft4": jsonschema.Draft4Validator,
+    "draft6": jsonschema.Draft6Validator,
+    "draft7": jsonschema.Draft7Validator,
+    "draft2019-09": jsonschema.Draft201909Validator,
+    "draft2020-12": jsonschema.Draft202012Validator,
+}
+EXPECTED = json.loads((SUITE / "expected_unsupported.json").read_text())
+EXPECTED_UNSUPPORTED = EXPECTED["groups"]
 FORMAT_FILES = sorted((DRAFT / "optional" / "format").glob("*.json"))
+URI_OF = {draft: uri for uri, draft in DRAFT_URIS.items()}
+
+
+def declared(schema, draft: str):
+    """The group's schema with its draft declared at the root (as a user's schema would declare it)."""
+    if isinstance(schema, dict) and "$schema" not in schema:
+        return {"$schema": URI_OF[draft] + "#", **schema}
+    return schema
 
 
 def _groups():
-    for path in sorted(DRAFT.glob("*.json")):
-        for group in json.loads(path.read_text(encoding="utf-8")):
-            yield pytest.param(path.name, group, id=f"{path.stem}:{group['description'][:60]}")
+    for draft in DRAFT_NAMES:
+        for path in sorted((SUITE / draft).glob("*.json")):
+            for group in json.loads(path.read_text(encoding="utf-8")):
+                yield pytest.param(draft, path.name, group, id=f"{draft}/{path.stem}:{group['description'][:60]}")
 
 
 def serialisations(value) -> list[str]:
@@ -38,18 +60,19 @@ def serialisations(value) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("filename", "group"), list(_groups()))
-def test_suite_group(filename: str, group: dict) -> None:
-    listed = EXPECTED_UNSUPPORTED.get(filename, {}).get(group["description"])
+@pytest.mark.parametrize(("draft", "filename", "group"), list(_groups()))
+def test_suite_group(draft: str, filename: str, group: dict) -> None:
+    listed = EXPECTED_UNSUPPORTED[draft].get(filename, {}).get(group["description"])
+    schema = declared(group["schema"], draft)
     try:
-        compiled = compile_schema(group["schema"], formats="annotation")
+        compiled = compile_schema(schema, formats="annotation")
     except UnsupportedSchemaError as e:
         assert listed is not None, f"unexpectedly unsupported: {e}"
         assert e.keyword == listed, f"refused for {e.keyword!r}, listed as {listed!r}"
         assert e.keyword in str(e) and e.path.startswith("#")
         return
     assert listed is None, f"now supported: remove {group['description']!r} from expected_unsupported.json"
-    validator = jsonschema.Draft202012Validator(group["schema"])
+    validator = VALIDATORS[draft](group["schema"])
     for test in group["tests"]:
         assert validator.is_valid(test["data"]) == test["valid"], "the reference validator disagrees with the suite"
         for text in serialisations(test["data"]):
@@ -58,23 +81,24 @@ def test_suite_group(filename: str, group: dict) -> None:
 
 
 def test_expected_unsupported_lists_only_existing_groups() -> None:
-    existing = {}
-    for path in DRAFT.glob("*.json"):
-        existing[path.name] = {g["description"] for g in json.loads(path.read_text(encoding="utf-8"))}
-    for filename, groups in EXPECTED_UNSUPPORTED.items():
-        assert filename in existing
-        assert set(groups) <= existing[filename]
+    for draft in DRAFT_NAMES:
+        existing = {}
+        for path in (SUITE / draft).glob("*.json"):
+            existing[path.name] = {g["description"] for g in json.loads(path.read_text(encoding="utf-8"))}
+        for filename, groups in EXPECTED_UNSUPPORTED[draft].items():
+            assert filename in existing
+            assert set(groups) <= existing[filename]
 
 
-def suite_summary() -> dict[str, tuple[int, int]]:
-    """``{file: (supported test cases, all test cases)}`` - the numbers reported in the README."""
+def suite_summary(draft: str) -> dict[str, tuple[int, int]]:
+    """``{file: (supported test cases, all test cases)}`` of one draft - the numbers reported in the README."""
     out = {}
-    for path in sorted(DRAFT.glob("*.json")):
+    for path in sorted((SUITE / draft).glob("*.json")):
         supported = total = 0
         for group in json.loads(path.read_text(encoding="utf-8")):
             total += len(group["tests"])
             try:
-                compile_schema(group["schema"], formats="annotation")
+                compile_schema(declared(group["schema"], draft), formats="annotation")
             except UnsupportedSchemaError:
                 continue
             supported += len(group["tests"])
@@ -82,9 +106,10 @@ def suite_summary() -> dict[str, tuple[int, int]]:
     return out
 
 
-def test_summary_matches_listing() -> None:
-    summary = suite_summary()
-    expected = json.loads((SUITE / "expected_unsupported.json").read_text())["summary"]
+@pytest.mark.parametrize("draft", DRAFT_NAMES)
+def test_summary_matches_listing(draft: str) -> None:
+    summary = suite_summary(draft)
+    expected = EXPECTED["summary"][draft]
     assert sum(s for s, _ in summary.values()) == expected["supported_cases"]
     assert sum(t for _, t in summary.values()) == expected["total_cases"]
 

@@ -38,7 +38,7 @@ def reference_valid(schema, value) -> bool:
         ({"oneOf": [{"type": "array", "items": {"type": "integer"}}, {"minItems": 2}]}, "oneOf", "#/oneOf"),
         ({"$ref": "https://example.com/other.json"}, "$ref", "#"),
         ({"if": {"additionalProperties": False}, "then": {"minProperties": 2}}, "additionalProperties", "#/if"),
-        ({"$schema": "http://json-schema.org/draft-07/schema#"}, "$schema", "#"),
+        ({"$schema": "http://json-schema.org/draft-03/schema#"}, "$schema", "#"),  # drafts 4-2020-12 only
         ({"prefixItems": [{"unevaluatedItems": False}]}, "unevaluatedItems", "#/prefixItems/0"),
         ({"patternProperties": {"^x": {"type": "integer"}}}, "patternProperties", "#"),
         ({"properties": {"a": {"not": {"items": {"type": "string"}}}}}, "items", "#/properties/a/not"),
