@@ -249,15 +249,28 @@ def export_main(argv: list[str]) -> int:
         help="write only the LoRA adapters of a LoRA fine-tuning checkpoint (out/adapters.safetensors, or --out "
         "itself when it ends in .safetensors); load them with omnifuse.finetune.lora.load_lora_adapters",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8: weights quantized for CPU inference (linears and experts run int8 kernels; the routers stay "
+        "fp32); the folder loads like any other, for inference only",
+    )
     args = parser.parse_args(argv)
     if args.adapters_only:
+        if args.quantize:
+            parser.error("--quantize applies to a whole model, not to --adapters-only")
         from omnifuse.finetune.lora import export_adapters
 
         written = export_adapters(args.checkpoint, args.out)
     else:
         from omnifuse.tasks.model import OmniModel
 
-        written = OmniModel.from_pretrained(args.checkpoint).save_pretrained(args.out)
+        model = OmniModel.from_pretrained(args.checkpoint).eval()
+        if args.quantize:
+            from omnifuse.tasks.quantize import quantize_int8
+
+            quantize_int8(model)
+        written = model.save_pretrained(args.out)
     print(f"exported {args.checkpoint} -> {written}")
     return 0
 

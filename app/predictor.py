@@ -58,10 +58,20 @@ class Predictor:
         self.collate = Collator(model.tokenizer)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> Predictor:
+    def from_pretrained(cls, path: str | Path, quantize: str | None = None, **kwargs) -> Predictor:
         """From a ``save_pretrained`` folder or an omnifuse ``.ckpt``. A ``.ckpt`` also brings the task's decoding
         settings (e.g. the JSON recipe's 160-token budget) and its run's input settings (image size, sample rate,
-        audio cap), unless given here."""
+        audio cap), unless given here. ``quantize="int8"``: quantize the weights on load (``omnifuse.tasks.quantize``;
+        a folder exported with ``--quantize int8`` is int8 already)."""
+        if quantize is not None:
+            from omnifuse.tasks.quantize import QUANTIZATIONS, quantize_int8
+
+            if quantize not in QUANTIZATIONS:
+                raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+            predictor = cls.from_pretrained(path, **kwargs)
+            if predictor.model.quantization is None:
+                quantize_int8(predictor.model)
+            return predictor
         if Path(path).suffix != ".ckpt":
             return cls(OmniModel.from_pretrained(path), **kwargs)
         checkpoint = load_checkpoint(path)  # read once for model and settings; never runs code from the file

@@ -148,6 +148,7 @@ class OmniModel(nn.Module):
         self.fusion_config = _as_dataclass(fusion, FusionConfig)
         self.decoder_config = _as_dataclass(decoder, MoEDecoderConfig)
         self.tokenizer = ByteTokenizer()
+        self.quantization: str | None = None  # "int8" once tasks/quantize.py has quantized it (inference only)
         if self.decoder_config.vocab_size != self.tokenizer.vocab_size:
             raise ValueError(
                 f"decoder.vocab_size={self.decoder_config.vocab_size} does not match the tokenizer's "
@@ -262,17 +263,27 @@ class OmniModel(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """A JSON-serialisable description from which ``from_config`` rebuilds this architecture."""
-        return {
+        out = {
             "format_version": FORMAT_VERSION,
             **{f"{m}_encoder": (self.encoders[m].spec if m in self.encoders else None) for m in MODALITIES},
             "fusion": asdict(self.fusion_config),
             "decoder": asdict(self.decoder_config),
         }
+        if getattr(self, "quantization", None):
+            out["quantization"] = self.quantization  # tasks/quantize.py: the weights are stored quantized
+        return out
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> OmniModel:
         config = dict(config)
         config.pop("format_version", None)
+        quantization = config.pop("quantization", None)
+        if quantization is not None:
+            from omnifuse.tasks.quantize import QUANTIZATIONS, quantize_int8
+
+            if quantization not in QUANTIZATIONS:
+                raise ValueError(f"unknown quantization {quantization!r} in the model config; known: {QUANTIZATIONS}")
+            return quantize_int8(cls.from_config(config).eval())  # the quantized structure; weights loaded next
         for m in MODALITIES:
             spec = config.get(f"{m}_encoder")
             if spec is not None and "pretrained" in spec.get("init_args", {}):
@@ -289,6 +300,10 @@ class OmniModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_NAME).write_text(json.dumps(self.config(), indent=2, default=str) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.quantization:
+            from omnifuse.tasks.quantize import pack_tables
+
+            state = pack_tables(self, state)  # lookup tables as int8 + scales
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "omnifuse": str(FORMAT_VERSION)})
         return directory
 
@@ -304,7 +319,12 @@ class OmniModel(nn.Module):
                 if not f.is_file():
                     raise FileNotFoundError(f"{path} is not an omnifuse model folder: {f.name} is missing")
             model = cls.from_config(json.loads(config_file.read_text()))
-            model.load_state_dict(merge_lora_state(load_file(str(weights_file), device=str(map_location))))
+            state = load_file(str(weights_file), device=str(map_location))
+            if model.quantization:
+                from omnifuse.tasks.quantize import unpack_tables
+
+                state = unpack_tables(model, state)
+            model.load_state_dict(merge_lora_state(state))
             return model
         if path.suffix == ".ckpt":
             return cls.from_checkpoint(load_checkpoint(path, map_location=map_location), str(path))
