@@ -58,6 +58,11 @@ class AudioEncoder(Encoder):
         spec_augment, freq_mask_param, time_mask_param: SpecAugment, applied in training mode only.
         speed_perturb: speed factors (e.g. ``[0.9, 1.0, 1.1]``), one drawn per clip in training mode only
             (``SpeedPerturb``); None: off.
+        attention_window: None (default): full self-attention. An int ``w``: each token attends to the tokens
+            within ``w`` positions (``layers.local_global_attention``), so time and memory grow linearly with the
+            clip (25 tokens per second at the defaults: ``w = 64`` is ~2.5 s each side).
+        global_tokens: with ``attention_window``, learned tokens prepended to every clip that attend to all tokens
+            and are attended by all (a path across the whole clip); not part of the output.
     """
 
     modality = "audio"
@@ -79,13 +84,23 @@ class AudioEncoder(Encoder):
         freq_mask_param: int = 8,
         time_mask_param: int = 20,
         speed_perturb: list[float] | None = None,
+        attention_window: int | None = None,
+        global_tokens: int = 0,
     ) -> None:
         super().__init__()
+        if global_tokens and attention_window is None:
+            raise ValueError("global_tokens needs attention_window (with full attention every token is global)")
         self.speed_perturb = SpeedPerturb(sample_rate, speed_perturb) if speed_perturb else None
         self.frontend = LogMelFrontend(sample_rate, n_mels, hop_length, win_length, n_fft=n_fft)
         self.spec_augment = SpecAugment(freq_mask_param, time_mask_param) if spec_augment else nn.Identity()
         self.subsample = ConvSubsampling(n_mels, d_model, conv_channels)
-        self.blocks = nn.ModuleList([TransformerBlock(d_model, n_heads, ffn_mult, dropout) for _ in range(n_layers)])
+        self.blocks = nn.ModuleList(
+            [
+                TransformerBlock(d_model, n_heads, ffn_mult, dropout, attention_window, global_tokens)
+                for _ in range(n_layers)
+            ]
+        )
+        self.global_tokens = nn.Parameter(torch.randn(global_tokens, d_model) * 0.02) if global_tokens else None
         self.norm = nn.LayerNorm(d_model)
         self.out_dim = d_model
 
@@ -104,7 +119,13 @@ class AudioEncoder(Encoder):
         mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (B, T')
         x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
         x = zero_masked(x, mask)
+        if self.global_tokens is not None:  # (B, G + T', D): the globals first, always real
+            g = self.global_tokens.shape[0]
+            x = torch.cat([self.global_tokens.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], g), mask], dim=1)
         key_mask = safe_key_mask(mask)
         for block in self.blocks:
             x = block(x, key_mask)
+        if self.global_tokens is not None:
+            x, mask = x[:, self.global_tokens.shape[0] :], mask[:, self.global_tokens.shape[0] :]
         return TokenSequence(zero_masked(self.norm(x), mask), mask)
