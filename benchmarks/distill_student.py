@@ -48,7 +48,8 @@ def parameter_counts(ckpt: Path) -> tuple[int, int]:
 def teacher_test(command: str, config: Path, teacher: Path, log: Path) -> dict[str, float]:
     """The teacher's test accuracy through ``omnifuse test`` (the same path as the students' final test)."""
     proc = subprocess.run(
-        [command, "test", "--config", str(config), "--ckpt_path", str(teacher)],
+        [command, "test", "--config", str(config), "--ckpt_path", str(teacher),
+         "--trainer.default_root_dir", str(log.with_suffix(""))],  # its run folder next to the log, not the recipe's
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     log.write_text(proc.stdout)
