@@ -1,9 +1,10 @@
 """Expert pruning on the main recipe: accuracy, size and speed before and after, with and without a recovery fine-tune.
 
     python benchmarks/prune_experts.py --ckpts runs/recipe_2500/seed_{0,1,2}/version_0/checkpoints/best.ckpt \\
-        [--fractions 0.25 0.5] [--recovery-steps 250]
+        [--fractions 0.25 0.5] [--channel-fractions 0.25 0.5] [--recovery-steps 250]
 
-For each checkpoint (one per seed) and each fraction: ``omnifuse prune`` on the validation split (calibration), the
+For each checkpoint (one per seed) and each fraction of experts dropped (``--drop-experts``) or of every expert's
+hidden channels removed (``--expert-channels``): ``omnifuse prune`` on the validation split (calibration), the
 test accuracy of the pruned model, then a recovery fine-tune (``omnifuse fit`` of the main recipe with ``init_from``
 the pruned folder and the new expert count, ``--recovery-steps`` steps) and its test accuracy. Also parameters, size
 on disk and records/s of batch inference (batch 64, the test split's first ``--speed-records``). Prints one table
@@ -66,7 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpts", nargs="+", required=True, help="one main-recipe checkpoint per seed")
     parser.add_argument("--config", default="configs/easyvqa.yaml", help="the recipe the checkpoints came from")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5], help="of routed experts dropped")
+    parser.add_argument(
+        "--channel-fractions", type=float, nargs="*", default=[], help="of every expert's hidden channels removed"
+    )
     parser.add_argument("--recovery-steps", type=int, default=250, help="0: no recovery fine-tune")
     parser.add_argument("--recovery-lr", type=float, default=3e-4)
     parser.add_argument("--calib", default="datasets/easyvqa/vqa_val.jsonl")
@@ -82,34 +86,39 @@ def main(argv: list[str] | None = None) -> None:
         base = evaluate(ckpt, Path(args.test), args.speed_records)
         rows.setdefault("original", []).append(base)
         print(f"checkpoint {n} ({ckpt}): original {base}", flush=True)
-        for fraction in args.fractions:
-            folder = out / f"ckpt{n}_drop{fraction:g}"
+        cases = [("drop", f, ["--drop-experts", str(f)]) for f in args.fractions]
+        cases += [("channels", f, ["--expert-channels", str(f)]) for f in args.channel_fractions]
+        for kind, fraction, flags in cases:
+            name = f"{kind} {fraction:g}"
+            folder = out / f"ckpt{n}_{kind}{fraction:g}"
             _omnifuse(
-                "prune", str(ckpt), "--calib", args.calib, "--drop-experts", str(fraction), "--out", str(folder),
-                log=out / f"ckpt{n}_drop{fraction:g}.prune.log",
+                "prune", str(ckpt), "--calib", args.calib, *flags, "--out", str(folder),
+                log=out / f"ckpt{n}_{kind}{fraction:g}.prune.log",
             )  # fmt: skip
-            report = json.loads((folder / "prune.json").read_text())
             pruned = evaluate(folder, Path(args.test), args.speed_records)
-            pruned["kept_share"] = min(report["kept_usage_share"])
-            rows.setdefault(f"drop {fraction:g}", []).append(pruned)
-            print(f"checkpoint {n}: drop {fraction:g} {pruned}", flush=True)
+            rows.setdefault(name, []).append(pruned)
+            print(f"checkpoint {n}: {name} {pruned}", flush=True)
             if args.recovery_steps:
-                run = out / f"ckpt{n}_drop{fraction:g}_recovery"
+                run = out / f"ckpt{n}_{kind}{fraction:g}_recovery"
+                decoder = json.loads((folder / "config.json").read_text())["decoder"]
+                shape = [
+                    f"--model.init_args.decoder.{k}={'null' if decoder[k] is None else decoder[k]}"
+                    for k in ("n_routed_experts", "d_expert", "d_shared")
+                ]  # the pruned shape, so init_from loads every tensor
                 _omnifuse(
                     "fit", "--config", args.config, "--seed_everything", str(n),
-                    "--model.init_args.init_from", str(folder),
-                    "--model.init_args.decoder.n_routed_experts", str(report["experts"]["after"]),
+                    "--model.init_args.init_from", str(folder), *shape,
                     "--model.init_args.optimizer.lr", str(args.recovery_lr),
                     "--model.init_args.optimizer.warmup_steps", "10",
                     "--trainer.max_steps", str(args.recovery_steps),
                     "--trainer.val_check_interval", str(args.recovery_steps),
                     "--trainer.default_root_dir", str(run), "--data.test_manifest", "null",
-                    log=out / f"ckpt{n}_drop{fraction:g}_recovery.log",
+                    log=out / f"ckpt{n}_{kind}{fraction:g}_recovery.log",
                 )  # fmt: skip
                 best = next(run.glob("version_*/checkpoints/best.ckpt"))
                 recovered = evaluate(best, Path(args.test), args.speed_records)
-                rows.setdefault(f"drop {fraction:g} + {args.recovery_steps} steps", []).append(recovered)
-                print(f"checkpoint {n}: drop {fraction:g} + recovery {recovered}", flush=True)
+                rows.setdefault(f"{name} + {args.recovery_steps} steps", []).append(recovered)
+                print(f"checkpoint {n}: {name} + recovery {recovered}", flush=True)
 
     print(f"\nexpert pruning, {len(args.ckpts)} checkpoints (median / worst over them); test split {args.test}")
     print(f"{'model':28s} {'test acc %':>18s} {'params':>10s} {'MB':>6s} {'records/s b64':>14s}")

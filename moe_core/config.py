@@ -29,6 +29,9 @@ class MoEDecoderConfig:
     n_shared_experts: int = 1
     top_k: int = 2  # with top_p: the most experts a token may take
     d_expert: int = 256
+    # Width of the shared experts' SwiGLU; None: n_shared_experts * d_expert. Set when the routed experts' width
+    # changes alone (channel pruning, moe_core/prune.py).
+    d_shared: int | None = None
     # Adaptive routing: a token takes experts in selection order until their share of its affinity (scores normalised
     # over all experts) reaches top_p, at least min_experts and at most top_k. None: always top_k.
     top_p: float | None = None
@@ -103,6 +106,7 @@ class MoEDecoderConfig:
                 self.capacity_factor,
             )
             need(self.d_expert > 0, f"d_expert must be > 0, got {self.d_expert}")
+            need(self.d_shared is None or self.d_shared > 0, f"d_shared must be None or > 0, got {self.d_shared}")
             need(self.top_p is None or 0.0 < self.top_p <= 1.0, f"top_p must be None or in (0, 1], got {self.top_p}")
             need(
                 1 <= self.min_experts <= self.top_k,

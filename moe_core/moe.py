@@ -101,6 +101,7 @@ class MoELayer(nn.Module):
         top_p: float | None = None,
         min_experts: int = 1,
         experts_loss_coef: float = 0.0,
+        d_shared: int | None = None,
     ) -> None:
         super().__init__()
         check_router_args(n_experts, top_k, n_groups, topk_groups, route_scale, capacity_factor)
@@ -113,7 +114,8 @@ class MoELayer(nn.Module):
             min_experts,
         )  # fmt: skip
         self.experts = RoutedExperts(n_experts, d_model, d_expert, expert_impl)
-        self.shared = SwiGLU(d_model, n_shared_experts * d_expert) if n_shared_experts > 0 else None
+        d_shared = n_shared_experts * d_expert if d_shared is None else d_shared
+        self.shared = SwiGLU(d_model, d_shared) if n_shared_experts > 0 else None
 
     @classmethod
     def from_config(cls, cfg: MoEDecoderConfig) -> MoELayer:
@@ -121,7 +123,7 @@ class MoELayer(nn.Module):
             cfg.d_model, cfg.n_routed_experts, cfg.top_k, cfg.d_expert, cfg.n_shared_experts, cfg.score_func,
             cfg.n_groups, cfg.topk_groups, cfg.route_scale, cfg.bias_update_rate, cfg.aux_loss_coef,
             cfg.seq_aux_loss_coef, cfg.z_loss_coef, cfg.capacity_factor, cfg.expert_impl, cfg.top_p, cfg.min_experts,
-            cfg.experts_loss_coef,
+            cfg.experts_loss_coef, cfg.d_shared,
         )  # fmt: skip
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, MoEAux]:

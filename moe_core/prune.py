@@ -73,3 +73,43 @@ def prune_experts(decoder: MoEDecoder, keep: Sequence[Tensor]) -> None:
         layer.n_experts = n_keep
     # The decoder's config object may be shared (OmniModel keeps the same instance): update it in place.
     cfg.n_routed_experts = new_cfg.n_routed_experts
+
+
+def channel_importance(experts: nn.Module) -> Tensor:
+    """``(E, d_expert)``: how much each hidden channel of each routed expert can contribute, the product of the norms
+    of its gate column, up column and down row. A SwiGLU channel adds ``silu(x . g) * (x . u) * d`` to the output; for
+    an input of norm 1 that is at most about ``|g| |u| |d|`` (``silu(z) <= |z|``), so a channel with a small product
+    adds little whatever the input."""
+    gate = experts.w_gate.detach().float().norm(dim=1)  # (E, h): columns of (E, d, h)
+    up = experts.w_up.detach().float().norm(dim=1)  # (E, h)
+    down = experts.w_down.detach().float().norm(dim=2)  # (E, h): rows of (E, h, d)
+    return gate * up * down
+
+
+def prune_expert_channels(decoder: MoEDecoder, fraction: float) -> list[Tensor]:
+    """Remove the ``fraction`` least important hidden channels (:func:`channel_importance`) of every routed expert, in
+    place: each expert keeps its own ``round((1 - fraction) * d_expert)`` channels, so the stacked weights stay
+    rectangular and the decoder's config says the new ``d_expert`` (the shared experts keep their width, recorded as
+    ``d_shared``). Returns the kept channel ids per MoE layer, ``(E, kept)`` each."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    cfg = decoder.config
+    n_keep = max(1, round((1.0 - fraction) * cfg.d_expert))
+    kept_ids = []
+    for layer in decoder.moe_layers:
+        experts = layer.experts
+        importance = channel_importance(experts)  # (E, h)
+        # The n_keep most important, in their original order (ties: the lower index first).
+        order = torch.sort(-importance, dim=1, stable=True).indices[:, :n_keep]
+        keep = torch.sort(order, dim=1).values  # (E, n_keep)
+        index = keep.to(experts.w_gate.device)
+        w_gate = experts.w_gate.detach().gather(2, index[:, None, :].expand(-1, experts.d_model, -1))
+        w_up = experts.w_up.detach().gather(2, index[:, None, :].expand(-1, experts.d_model, -1))
+        w_down = experts.w_down.detach().gather(1, index[:, :, None].expand(-1, -1, experts.d_model))
+        experts.w_gate, experts.w_up, experts.w_down = (nn.Parameter(w.clone()) for w in (w_gate, w_up, w_down))
+        experts.d_expert = n_keep
+        kept_ids.append(keep)
+    if cfg.n_shared_experts > 0 and cfg.d_shared is None:
+        cfg.d_shared = cfg.n_shared_experts * cfg.d_expert  # the shared experts keep their width
+    cfg.d_expert = n_keep  # in place: OmniModel keeps the same config object
+    return kept_ids

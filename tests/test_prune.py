@@ -161,3 +161,62 @@ def test_prune_command_writes_a_smaller_model_that_predicts(tmp_path):
     broken = ["prune", str(source), "--calib", str(tmp_path / "broken.jsonl"), "--drop-experts", "0.25"]
     assert main([*broken, "--out", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
+
+
+def test_channel_pruned_decoder_generates_what_the_original_generates_with_those_channels_silenced():
+    """Removing hidden channels equals the full model with those channels' down-projection rows set to zero (their
+    contribution, exactly); the kept channels are the most important by the stated score, computed here by a loop."""
+    from omnifuse.moe_core.prune import prune_expert_channels
+
+    pruned, reference = _decoder(), _decoder()  # same weights
+    kept = prune_expert_channels(pruned, 0.5)
+    assert pruned.config.d_expert == 8 and pruned.config.d_shared == 16  # the shared expert keeps its width
+    for layer, keep, ref in zip(pruned.moe_layers, kept, reference.moe_layers, strict=True):
+        assert layer.experts.w_gate.shape == (6, 32, 8) and layer.experts.w_down.shape == (6, 8, 32)
+        assert layer.shared.w1.out_features == 16
+        ex = ref.experts
+        for e in range(6):
+            score = [
+                float(ex.w_gate[e, :, c].norm() * ex.w_up[e, :, c].norm() * ex.w_down[e, c, :].norm())
+                for c in range(16)
+            ]
+            best = sorted(sorted(range(16), key=lambda c: (-score[c], c))[:8])
+            assert keep[e].tolist() == best
+            dropped = [c for c in range(16) if c not in best]
+            with torch.no_grad():
+                ex.w_down[e, dropped, :] = 0.0  # silence the dropped channels in the reference
+    memory = torch.randn(3, 5, 16, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    prompt = torch.tensor([[5], [6], [7]])
+    kw = dict(max_new_tokens=10, eos_id=EOS)
+    got, want = pruned.generate(memory, mask, prompt, **kw), reference.generate(memory, mask, prompt, **kw)
+    assert got.tokens.tolist() == want.tokens.tolist()
+    torch.testing.assert_close(got.scores, want.scores)
+    with pytest.raises(ValueError, match="fraction"):
+        prune_expert_channels(_decoder(), 1.0)
+
+
+def test_prune_command_expert_channels_without_calibration(tmp_path):
+    from omnifuse.app.cli import main
+    from omnifuse.encoders import ConvImageEncoder, TextEncoder
+    from omnifuse.tasks.model import OmniModel
+
+    torch.manual_seed(0)
+    model = OmniModel(
+        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
+        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=64),
+        fusion={"n_layers": 1, "n_heads": 2},
+        decoder=dict(d_model=32, n_layers=2, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16),
+    )
+    source = Path(model.save_pretrained(tmp_path / "model"))
+    out = tmp_path / "narrow"
+    assert main(["prune", str(source), "--expert-channels", "0.25", "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["channels"]["d_expert"] == {"before": 16, "after": 12}
+    config = json.loads((out / "config.json").read_text())
+    assert config["decoder"]["d_expert"] == 12 and config["decoder"]["d_shared"] == 16
+    narrow = OmniModel.from_pretrained(out)  # loads as a real smaller model
+    assert narrow.decoder.moe_layers[0].experts.w_up.shape == (8, 32, 12)
+    assert sum(p.numel() for p in narrow.parameters()) == report["parameters"]["after"] < report["parameters"]["before"]
+    assert main(["prune", str(source), "--out", str(tmp_path / "none")]) == 2  # nothing asked
+    assert main(["prune", str(source), "--drop-experts", "0.25", "--out", str(tmp_path / "none")]) == 2  # no --calib
