@@ -50,6 +50,11 @@ class Predictor:
     ) -> None:
         # The same thread plan as the omnifuse command (app/threads.py): OMNIFUSE_THREADS / OMP_NUM_THREADS respected.
         threads_module.configure(threads)
+        if getattr(model, "quantization", None) and torch.device(device).type != "cpu":
+            raise ValueError(
+                f"an int8-quantized model runs on the CPU (PyTorch's dynamic quantized kernels), not on {device}: use "
+                "the fp32 checkpoint on a GPU"
+            )
         self.model = model.to(device).eval()
         self.generation = generation or GenerationConfig()
         self.batch_size = batch_size

@@ -142,5 +142,7 @@ def test_export_and_predictor_quantize(tmp_path, tiny_data, capsys):
     )
     with pytest.raises(ValueError, match="quantize"):
         Predictor.from_pretrained(ckpt, quantize="int4")
+    with pytest.raises(ValueError, match="CPU"):
+        Predictor(exported.model, device="meta")
     with pytest.raises(SystemExit):
         main(["export", str(ckpt), "--out", str(tmp_path / "x"), "--adapters-only", "--quantize", "int8"])
