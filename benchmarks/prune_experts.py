@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpts", nargs="+", required=True, help="one main-recipe checkpoint per seed")
     parser.add_argument("--config", default="configs/easyvqa.yaml", help="the recipe the checkpoints came from")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5], help="of routed experts dropped")
+    parser.add_argument("--fractions", type=float, nargs="*", default=[0.25, 0.5], help="of routed experts dropped")
     parser.add_argument(
         "--channel-fractions", type=float, nargs="*", default=[], help="of every expert's hidden channels removed"
     )
