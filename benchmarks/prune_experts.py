@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                 run = out / f"ckpt{n}_{kind}{fraction:g}_recovery"
                 decoder = json.loads((folder / "config.json").read_text())["decoder"]
                 shape = [
-                    f"--model.init_args.decoder.{k}={'null' if decoder[k] is None else decoder[k]}"
+                    f"--model.init_args.decoder.{k}={decoder[k]}"
                     for k in ("n_routed_experts", "d_expert", "d_shared")
+                    if decoder.get(k) is not None
                 ]  # the pruned shape, so init_from loads every tensor
                 _omnifuse(
                     "fit", "--config", args.config, "--seed_everything", str(n),
