@@ -97,15 +97,24 @@ def adamw_kernel(groups: list[dict], cfg: OptimizerConfig, clips_mixed_precision
         return {"foreach": True}
     if cfg.implementation == "for-loop":
         return {"foreach": False}
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    supported = set(_get_fused_kernels_supported_devices())
+    supported = _fused_adamw_devices()
     params = [p for g in groups for p in g["params"]]
     if clips_mixed_precision:
         return {}
     if params and all(p.is_floating_point() and p.device.type in supported for p in params):
         return {"fused": True}
     return {}
+
+
+def _fused_adamw_devices() -> set[str]:
+    """Device types with torch's fused AdamW kernel. torch keeps the list in a private helper; if a later release
+    moves it, fall back to the devices torch's AdamW documentation names (CPU and CUDA are what the recipes use)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return set(_get_fused_kernels_supported_devices())
+    except ImportError:  # pragma: no cover - depends on the torch release
+        return {"cpu", "cuda", "mps", "xpu"}
 
 
 def parameter_groups(
