@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.records import INPUT_FIELDS, Record, RecordError
-from omnifuse.data.sampler import ResumableSampler, balancing_weights
+from omnifuse.data.sampler import ResumableSampler, balancing_weights, domain_weights
 from omnifuse.data.tokenizer import ByteTokenizer
 
 _LIGHTNING_MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
@@ -46,9 +46,11 @@ def _check_field_option(option: str, value: str | None, fields: tuple[str, ...])
         raise ValueError(f"{option} must be {names} or 'meta.<key>', got {value!r}")
 
 
-def _union_of_manifests(paths: list[str], skip_bad: bool = False) -> tuple[list[Record], list[RecordError]]:
-    """The records of several training/evaluation manifests, in order, and (with ``skip_bad``) the invalid ones left
-    out. Each manifest is checked on its own first (a bad record raises ``RecordError`` naming it and its manifest);
+def _union_of_manifests(
+    paths: list[str], skip_bad: bool = False
+) -> tuple[list[Record], list[RecordError], dict[str, int]]:
+    """The records of several training/evaluation manifests, in order, (with ``skip_bad``) the invalid ones left
+    out, and the index in ``paths`` of the manifest each record id came from. Each manifest is checked on its own first (a bad record raises ``RecordError`` naming it and its manifest);
     an id found in two manifests is an error too (or, with ``skip_bad``, its later copy is left out)."""
     records: list[Record] = []
     skipped: list[RecordError] = []
@@ -69,7 +71,8 @@ def _union_of_manifests(paths: list[str], skip_bad: bool = False) -> tuple[list[
                 continue
             first_in[record.id] = path
             records.append(record)
-    return records, skipped
+    index = {path: i for i, path in reversed(list(enumerate(paths)))}
+    return records, skipped, {rid: index[path] for rid, path in first_in.items()}
 
 
 class MultimodalDataModule(L.LightningDataModule):
@@ -108,6 +111,10 @@ class MultimodalDataModule(L.LightningDataModule):
         balance_power: 1 makes every distinct value equally frequent, 0 keeps the plain shuffle, values between
             soften the imbalance. easy-VQA is 74 % yes/no questions; ``balance_by: meta.answer_type`` gives yes/no,
             colour and shape questions a third each, and that is what lets the model learn shapes (see README).
+        manifest_weights: with a list of train manifests, the share of training draws each one gets (e.g.
+            ``[0.3, 0.7]``; normalised): records are drawn with replacement, a manifest's weight spread evenly over its
+            records (or, with ``balance_by``, balanced within it), seeded, sharded over DDP ranks and resumable like
+            ``balance_by``. None: the manifests are one pool, each record as likely as any other.
         group_by: ``image`` or ``meta.<key>``: training batches hold runs of about ``group_size`` records
             that share this field (see ``ResumableSampler``); the model encodes an image shared within a batch once,
             so with ~10 questions per image ``group_by: image`` cuts the image tower's share of a step by up to
@@ -144,6 +151,7 @@ class MultimodalDataModule(L.LightningDataModule):
         seed: int = 0,
         balance_by: str | None = None,
         balance_power: float = 1.0,
+        manifest_weights: list[float] | None = None,
         group_by: str | None = None,
         group_size: int = 4,
         skip_bad_records: bool = False,
@@ -173,6 +181,17 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"balance_power must be >= 0, got {balance_power}")
         self.balance_by = balance_by
         self.balance_power = balance_power
+        if manifest_weights is not None:
+            n = len(train_manifest) if isinstance(train_manifest, (list, tuple)) else 1
+            if len(manifest_weights) != n or n < 2:
+                raise ValueError(
+                    f"manifest_weights needs one weight per train manifest (a list of at least 2); got "
+                    f"{len(manifest_weights)} weights for {n} manifest(s)"
+                )
+            if any(w < 0 for w in manifest_weights) or sum(manifest_weights) <= 0:
+                raise ValueError(f"manifest_weights must be >= 0 with a positive sum, got {manifest_weights}")
+        self.manifest_weights = manifest_weights
+        self._train_origin: dict[str, int] = {}
         _check_field_option("group_by", group_by, ("image",))
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -245,7 +264,9 @@ class MultimodalDataModule(L.LightningDataModule):
         if len(paths) == 1:
             source = paths[0]
         else:
-            source, skipped = _union_of_manifests(paths, skip_bad=self.skip_bad_records)
+            source, skipped, origin = _union_of_manifests(paths, skip_bad=self.skip_bad_records)
+            if split == "train":
+                self._train_origin = origin  # record id -> which train manifest (manifest_weights)
         dataset = ManifestDataset(
             source,
             mode="predict" if split == "predict" else "fit",
@@ -350,7 +371,15 @@ class MultimodalDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         weights = None
-        if self.balance_by is not None and self.balance_power > 0:
+        balancing = self.balance_by is not None and self.balance_power > 0
+        if self.manifest_weights is not None:
+            weights = domain_weights(
+                [self._train_origin[r.id] for r in dataset.records],
+                self.manifest_weights,
+                [record_field_key(r, self.balance_by, "balance_by") for r in dataset.records] if balancing else None,
+                self.balance_power,
+            )
+        elif balancing:
             # Training datasets hold only valid records (fit mode is strict), so records line up with indices.
             keys = [record_field_key(r, self.balance_by, "balance_by") for r in dataset.records]
             weights = balancing_weights(keys, self.balance_power)

@@ -33,6 +33,33 @@ def balancing_weights(keys: Sequence[Hashable], power: float) -> torch.Tensor:
     return weights / weights.sum()
 
 
+def domain_weights(
+    origin: Sequence[int],
+    manifest_weights: Sequence[float],
+    keys: Sequence[Hashable] | None = None,
+    power: float = 1.0,
+) -> torch.Tensor:
+    """Per-record sampling weights (float64, summing to 1) that give source ``m`` (``origin[i]``: the source of record
+    ``i``) the share ``manifest_weights[m] / sum(manifest_weights)`` of the draws, spread evenly over its records, or
+    with ``keys`` balanced within it (:func:`balancing_weights` per source). A weighted source with no record is an
+    error: its share could not be drawn."""
+    total = float(sum(manifest_weights))
+    weights = torch.zeros(len(origin), dtype=torch.float64)
+    for m, share in enumerate(manifest_weights):
+        members = [i for i, o in enumerate(origin) if o == m]
+        if not members:
+            if share > 0:
+                raise ValueError(f"train manifest {m} has weight {share} but no training record")
+            continue
+        within = (
+            balancing_weights([keys[i] for i in members], power)
+            if keys is not None
+            else torch.full((len(members),), 1.0 / len(members), dtype=torch.float64)
+        )
+        weights[members] = within * (share / total)
+    return weights
+
+
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (permutation seeded by ``seed + epoch``; Lightning calls ``set_epoch`` every epoch and
     leaves a ``DistributedSampler`` in place under DDP) whose next iteration can skip what this rank already used.

@@ -234,3 +234,49 @@ def test_datamodule_groups_records_by_image(tmp_path: Path):
         dm.train_dataloader()
     with pytest.raises(ValueError, match="group_size"):
         MultimodalDataModule(train_manifest="x.jsonl", group_by="image", group_size=0)
+
+
+def test_domain_weights_against_hand_computed_values():
+    from omnifuse.data.sampler import domain_weights
+
+    origin = [0, 0, 0, 1, 2, 2]
+    w = domain_weights(origin, [0.2, 0.3, 0.5])
+    assert w.tolist() == pytest.approx([0.2 / 3] * 3 + [0.3] + [0.25, 0.25])
+    # balanced within each source: source 0 has keys a, a, b -> a and b share its 0.2 equally
+    w = domain_weights(origin, [2, 3, 5], keys=["a", "a", "b", "x", "y", "y"])
+    assert w.tolist() == pytest.approx([0.05, 0.05, 0.1, 0.3, 0.25, 0.25])
+    with pytest.raises(ValueError, match="no training record"):
+        domain_weights([0, 0], [0.5, 0.5])
+
+
+def test_datamodule_draws_train_manifests_by_their_weights(tmp_path: Path):
+    """Three train manifests of very different sizes drawn 0.2 / 0.3 / 0.5 (counted from the loader's batches). The
+    draws go through the same weighted ResumableSampler as balance_by, whose sharding and resuming are tested above."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "img.png")
+    sizes = {"a": 200, "b": 20, "c": 5}
+    paths = []
+    for name, n in sizes.items():
+        lines = [
+            json.dumps({"id": f"{name}{i}", "task": "vqa", "image": "img.png", "text": "q?", "target": "yes"})
+            for i in range(n)
+        ]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        paths.append(str(tmp_path / f"{name}.jsonl"))
+    dm = MultimodalDataModule(train_manifest=paths, batch_size=25, image_size=8, manifest_weights=[0.2, 0.3, 0.5])
+    dm.setup("fit")
+    counts = Counter()
+    for epoch in range(20):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        counts.update(i[0] for b in loader for i in b.ids)
+    total = sum(counts.values())
+    assert total == 20 * 225  # an epoch is len(train) draws
+    # 4,500 draws: sd of a share <= 0.0075; 4 sd
+    for name, share in zip("abc", (0.2, 0.3, 0.5), strict=True):
+        assert abs(counts[name] / total - share) < 0.03, (name, counts)
+    with pytest.raises(ValueError, match="one weight per train manifest"):
+        MultimodalDataModule(train_manifest=paths, manifest_weights=[0.5, 0.5])
+    with pytest.raises(ValueError, match="positive sum"):
+        MultimodalDataModule(train_manifest=paths, manifest_weights=[0, 0, 0])
