@@ -118,7 +118,8 @@ def test_init_args_are_plain_documented_types():
     doc = MultimodalDataModule.__doc__
     for name, param in list(sig.parameters.items())[1:]:
         assert param.annotation in {
-            "str | None", "int", "int | None", "float", "str", "bool", "list[str] | None", "str | list[str] | None"
+            "str | None", "int", "int | None", "float", "str", "bool", "list[str] | None", "str | list[str] | None",
+            "list[float] | None",
         }, (name, param.annotation)  # fmt: skip
         assert f"{name}:" in doc, name
     with pytest.raises(ValueError, match="known builders: easyvqa"):

@@ -125,6 +125,7 @@ def _tiny_recipe(tmp_path: Path, data: Path) -> Path:
         }
     ]
     model = config["model"]["init_args"]
+    model["image_encoder"]["init_args"].update(channels=8, token_pool=8)  # 32 px images: an 8 x 8 map
     model["audio_encoder"]["init_args"].update(d_model=32, n_layers=1, n_heads=2, conv_channels=8)
     model["text_encoder"]["init_args"].update(d_model=32, n_layers=1, n_heads=2)
     model["fusion"].update(n_heads=2)
