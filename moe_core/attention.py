@@ -57,8 +57,9 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
-    def append(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write ``k, v: (B, H, T, hs)`` after the filled slots; return all keys/values ``(B, H, length+T, hs)``."""
+    def append(self, layer: int, k: Tensor, v: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Write ``k, v: (B, H, T, hs)`` after the filled slots; return all keys/values ``(B, H, length+T, hs)``.
+        ``rows`` (early exit): ``k, v`` hold only those rows of the batch, and only theirs are written and returned."""
         t = k.size(2)
         end = self.length + t
         if end > self.max_len:
@@ -66,6 +67,10 @@ class KVCache:
         if self.k is None:
             self.k = k.new_zeros(self.shape)
             self.v = v.new_zeros(self.shape)
+        if rows is not None:
+            self.k[layer][rows, :, self.length : end] = k
+            self.v[layer][rows, :, self.length : end] = v
+            return self.k[layer][rows, :, :end], self.v[layer][rows, :, :end]
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -98,16 +103,26 @@ class SelfAttention(nn.Module):
         rope: tuple[Tensor, Tensor],
         mask: Tensor | None,
         cache: KVCache | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
-        """``x: (B, T, d)``; ``mask: (B, 1, T, S)`` bool or ``None`` for plain causal attention over ``T``."""
+        """``x: (B, T, d)``; ``mask: (B, 1, T, S)`` bool or ``None`` for plain causal attention over ``T``; ``rows``:
+        the cache rows ``x`` holds (early exit), None for all."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hs) each
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.append(self.layer_idx, k, v)  # (B, H, S, hs), S = cached + T
+            k, v = cache.append(self.layer_idx, k, v, rows)  # (B, H, S, hs), S = cached + T
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
+
+
+    def fill_cache(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, rows: Tensor) -> None:
+        """Early exit: write the keys/values of ``x: (R, T, d)`` (the exited tokens' states, normed) into this layer's
+        cache slots of ``rows``, without attending (those tokens skip the layer)."""
+        r, t, d = x.shape
+        _, k, v = self.qkv(x).view(r, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (R, H, T, hs)
+        cache.append(self.layer_idx, apply_rope(k, *rope), v, rows)
 
 
 class CrossAttention(nn.Module):

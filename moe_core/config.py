@@ -57,6 +57,13 @@ class MoEDecoderConfig:
     # multi-token prediction (DeepSeek-V3 MTP)
     mtp_depth: int = 0
     mtp_loss_coef: float = 0.3
+    # Early exit (dynamic depth): after each block listed in exit_layers (0-based, not the last) the shared output head
+    # (final norm + tied embedding) reads the hidden state. Training adds exit_loss_coef times the mean cross-entropy
+    # of those exits; cached decoding lets a token leave at the first exit whose top probability reaches
+    # exit_threshold (the later blocks' KV cache slots are then filled from its exited state). None: off.
+    exit_layers: list[int] | None = None
+    exit_loss_coef: float = 0.0
+    exit_threshold: float | None = None
     pad_id: int = 256
     norm_eps: float = 1e-6
     # None: d_model ** -0.5 (fan-in). GPT-2's fixed 0.02 suits d_model ~768; at the small widths a CPU recipe uses
@@ -92,6 +99,17 @@ class MoEDecoderConfig:
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.mtp_depth in (0, 1), f"mtp_depth must be 0 or 1, got {self.mtp_depth}")
         need(self.rope_theta > 0, f"rope_theta must be > 0, got {self.rope_theta}")
+        if self.exit_layers is not None:
+            self.exit_layers = sorted({int(i) for i in self.exit_layers})
+            need(
+                all(0 <= i < self.n_layers - 1 for i in self.exit_layers),
+                f"exit_layers must be blocks 0 .. n_layers-2={self.n_layers - 2}, got {self.exit_layers}",
+            )
+        need(
+            self.exit_threshold is None or (0.0 < self.exit_threshold <= 1.0 and bool(self.exit_layers)),
+            f"exit_threshold must be None or in (0, 1] with exit_layers set, got {self.exit_threshold}",
+        )
+        need(self.exit_loss_coef >= 0, f"exit_loss_coef must be >= 0, got {self.exit_loss_coef}")
         for name in (
             "bias_update_rate", "aux_loss_coef", "seq_aux_loss_coef", "z_loss_coef", "mtp_loss_coef", "experts_loss_coef"
         ):  # fmt: skip

@@ -39,6 +39,7 @@ class DecoderOutput:
     router_stats: list[RouterStats]  # one per MoE layer
     mtp_logits: Tensor | None = None  # (B, T, V): position t predicts token t+2 (mtp_depth=1), else None
     expert_idx: list[Tensor] | None = None  # one (B, T, k) per MoE layer: the experts each token was routed to
+    exit_logits: list[Tensor] | None = None  # one (B, T, V) per exit layer (early exit), else None
 
 
 @dataclass
@@ -85,8 +86,10 @@ class DecoderBlock(nn.Module):
         memory: MemoryState,
         valid: Tensor | None,
         cache: KVCache | None = None,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, MoEAux | None]:
-        x = x + self.drop(self.self_attn(self.norm1(x), rope, self_mask, cache))  # (B, T, d)
+        """``rows``: the cache rows ``x`` holds when only some of the batch runs this block (early exit)."""
+        x = x + self.drop(self.self_attn(self.norm1(x), rope, self_mask, cache, rows))  # (B, T, d)
         x = x + self.drop(self.cross_attn(self.norm2(x), cross_kv, memory.mask, memory.has_memory))
         h = self.norm3(x)
         if self.is_moe:
@@ -177,16 +180,21 @@ class MoEDecoder(nn.Module):
         self_mask: Tensor | None,
         memory: MemoryState,
         cache: KVCache | None = None,
+        exit_states: list[Tensor] | None = None,
     ) -> tuple[Tensor, list[MoEAux], tuple[Tensor, Tensor]]:
         """Embed and run every block: returns the last hidden state ``(B, T, d)`` (before the final norm),
-        the MoE side outputs, and the RoPE tables used."""
+        the MoE side outputs, and the RoPE tables used. ``exit_states``: a list that receives the hidden state after
+        each of ``config.exit_layers``."""
         x = self.drop(self.embed(input_ids))  # (B, T, d)
         rope = self.rope(positions)
         auxes = []
-        for blk, kv in zip(self.blocks, memory.kv):
+        exits = set(self.config.exit_layers or ()) if exit_states is not None else set()
+        for i, (blk, kv) in enumerate(zip(self.blocks, memory.kv)):
             x, aux = blk(x, rope, self_mask, kv, memory, valid, cache)
             if aux is not None:
                 auxes.append(aux)
+            if i in exits:
+                exit_states.append(x)
         return x, auxes, rope
 
     def step(
@@ -198,9 +206,60 @@ class MoEDecoder(nn.Module):
         end = cache.length + t
         cache.key_valid[:, cache.length : end] = valid
         mask = self_attention_mask(cache.key_valid[:, :end], t)  # (B, 1, T, end)
+        if t == 1 and self.config.exit_threshold is not None:
+            out = self._step_with_exits(input_ids, valid, positions, mask, memory, cache)
+            cache.advance(t)
+            return out
         h, auxes, _ = self.run_blocks(input_ids, positions, valid, mask, memory, cache)
         cache.advance(t)
         return self.head(h[:, -1]).float(), [a.topk_idx[:, -1] for a in auxes]
+
+    def _step_with_exits(
+        self, input_ids: Tensor, valid: Tensor, positions: Tensor, mask: Tensor, memory: MemoryState, cache: KVCache
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One decoding step where a token may leave after an exit layer (``config.exit_layers``) once the shared
+        head's top probability there reaches ``config.exit_threshold``; the blocks after that run only for the rows
+        still in. A row that left keeps its exited state; each later block writes that state's keys/values into its
+        KV cache slot (so the next tokens attend to something at every layer) without computing anything else.
+        Routing telemetry reads -1 for the MoE layers a token skipped."""
+        cfg = self.config
+        b = input_ids.size(0)
+        x = self.drop(self.embed(input_ids))  # (B, 1, d)
+        cos, sin = self.rope(positions)
+        logits = torch.zeros(b, cfg.vocab_size, device=x.device, dtype=torch.float32)
+        routes: list[Tensor] = []
+        inside = torch.ones(b, dtype=torch.bool, device=x.device)  # rows still running the blocks
+        exits = set(cfg.exit_layers or ())
+        for i, (blk, kv) in enumerate(zip(self.blocks, memory.kv)):
+            rows = inside.nonzero().squeeze(1)
+            gone = (~inside).nonzero().squeeze(1)
+            if gone.numel():  # the exited tokens' states as this layer's keys/values
+                blk.self_attn.fill_cache(blk.norm1(x[gone]), (cos[gone], sin[gone]), cache, gone)
+            route = torch.full((b, cfg.top_k), -1, dtype=torch.long, device=x.device) if blk.is_moe else None
+            if rows.numel():
+                every = rows.numel() == b
+                def pick(t: Tensor, rows: Tensor = rows, every: bool = every) -> Tensor:  # the rows still in
+                    return t if every else t[rows]
+
+                sub = MemoryState(kv=[], mask=pick(memory.mask), has_memory=pick(memory.has_memory))
+                h, aux = blk(
+                    pick(x), (pick(cos), pick(sin)), pick(mask), (pick(kv[0]), pick(kv[1])), sub, pick(valid), cache,
+                    None if every else rows,
+                )  # fmt: skip
+                x = h if every else x.index_copy(0, rows, h)
+                if aux is not None:
+                    route[rows] = aux.topk_idx[:, -1]
+                if i in exits:
+                    lg = self.head(h[:, -1]).float()  # (R, V)
+                    leave = lg.softmax(-1).amax(-1) >= cfg.exit_threshold
+                    logits[rows[leave]] = lg[leave]
+                    inside[rows[leave]] = False
+            if route is not None:
+                routes.append(route)
+        rows = inside.nonzero().squeeze(1)
+        if rows.numel():
+            logits[rows] = self.head(x[rows][:, -1]).float()
+        return logits, routes
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(
@@ -215,7 +274,8 @@ class MoEDecoder(nn.Module):
         b, t = input_ids.shape
         mem = self.prepare_memory(memory, memory_mask)
         valid, positions, self_mask = self._masks(input_ids, attention_mask)
-        h, auxes, rope = self.run_blocks(input_ids, positions, valid, self_mask, mem)
+        exit_states: list[Tensor] | None = [] if self.config.exit_layers else None
+        h, auxes, rope = self.run_blocks(input_ids, positions, valid, self_mask, mem, exit_states=exit_states)
         logits = self.head(h)  # (B, T, V)
         mtp_logits = None
         if self.mtp is not None:
@@ -229,6 +289,7 @@ class MoEDecoder(nn.Module):
             router_stats=[a.stats for a in auxes],
             mtp_logits=mtp_logits,
             expert_idx=[a.topk_idx for a in auxes],
+            exit_logits=[self.head(e) for e in exit_states] if exit_states else None,  # the shared head at each exit
         )
 
     def _masks(self, input_ids: Tensor, attention_mask: Tensor | None):

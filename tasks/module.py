@@ -272,6 +272,13 @@ class OmniTask(L.LightningModule):
                 output.mtp_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
             )
             losses["mtp"] = self.model.decoder_config.mtp_loss_coef * mtp
+        if output.exit_logits and self.model.decoder_config.exit_loss_coef > 0:
+            # Early exit: each exit layer learns to predict the next token through the shared head.
+            exit_ce = torch.stack([
+                F.cross_entropy(e.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+                for e in output.exit_logits
+            ]).mean()  # fmt: skip
+            losses["exit"] = self.model.decoder_config.exit_loss_coef * exit_ce
         if auxiliary and self.speech_ctc is not None and "audio" in sequences:
             ctc = self.speech_ctc(sequences["audio"], batch)
             if ctc is not None:
@@ -289,7 +296,7 @@ class OmniTask(L.LightningModule):
         losses, output, memory = self._losses(batch)
         bs = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        for name in ("ce", "router", "mtp", "ctc", "distill"):
+        for name in ("ce", "router", "mtp", "ctc", "distill", "exit"):
             if name in losses:
                 self.log(f"train/{name}", losses[name], batch_size=bs)
         for i, stats in enumerate(output.router_stats):
