@@ -28,14 +28,15 @@ from pathlib import Path
 ANSWER_TYPES = ("yes/no", "color", "shape")  # easy-VQA's meta.answer_type
 
 
-def build(ckpt: Path, top_p: float | None):
-    """The checkpoint's model with ``decoder.top_p`` replaced (None: the fixed top-k it was trained with)."""
+def build(ckpt: Path, top_p: float | None = None, **decoder):
+    """The checkpoint's model with ``decoder.top_p`` replaced (None: the fixed top-k it was trained with) and any
+    other decoder settings given (e.g. ``exit_threshold``)."""
     from omnifuse.finetune.safe_load import load_checkpoint
     from omnifuse.tasks.model import OmniModel
 
     checkpoint = load_checkpoint(ckpt)
     config = dict(checkpoint["omnifuse_model_config"])
-    config["decoder"] = {**config["decoder"], "top_p": top_p, "min_experts": 1}
+    config["decoder"] = {**config["decoder"], "top_p": top_p, "min_experts": 1, **decoder}
     model = OmniModel.from_config(config)
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
@@ -95,14 +96,21 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
             preds = {r.id: rows[r.id]["prediction"] for r in subset}
             result[f"accuracy/{kind}"] = 100 * score_records("vqa", subset, preds)["vqa_accuracy"]
     per_kind: dict[str, list[int]] = defaultdict(list)  # routed experts of each (generated token, MoE layer)
+    depth: dict[str, list[int]] = defaultdict(list)  # MoE layers each generated token ran (early exit skips some)
     for rid, row in rows.items():
         for token in row.get("token_experts", []):
             for experts in token["experts"]:
                 per_kind[kinds[rid]].append(len(experts))
                 per_kind["all"].append(len(experts))
+            used = sum(1 for experts in token["experts"] if experts)
+            depth[kinds[rid]].append(used)
+            depth["all"].append(used)
     for kind, counts in per_kind.items():
         result[f"experts/{kind}"] = statistics.fmean(counts)
+    for kind, counts in depth.items():
+        result[f"layers/{kind}"] = statistics.fmean(counts)
     result["histogram"] = dict(sorted(Counter(per_kind["all"]).items()))
+    result["tokens"] = len(depth["all"])  # generated tokens (eos included)
     return result
 
 

@@ -1,0 +1,82 @@
+"""Early exit against the full depth on checkpoints trained with exit heads: layers per token, speed, accuracy.
+
+    python benchmarks/recipe_seeds.py --seeds 0 1 2 --out runs/early_exit -- \\
+        --model.init_args.decoder.n_layers 4 --model.init_args.decoder.exit_layers [1,2] \\
+        --model.init_args.decoder.exit_loss_coef 0.5                       # 4-layer decoders with two exits
+    python benchmarks/early_exit.py --ckpts runs/early_exit/seed_{0,1,2}/version_0/checkpoints/best.ckpt \\
+        [--thresholds 0.9 0.99 0.999] [--max-drop 0.3]
+
+Each checkpoint is rebuilt with ``decoder.exit_threshold`` set (what ``--model.init_args.decoder.exit_threshold T`` on
+``omnifuse predict`` does) and run by the batch job (batch 64, greedy, 12 new tokens): on the validation split for
+every threshold (accuracy, MoE layers run per generated token), the threshold chosen there (fewest layers within
+``--max-drop`` points of the full depth on every checkpoint), then on the test split the full depth and the chosen
+threshold timed alternately (records/s of the whole pass and generated tokens/s). Prints one table with the median and
+worst over the checkpoints. Run it alone: the speed is a wall-clock figure. A measured table, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from adaptive_routing import ANSWER_TYPES, build, evaluate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpts", nargs="+", required=True, help="checkpoints trained with decoder.exit_layers")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
+    parser.add_argument("--max-drop", type=float, default=0.3, help="validation points a threshold may lose")
+    parser.add_argument("--val", default="datasets/easyvqa/vqa_val.jsonl")
+    parser.add_argument("--test", default="datasets/easyvqa/vqa_test.jsonl")
+    parser.add_argument("--limit", type=int, default=None, help="the first N records of each split (a quick look)")
+    args = parser.parse_args(argv)
+    settings: list[float | None] = [None, *args.thresholds]
+    label = {t: ("full depth" if t is None else f"exit at {t:g}") for t in settings}
+
+    val: dict[float | None, list[dict]] = defaultdict(list)
+    for n, ckpt in enumerate(args.ckpts):
+        for t in settings:
+            r = evaluate(build(Path(ckpt), exit_threshold=t), Path(args.val), limit=args.limit)
+            val[t].append(r)
+            print(f"checkpoint {n} val {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f}", flush=True)
+    fine = [
+        t for t in args.thresholds
+        if all(val[t][i]["accuracy"] >= val[None][i]["accuracy"] - args.max_drop for i in range(len(args.ckpts)))
+    ]  # fmt: skip
+    chosen = min(fine, key=lambda t: statistics.median(r["layers/all"] for r in val[t])) if fine else None
+    print(f"chosen on validation: {label[chosen] if chosen is not None else 'none within the limit'}", flush=True)
+
+    test: dict[float | None, list[dict]] = defaultdict(list)
+    for n, ckpt in enumerate(args.ckpts):
+        models = {t: build(Path(ckpt), exit_threshold=t) for t in dict.fromkeys([None, chosen])}
+        evaluate(models[None], Path(args.val), limit=args.limit)  # warm-up
+        for t in (list(models) if n % 2 == 0 else list(reversed(models))):
+            r = evaluate(models[t], Path(args.test), limit=args.limit)
+            r["tokens_s"] = r["tokens"] / r["wall_s"]
+            test[t].append(r)
+            print(f"checkpoint {n} test {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f} "
+                  f"{r['tokens_s']:.1f} tokens/s", flush=True)  # fmt: skip
+
+    def mw(rows: list[dict], key: str, worst=min) -> str:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        return f"{statistics.median(values):7.2f} / {worst(values):6.2f}" if values else "-"
+
+    print(f"\nearly exit, {len(args.ckpts)} checkpoints (median / worst); threshold chosen on {args.val}")
+    print(f"{'split':5s} {'setting':14s} {'accuracy %':>16s} {'layers/token':>16s} " + " ".join(f"{'layers ' + k:>13s}" for k in ANSWER_TYPES))
+    for split, table in (("val", val), ("test", test)):
+        for t, rows in table.items():
+            print(f"{split:5s} {label[t]:14s} {mw(rows, 'accuracy')} {mw(rows, 'layers/all', max)} "
+                  + " ".join(f"{statistics.median(r.get(f'layers/{k}', 0.0) for r in rows):13.3f}" for k in ANSWER_TYPES))  # fmt: skip
+    if chosen is not None:
+        speed = [a["tokens_s"] / b["tokens_s"] for a, b in zip(test[chosen], test[None], strict=True)]
+        drop = [b["accuracy"] - a["accuracy"] for a, b in zip(test[chosen], test[None], strict=True)]
+        print(f"\ntest, {label[chosen]} against the full depth: generated tokens/s x{statistics.median(speed):.3f} "
+              f"(worst x{min(speed):.3f}), accuracy change median {-statistics.median(drop):+.2f} points, worst "
+              f"{-max(drop):+.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
