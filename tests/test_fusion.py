@@ -231,3 +231,20 @@ def test_raw_modalities_skip_both_layernorms_and_keep_the_masking_invariants():
         ModalityFusion(32, IN_DIMS, MODALITIES, raw_modalities=("smell",))
     with pytest.raises(ValueError, match="question_memory=False needs vision_film"):
         ModalityFusion(32, IN_DIMS, MODALITIES, question_memory=False)
+
+
+def test_a_modality_no_sample_has_is_left_out_of_the_memory():
+    """Audio flagged absent for the whole batch: the memory equals the one built without audio at all (the valid
+    tokens in the same order, the same weights), and the audio tokens are never embedded (any length passes)."""
+    fusion = make_fusion()
+    seqs = make_sequences()
+    present = PRESENT.clone()
+    present[:, 1] = False
+    with_audio = fusion(seqs, present)
+    without = fusion({k: v for k, v in seqs.items() if k != "audio"}, present)
+    assert with_audio.tokens.shape == without.tokens.shape  # no audio positions in the memory
+    assert_close(with_audio.tokens, without.tokens, rtol=0, atol=0)
+    assert torch.equal(with_audio.mask, without.mask)
+    assert_close(with_audio.modality_weights, without.modality_weights, rtol=0, atol=0)
+    too_long = dict(seqs, audio=TokenSequence(torch.randn(B, 5000, IN_DIMS["audio"]), torch.ones(B, 5000, dtype=torch.bool)))
+    assert_close(fusion(too_long, present).tokens, without.tokens, rtol=0, atol=0)  # beyond max_positions: not embedded
