@@ -100,6 +100,19 @@ def ignored_modalities(model: OmniModel, batch: MultimodalBatch) -> list[list[st
     ]
 
 
+def _without_padding(batch: MultimodalBatch) -> MultimodalBatch:
+    """``batch`` with the audio and text tensors cut to their longest real length (padding is masked everywhere, so
+    predictions do not change): a row taken out of a batch no longer carries the width of the batch's longest clip."""
+    for data, mask in (("audio", "audio_mask"), ("text", "text_mask")):
+        m = getattr(batch, mask)
+        if m is None or not bool(m.any()):
+            continue
+        width = int(m.nonzero()[:, 1].max()) + 1  # right padding: the last real column + 1
+        setattr(batch, data, getattr(batch, data)[:, :width])
+        setattr(batch, mask, m[:, :width])
+    return batch
+
+
 def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationConfig) -> dict[str, list[dict]]:
     """Predictions for the good rows of ``batch`` and ``{"id", "error"}`` rows for the bad ones.
 
@@ -113,7 +126,19 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
     predictions: list[dict] = []
     if len(batch) == 0:
         return {"predictions": predictions, "errors": errors}
-    generation = model.generate(batch, **generation_kwargs(config, batch, model.tokenizer))
+    try:
+        generation = model.generate(batch, **generation_kwargs(config, batch, model.tokenizer))
+    except ValueError as e:
+        # A record the model cannot take (e.g. a clip with more tokens than the fusion has positions: the model
+        # raises ValueError for what exceeds its sizes). One by one, so the others are still predicted.
+        if len(batch) == 1:
+            return {"predictions": [], "errors": [*errors, {"id": batch.ids[0], "error": f"record {batch.ids[0]!r}: "
+                                                          f"the model cannot take this record: {e}"}]}  # fmt: skip
+        for row in range(len(batch)):
+            one = predict_batch(model, _without_padding(batch.select([row])), config)
+            predictions += one["predictions"]
+            errors += one["errors"]
+        return {"predictions": predictions, "errors": errors}
     weights = generation.modality_weights.float().cpu()
     counts = generation.expert_counts.cpu()
     token_ids = generation.tokens.cpu().tolist()

@@ -107,3 +107,36 @@ def test_windowed_attention_never_builds_a_full_score_matrix(monkeypatch):
     local_global_attention(q, k, v, torch.ones(1, n, dtype=torch.bool), window, g)
     assert sum(sizes) <= h * (g * n + (n - g + window) * (g + 3 * window))
     assert sum(sizes) < h * n * n / 10
+
+
+def test_a_clip_longer_than_the_model_takes_is_an_error_row_not_a_dead_job(tmp_path):
+    """The fusion embeds at most 1,024 tokens per modality: a 45 s clip (~1,125 audio tokens) in memory is more. The
+    batch job reports that record and still predicts the one beside it."""
+    import json
+
+    import soundfile as sf
+
+    from omnifuse.app.predictor import Predictor
+    from omnifuse.tasks.config import GenerationConfig
+    from omnifuse.tasks.model import OmniModel
+
+    torch.manual_seed(0)
+    model = OmniModel(
+        audio_encoder={
+            "class_path": "omnifuse.encoders.AudioEncoder",
+            "init_args": {"n_mels": 16, "d_model": 32, "n_layers": 1, "n_heads": 2, "conv_channels": 4,
+                          "spec_augment": False},
+        },  # fmt: skip
+        fusion={"n_layers": 0, "n_heads": 2},
+        decoder=dict(d_model=32, n_layers=1, n_heads=2, n_dense_layers=0, n_routed_experts=4, top_k=2, d_expert=16),
+    )
+    for name, seconds in (("short", 1.0), ("long", 45.0)):
+        sf.write(tmp_path / f"{name}.wav", 0.1 * torch.randn(int(16000 * seconds)).numpy(), 16000)
+    records = [{"id": n, "task": "vqa", "audio": f"{n}.wav"} for n in ("short", "long")]
+    predictor = Predictor(model, generation=GenerationConfig(max_new_tokens=4), max_audio_seconds=60.0)
+    out = predictor.predict(records, root=tmp_path)
+    assert [p["id"] for p in out["predictions"]] == ["short"]
+    (error,) = out["errors"]
+    assert error["id"] == "long" and "max_positions" in error["error"] and "'long'" in error["error"]
+    alone = predictor.predict(records[:1], root=tmp_path)["predictions"][0]
+    assert json.dumps(alone, sort_keys=True) == json.dumps(out["predictions"][0], sort_keys=True)  # retried exactly
