@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
+from omnifuse.data.augment import AugmentConfig
 from omnifuse.data.collate import Collator
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.records import INPUT_FIELDS, Record, RecordError
@@ -115,6 +116,9 @@ class MultimodalDataModule(L.LightningDataModule):
             ``[0.3, 0.7]``; normalised): records are drawn with replacement, a manifest's weight spread evenly over its
             records (or, with ``balance_by``, balanced within it), seeded, sharded over DDP ranks and resumable like
             ``balance_by``. None: the manifests are one pool, each record as likely as any other.
+        augment: label-safe training augmentation (``data.augment: {brightness: 0.2, contrast: 0.2, translate: 4,
+            translate_tasks: [vqa], typo_rate: 0.02, word_dropout: 0.05}``; :mod:`omnifuse.data.augment` says what
+            each may change and where it is allowed); the training split only. None: off.
         group_by: ``image`` or ``meta.<key>``: training batches hold runs of about ``group_size`` records
             that share this field (see ``ResumableSampler``); the model encodes an image shared within a batch once,
             so with ~10 questions per image ``group_by: image`` cuts the image tower's share of a step by up to
@@ -152,6 +156,7 @@ class MultimodalDataModule(L.LightningDataModule):
         balance_by: str | None = None,
         balance_power: float = 1.0,
         manifest_weights: list[float] | None = None,
+        augment: AugmentConfig | None = None,
         group_by: str | None = None,
         group_size: int = 4,
         skip_bad_records: bool = False,
@@ -191,6 +196,7 @@ class MultimodalDataModule(L.LightningDataModule):
             if any(w < 0 for w in manifest_weights) or sum(manifest_weights) <= 0:
                 raise ValueError(f"manifest_weights must be >= 0 with a positive sum, got {manifest_weights}")
         self.manifest_weights = manifest_weights
+        self.augment = AugmentConfig(**augment) if isinstance(augment, dict) else augment
         self._train_origin: dict[str, int] = {}
         _check_field_option("group_by", group_by, ("image",))
         if group_size < 1:
@@ -277,6 +283,7 @@ class MultimodalDataModule(L.LightningDataModule):
             seed=self.seed,
             skip_ids=self.skip_predict_ids if split == "predict" else (),
             skip_bad=self.skip_bad_records and split != "predict",
+            augment=self.augment if split == "train" else None,
         )
         if split != "predict":
             # Fail (or skip) now, before the first step, rather than when the batch holding a broken file comes up.

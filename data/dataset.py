@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from omnifuse.data.augment import AugmentConfig, Augmenter
 from omnifuse.data.loaders import DEFAULT_MAX_PIXELS, LoadError, decode_image, load_audio
 from omnifuse.data.records import Record, RecordError, read_manifest
 from omnifuse.data.sample import Sample
@@ -90,6 +91,8 @@ class ManifestDataset(Dataset):
         skip_ids: ids to leave out (a resumed prediction job skips what it already wrote).
         skip_bad: fit mode only: leave invalid records out (listed in ``skipped``) instead of raising ``RecordError``;
             :meth:`check_files` does the same for records whose files cannot be decoded.
+        augment: label-safe augmentation of each loaded sample (:mod:`.augment`); the data module sets it on the
+            training split only.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class ManifestDataset(Dataset):
         seed: int = 0,
         skip_ids: Iterable[str] = (),
         skip_bad: bool = False,
+        augment: AugmentConfig | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; known modes: {', '.join(MODES)}")
@@ -136,6 +140,7 @@ class ManifestDataset(Dataset):
         self.max_audio_seconds = max_audio_seconds
         self.max_image_pixels = max_image_pixels
         self.cache = ImageCache(int(image_cache_mb * 2**20))
+        self.augmenter = Augmenter(augment) if augment is not None and Augmenter(augment).active else None
 
     def _first_of(self, errors: list[RecordError], what: str) -> RecordError:
         """The error to raise for ``errors``: the first one, with how many more there are."""
@@ -239,12 +244,18 @@ class ManifestDataset(Dataset):
                 raise RecordError(record.id, "audio", str(e)) from e
             except Exception as e:  # noqa: BLE001 -- as above
                 raise RecordError(record.id, "audio", f"{type(e).__name__}: {e}") from e
+        text = record.text
+        if self.augmenter is not None:  # training samples only (the data module gives the train split an augmenter)
+            if image is not None:
+                image = self.augmenter.image(image, record.task)
+            if text is not None:
+                text = self.augmenter.text(text)
         return Sample(
             id=record.id,
             task=record.task,
             image=image,
             audio=audio,
-            text=record.text,
+            text=text,
             target=record.target,
             schema=record.schema,
             meta=record.meta,

@@ -1,0 +1,108 @@
+"""Label-safe training augmentation: image transforms (torchvision v2) and text noise, chosen per task so that no
+augmentation changes the answer.
+
+What each transform may change, and where it is therefore allowed:
+
+* brightness and contrast (``ColorJitter`` without hue or saturation): never a colour name or a position: every task;
+* hue and saturation: would change colour answers ("what colour is the shape?"): not offered;
+* translation (``RandomAffine``, zero fill): changes where things are, so a caption ("... in the top left") or a JSON
+  target with a position or a bounding box would be wrong: only for the tasks listed in ``translate_tasks`` (default:
+  none; e.g. ``vqa`` where no question asks where), never ``caption`` or ``json``;
+* flips and crops: change position and bbox targets: not offered;
+* text noise (character typos, word dropout) on the question text the text encoder reads: the answer comes from the
+  image and the question's meaning, which a typo in one word rarely changes; off by default.
+
+Applied to training samples only (``MultimodalDataModule(augment=...)``); validation and test see the data as is. Each
+sample's randomness comes from torch's generator in the loading process (workers are seeded by the data module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torchvision.transforms import v2
+
+POSITION_TASKS = ("json", "caption")  # targets that say where things are (bbox, "in the top left"): never moved
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (see the module docstring for what is safe where). All zeros: off."""
+
+    brightness: float = 0.0  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.0  # factor drawn from [1 - c, 1 + c]
+    translate: int = 0  # largest shift in pixels, each axis
+    translate_tasks: list[str] = field(default_factory=list)  # tasks whose answers do not depend on position
+    typo_rate: float = 0.0  # per letter: replaced, dropped or swapped with the next one
+    word_dropout: float = 0.0  # per word (never the whole question)
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "typo_rate", "word_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1), got {value}")
+        if self.translate < 0:
+            raise ValueError(f"augment.translate must be >= 0 pixels, got {self.translate}")
+        moved = set(self.translate_tasks) & set(POSITION_TASKS)
+        if moved:
+            raise ValueError(
+                f"augment.translate_tasks may not include {sorted(moved)}: their targets carry positions / bounding "
+                "boxes that a shift would make wrong"
+            )
+
+
+class Augmenter:
+    """Applies an :class:`AugmentConfig` to one training sample's image (3, H, W float in [0, 1]) and text."""
+
+    def __init__(self, config: AugmentConfig) -> None:
+        self.config = config
+        jitter = config.brightness > 0 or config.contrast > 0
+        self.photometric = (
+            v2.ColorJitter(brightness=config.brightness or None, contrast=config.contrast or None) if jitter else None
+        )
+        self.translate = config.translate
+
+    def image(self, pixels: torch.Tensor, task: str) -> torch.Tensor:
+        out = pixels
+        if self.photometric is not None:
+            out = self.photometric(out).clamp(0.0, 1.0)
+        if self.translate and task in self.config.translate_tasks:
+            h, w = out.shape[-2:]
+            shift = (self.translate / w, self.translate / h)
+            out = v2.RandomAffine(degrees=0.0, translate=shift, fill=0.0)(out)
+        return out
+
+    def text(self, text: str) -> str:
+        cfg = self.config
+        if cfg.word_dropout > 0:
+            words = text.split(" ")
+            kept = [w for w in words if torch.rand(()).item() >= cfg.word_dropout]
+            text = " ".join(kept) if kept else words[int(torch.randint(len(words), ()).item())]
+        if cfg.typo_rate > 0:
+            chars = list(text)
+            out: list[str] = []
+            i = 0
+            while i < len(chars):
+                c = chars[i]
+                if c.isalpha() and torch.rand(()).item() < cfg.typo_rate:
+                    kind = int(torch.randint(3, ()).item())
+                    if kind == 0:  # replace with another letter
+                        out.append(chr(ord("a") + int(torch.randint(26, ()).item())))
+                    elif kind == 1:  # drop
+                        pass
+                    elif i + 1 < len(chars):  # swap with the next one
+                        out += [chars[i + 1], c]
+                        i += 1
+                    else:
+                        out.append(c)
+                else:
+                    out.append(c)
+                i += 1
+            text = "".join(out)
+        return text
+
+    @property
+    def active(self) -> bool:
+        cfg = self.config
+        return bool(self.photometric is not None or self.translate or cfg.typo_rate or cfg.word_dropout)
