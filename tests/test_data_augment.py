@@ -29,7 +29,7 @@ def test_brightness_and_contrast_keep_hue_and_position():
     img = _image()
     for _ in range(20):
         out = aug.image(img, "vqa")
-        assert out.shape == img.shape and 0.0 <= out.min() and out.max() <= 1.0
+        assert out.shape == img.shape and out.min() >= 0.0 and out.max() <= 1.0
         lit = img.sum(0) > 0
         # Hue: the dominant channel of every coloured pixel is unchanged.
         assert torch.equal(out[:, lit].argmax(0), img[:, lit].argmax(0))
