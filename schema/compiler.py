@@ -814,12 +814,22 @@ class Compiler:
                 return self.doc.raw_for(s["additionalProperties"], raw.base, f"{raw.path}/additionalProperties")
             return None
 
+        # Per name: the members that declare it give their property schema, every other member its
+        # additionalProperties (if any). Computed from who declares what, not member by member for every name: a
+        # schema with hundreds of names in an allOf of many members (real configs) would otherwise take seconds.
+        extra = [(i, prop_raw(m, None)) for i, m in enumerate(members)]
+        extra = [(i, r) for i, r in extra if r is not None]
+        declaring: dict[str, list[int]] = {}
+        for i, m in enumerate(members):
+            for name in m.schema.get("properties") or {}:
+                declaring.setdefault(name, []).append(i)
         props = {}
         for name in sorted(names):
-            conj = frozenset(r for r in (prop_raw(m, name) for m in members) if r is not None)
+            own = declaring[name]
+            taken = set(own)
+            conj = frozenset([prop_raw(members[i], name) for i in own] + [r for i, r in extra if i not in taken])
             props[name] = self.alt(conj, f"{path}/properties/{pointer_escape(name)}")
-        conj = frozenset(r for r in (prop_raw(m, None) for m in members) if r is not None)
-        additional = self.alt(conj, f"{path}/additionalProperties")
+        additional = self.alt(frozenset(r for _, r in extra), f"{path}/additionalProperties")
         return ObjSpec(props, frozenset(required), additional, min_props, max_props, deps)
 
     # keyword checks -------------------------------------------------------------------------------------
