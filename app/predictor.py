@@ -73,6 +73,8 @@ class Predictor:
 
             if quantize not in QUANTIZATIONS:
                 raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+            if torch.device(kwargs.get("device", "cpu")).type != "cpu":
+                raise ValueError(f"an int8-quantized model runs on the CPU, not on {kwargs['device']}")
             predictor = cls.from_pretrained(path, **kwargs)
             if predictor.model.quantization is None:
                 quantize_int8(predictor.model)

@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     n_experts, n_layers = decoder.config.n_routed_experts, decoder.n_moe_layers
     if n_layers == 0:
         return refuse(f"{args.model} has no MoE layer (n_dense_layers = n_layers): there are no experts to prune")
+    if getattr(model, "quantization", None):
+        return refuse(f"{args.model} is quantized ({model.quantization}): prune the fp32 model, then quantize")
     n_drop = math.floor(args.drop_experts * n_experts + 1e-9)
+    if args.drop_experts and n_drop == 0:
+        return refuse(f"--drop-experts {args.drop_experts} of {n_experts} experts drops none (at least 1/{n_experts})")
     if n_experts - n_drop < decoder.config.top_k:
         return refuse(
             f"--drop-experts {args.drop_experts} leaves {n_experts - n_drop} of {n_experts} experts; at least "

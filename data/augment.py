@@ -9,8 +9,9 @@ What each transform may change, and where it is therefore allowed:
   target with a position or a bounding box would be wrong: only for the tasks listed in ``translate_tasks`` (default:
   none; e.g. ``vqa`` where no question asks where), never ``caption`` or ``json``;
 * flips and crops: change position and bbox targets: not offered;
-* text noise (character typos, word dropout) on the question text the text encoder reads: the answer comes from the
-  image and the question's meaning, which a typo in one word rarely changes; off by default.
+* text noise (character typos, word dropout) on the question text: NOT label-safe in general (a dropped "not" flips a
+  yes/no answer, a misspelt colour word asks about another colour), so it applies only to the tasks listed in
+  ``text_noise_tasks`` (default: none), as the user's explicit choice; word dropout never drops a negation.
 
 Applied to training samples only (``MultimodalDataModule(augment=...)``); validation and test see the data as is. Each
 sample's randomness comes from torch's generator in the loading process (workers are seeded by the data module).
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torchvision.transforms import v2
 
+NEGATIONS = frozenset({"not", "no", "none", "nothing", "never", "without", "neither", "nor"})
 POSITION_TASKS = ("json", "caption")  # targets that say where things are (bbox, "in the top left"): never moved
 
 
@@ -35,7 +37,8 @@ class AugmentConfig:
     translate: int = 0  # largest shift in pixels, each axis
     translate_tasks: list[str] = field(default_factory=list)  # tasks whose answers do not depend on position
     typo_rate: float = 0.0  # per letter: replaced, dropped or swapped with the next one
-    word_dropout: float = 0.0  # per word (never the whole question)
+    word_dropout: float = 0.0  # per word (never the whole question, never a negation)
+    text_noise_tasks: list[str] = field(default_factory=list)  # where typos / word dropout apply (not label-safe)
 
     def __post_init__(self) -> None:
         for name in ("brightness", "contrast", "typo_rate", "word_dropout"):
@@ -44,6 +47,11 @@ class AugmentConfig:
                 raise ValueError(f"augment.{name} must be in [0, 1), got {value}")
         if self.translate < 0:
             raise ValueError(f"augment.translate must be >= 0 pixels, got {self.translate}")
+        if (self.typo_rate or self.word_dropout) and not self.text_noise_tasks:
+            raise ValueError(
+                "augment.typo_rate / word_dropout can change answers (a dropped 'not', a misspelt colour): list the "
+                "tasks they may apply to in augment.text_noise_tasks"
+            )
         moved = set(self.translate_tasks) & set(POSITION_TASKS)
         if moved:
             raise ValueError(
@@ -73,11 +81,15 @@ class Augmenter:
             out = v2.RandomAffine(degrees=0.0, translate=shift, fill=0.0)(out)
         return out
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, task: str | None = None) -> str:
         cfg = self.config
+        if task is not None and task not in cfg.text_noise_tasks:
+            return text
         if cfg.word_dropout > 0:
             words = text.split(" ")
-            kept = [w for w in words if torch.rand(()).item() >= cfg.word_dropout]
+            kept = [
+                w for w in words if w.strip("?!.,").lower() in NEGATIONS or torch.rand(()).item() >= cfg.word_dropout
+            ]
             text = " ".join(kept) if kept else words[int(torch.randint(len(words), ()).item())]
         if cfg.typo_rate > 0:
             chars = list(text)

@@ -117,8 +117,10 @@ class MultimodalDataModule(L.LightningDataModule):
             records (or, with ``balance_by``, balanced within it), seeded, sharded over DDP ranks and resumable like
             ``balance_by``. None: the manifests are one pool, each record as likely as any other.
         augment: label-safe training augmentation (``data.augment: {brightness: 0.2, contrast: 0.2, translate: 4,
-            translate_tasks: [vqa], typo_rate: 0.02, word_dropout: 0.05}``; :mod:`omnifuse.data.augment` says what
-            each may change and where it is allowed); the training split only. None: off.
+            translate_tasks: [vqa]}``; text noise, which is not label-safe, only with ``text_noise_tasks``;
+            :mod:`omnifuse.data.augment` says what each may change and where it is allowed); the training split only.
+            A jittered image is a new image each time, so ``group_by: image`` finds no duplicates to encode once.
+            None: off.
         group_by: ``image`` or ``meta.<key>``: training batches hold runs of about ``group_size`` records
             that share this field (see ``ResumableSampler``); the model encodes an image shared within a batch once,
             so with ~10 questions per image ``group_by: image`` cuts the image tower's share of a step by up to

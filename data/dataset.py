@@ -249,7 +249,7 @@ class ManifestDataset(Dataset):
             if image is not None:
                 image = self.augmenter.image(image, record.task)
             if text is not None:
-                text = self.augmenter.text(text)
+                text = self.augmenter.text(text, record.task)
         return Sample(
             id=record.id,
             task=record.task,

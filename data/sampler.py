@@ -49,7 +49,10 @@ def domain_weights(
         members = [i for i, o in enumerate(origin) if o == m]
         if not members:
             if share > 0:
-                raise ValueError(f"train manifest {m} has weight {share} but no training record")
+                raise ValueError(
+                    f"train manifest {m} has weight {share} but no training record (all left out by limit_train or "
+                    "skip_bad_records?)"
+                )
             continue
         within = (
             balancing_weights([keys[i] for i in members], power)

@@ -6,6 +6,11 @@ import torch
 from torch import nn
 
 
+class TooManyTokensError(ValueError):
+    """More tokens of one modality than the fusion has learned positions for: a size limit of the model, which the
+    batch job reports for the record instead of stopping."""
+
+
 class ModalityEmbedding(nn.Module):
     """Tokens (B, N, in_dim) of one modality -> (B, N, d_model): ``Linear(LN(x)) + type + pos[:N]``.
 
@@ -25,5 +30,7 @@ class ModalityEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[1]
         if n > self.pos_embedding.shape[0]:
-            raise ValueError(f"{n} tokens exceed max_positions={self.pos_embedding.shape[0]}; raise max_positions")
+            raise TooManyTokensError(
+                f"{n} tokens exceed max_positions={self.pos_embedding.shape[0]}; raise max_positions"
+            )
         return self.proj(self.norm(tokens)) + self.type_embedding + self.pos_embedding[:n]  # (B, N, d_model)

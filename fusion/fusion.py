@@ -183,11 +183,13 @@ class ModalityFusion(nn.Module):
         if self.vision_film is not None and not self.question_memory and "image" in self.modalities:
             has_image = present[:, self.modalities.index("image"), None]  # (B, 1)
             present = present & ~(has_image & self._question_cols.to(present.device))  # the question reaches the decoder through the image
-        # A modality no sample of the batch has (after the rules above) adds only masked tokens: leave it out of the
-        # memory altogether (the result is the same; e.g. a 10-minute spoken question that only conditions the image
-        # tower is neither embedded nor attended over).
-        kept = [(name, col) for name, col in zip(names, cols) if bool(present[:, col].any())]
-        names, cols = [n for n, _ in kept], [c for _, c in kept]
+        # A modality no sample of the batch has (after the rules above) adds only masked tokens: at inference leave it
+        # out of the memory altogether (the result is the same; e.g. a 10-minute spoken question that only conditions
+        # the image tower is neither embedded nor attended over).
+        # In training they stay (zero gradients rather than none, so optimizer states evolve as before).
+        if not self.training:
+            kept = [(name, col) for name, col in zip(names, cols) if bool(present[:, col].any())]
+            names, cols = [n for n, _ in kept], [c for _, c in kept]
 
         # Embed each modality; padding / absent positions are zeroed first so their content cannot matter.
         device = self.null_token.device

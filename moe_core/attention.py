@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class SequenceTooLongError(ValueError):
+    """A sequence longer than the decoder holds (positions past ``max_seq_len``, a full KV cache): a size limit of the
+    model, which the batch job reports for the record instead of stopping."""
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding tables (``cos``/``sin``, fp32) for positions ``0 .. max_seq_len-1``."""
 
@@ -30,7 +35,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """``positions: (B, T)`` long -> ``cos, sin: (B, 1, T, hs/2)``."""
         if positions.numel() and int(positions.max()) >= self.max_seq_len:
-            raise ValueError(f"position {int(positions.max())} exceeds max_seq_len={self.max_seq_len}")
+            raise SequenceTooLongError(f"position {int(positions.max())} exceeds max_seq_len={self.max_seq_len}")
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
@@ -63,7 +68,7 @@ class KVCache:
         t = k.size(2)
         end = self.length + t
         if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} > {self.max_len} slots")
+            raise SequenceTooLongError(f"KV cache full: {end} > {self.max_len} slots")
         if self.k is None:
             self.k = k.new_zeros(self.shape)
             self.v = v.new_zeros(self.shape)

@@ -15,6 +15,10 @@ here, keyword by keyword, into the 2020-12 schema that accepts exactly the same 
 * keywords a draft does not have (``const`` in draft 4, ``if`` in draft 6, ``prefixItems`` before 2020-12, ...) are
   annotations in it, so they are dropped rather than enforced.
 
+One difference is left, in what the recogniser *accepts*, never in what generation writes: draft 4 does not count
+``1.0`` as an integer and later drafts do; the recogniser follows the later drafts for ``type: integer`` while
+generation only ever writes integers without a fraction or exponent.
+
 JSON Pointers in ``$ref`` (``#/items/0``, ``#/dependencies/a``) follow the renamed keywords. Boolean schemas pass
 through. The rewrite never widens or narrows the set of valid instances; where a draft means something the 2020-12
 compiler cannot express, the keyword stays and is refused with its path like any other.
@@ -53,7 +57,6 @@ _INTRODUCED = {
     "minContains": DRAFT2019,
     "maxContains": DRAFT2019,
     "$anchor": DRAFT2019,
-    "$defs": DRAFT2019,
     "prefixItems": DRAFT2020,
     "$dynamicRef": DRAFT2020,
     "$dynamicAnchor": DRAFT2020,
@@ -108,10 +111,17 @@ def original_location(keyword: str, path: str, renamed: dict[str, str]) -> tuple
     error names what the user wrote (``dependencies`` at ``#/items/0``, not ``dependentSchemas`` at
     ``#/prefixItems/0``)."""
 
+    keys = sorted(renamed, key=len, reverse=True)
+
     def back(pointer: str) -> str:
-        for new in sorted(renamed, key=len, reverse=True):
-            if pointer == new or pointer.startswith(new + "/"):
-                return renamed[new] + pointer[len(new) :]
+        # Renames nest (items inside items): undo the deepest first, then the ones above it, until none applies.
+        for _ in range(pointer.count("/") + 1):
+            for new in keys:
+                if pointer == new or pointer.startswith(new + "/"):
+                    pointer = renamed[new] + pointer[len(new) :]
+                    break
+            else:
+                break
         return pointer
 
     head, _, tail = back(f"{path}/{_escape(keyword)}").rpartition("/")
@@ -163,7 +173,18 @@ class _Upgrader:
                 continue  # not a keyword of this draft: an annotation there, so not enforced here
             if key == "dependencies" and self.draft == DRAFT2019:
                 continue  # split into dependentRequired / dependentSchemas in 2019-09: an annotation there
+            if key == "$schema" and path != "#" and DRAFT_URIS.get(str(value).rstrip("#")) == self.draft:
+                continue  # an embedded resource restating the document's draft: rewritten with it
+            if key == "$recursiveRef" and not self.recursive_anchor:
+                continue  # below: a plain $ref, beside any $ref already here
             out.update(self._keyword_items(key, value, node, resource, path))
+        if "$recursiveRef" in node and not self.recursive_anchor:
+            # Without a $recursiveAnchor it is a plain reference; 2019-09 applies it *and* a sibling $ref.
+            self._rename(path, "$ref", "$recursiveRef")
+            if "$ref" in out:
+                out["allOf"] = [*out.get("allOf", []), {"$ref": node["$recursiveRef"]}]
+            else:
+                out["$ref"] = node["$recursiveRef"]
         return out
 
     def _rename(self, path: str, new: str, old: str) -> str:
@@ -209,9 +230,6 @@ class _Upgrader:
                     for k, v in schemas.items()
                 }
             return out
-        if key == "$recursiveRef" and not self.recursive_anchor:
-            self._rename(path, "$ref", "$recursiveRef")
-            return {"$ref": value}
         if key == "$recursiveAnchor":
             return {} if not self.recursive_anchor else {key: value}
         return {key: self._keyword(key, value, resource, path)}

@@ -11,6 +11,8 @@ from typing import Any
 
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.data.tokenizer import ByteTokenizer
+from omnifuse.fusion.embedding import TooManyTokensError
+from omnifuse.moe_core.attention import SequenceTooLongError
 from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.model import OmniModel
 
@@ -128,9 +130,9 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
         return {"predictions": predictions, "errors": errors}
     try:
         generation = model.generate(batch, **generation_kwargs(config, batch, model.tokenizer))
-    except ValueError as e:
-        # A record the model cannot take (e.g. a clip with more tokens than the fusion has positions: the model
-        # raises ValueError for what exceeds its sizes). One by one, so the others are still predicted.
+    except (TooManyTokensError, SequenceTooLongError) as e:
+        # A record the model cannot take (a clip with more tokens than the fusion has positions, a sequence past the
+        # decoder's length). One by one, so the others are still predicted; any other error still stops the job.
         if len(batch) == 1:
             return {"predictions": [], "errors": [*errors, {"id": batch.ids[0], "error": f"record {batch.ids[0]!r}: "
                                                           f"the model cannot take this record: {e}"}]}  # fmt: skip

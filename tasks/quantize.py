@@ -7,8 +7,9 @@
   linear kernel (activations quantized per call, int8 GEMM: fbgemm / onednn on x86);
 * every MoE layer's routed experts by :class:`~omnifuse.moe_core.quantized.QuantizedRoutedExperts`.
 
-Lookup tables (the encoders' embeddings, position tables) are rounded to int8 per row too: stored int8, held
-dequantized in memory. Left in fp32: the routers (their scores pick the experts: rounding there would change
+The other 2-D weights outside the decoder that no int8 kernel runs (the encoders' embeddings, position tables, the
+in-projections ``nn.MultiheadAttention`` keeps) are rounded to int8 per row too: stored int8, held dequantized in
+memory, computed in fp32. Left in fp32: the routers (their scores pick the experts: rounding there would change
 routing, not just values), the decoder's embedding (it is the tied output head), norms, convolutions, and the
 linears ``nn.MultiheadAttention`` reads by attribute. Weights are stored as int8 tensors with their scales (buffers), so a quantized model's state is plain
 tensors: ``save_pretrained`` writes it with safetensors and ``config.json`` records ``"quantization": "int8"``;
@@ -83,6 +84,12 @@ def _kept_fp32(model: nn.Module) -> set[int]:
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantize ``model`` in place (see the module docstring) and mark it (``model.quantization = "int8"``); returns it.
     Put the model in eval mode first: the result is for inference only."""
+    lora = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("LoRA")})
+    if lora:
+        raise ValueError(
+            f"the model has unmerged LoRA adapters ({', '.join(lora)}): merge them first (an export or "
+            "OmniModel.from_pretrained does), quantizing would drop them"
+        )
     keep = _kept_fp32(model)
     replacements: list[tuple[nn.Module, str, nn.Module]] = []
     for parent in model.modules():
@@ -93,9 +100,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                 replacements.append((parent, name, QuantizedRoutedExperts.from_float(child)))
     for parent, name, new in replacements:
         setattr(parent, name, new)
-    # Lookup tables (embeddings, position tables: 2-D parameters outside the decoder, whose embedding is the tied
-    # output head) are rounded to int8 per row as well: stored int8 on disk, held dequantized in memory, so what the
-    # model computes is what a loaded export computes.
+    # The remaining 2-D weights outside the decoder (whose embedding is the tied output head): embeddings, position
+    # tables, MultiheadAttention's in-projections. Rounded to int8 per row as well: stored int8 on disk, held
+    # dequantized in memory, so what the model computes is what a loaded export computes.
     model.int8_tables = []
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -55,17 +55,22 @@ def test_translation_only_for_listed_tasks_and_never_for_position_targets():
 
 
 def test_text_noise_rates():
-    """Typos touch letters only, at about the requested rate; word dropout never empties the question."""
+    """Typos touch letters only, at about the requested rate; word dropout never empties the question nor drops a
+    negation; both only for the tasks listed."""
     text = "what color is the shape in the image?"
     torch.manual_seed(0)
-    aug = Augmenter(AugmentConfig(typo_rate=0.1))
+    aug = Augmenter(AugmentConfig(typo_rate=0.1, text_noise_tasks=["vqa"]))
     changed = sum(aug.text(text) != text for _ in range(200))
     assert 150 < changed < 200  # 29 letters at 10 %: P(no typo) = 0.9^29 ~ 5 %
     assert all(c in aug.text("?!,.") for c in "?!,.")  # punctuation untouched
-    drop = Augmenter(AugmentConfig(word_dropout=0.5))
+    drop = Augmenter(AugmentConfig(word_dropout=0.5, text_noise_tasks=["vqa"]))
     lengths = [len(drop.text(text).split(" ")) for _ in range(400)]
     assert min(lengths) >= 1 and 3.0 < sum(lengths) / len(lengths) < 5.0  # 8 words at 50 %: 4 on average
+    assert all("not" in drop.text("is there not a circle?").split(" ") for _ in range(50))  # negations stay
+    assert drop.text(text, "caption") == text  # a task not listed: untouched
     assert Augmenter(AugmentConfig()).text(text) == text and not Augmenter(AugmentConfig()).active
+    with pytest.raises(ValueError, match="text_noise_tasks"):
+        AugmentConfig(typo_rate=0.1)  # text noise is the user's explicit choice per task
 
 
 def test_datamodule_augments_training_samples_only(tmp_path: Path):
@@ -78,7 +83,7 @@ def test_datamodule_augments_training_samples_only(tmp_path: Path):
         (tmp_path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     dm = MultimodalDataModule(
         train_manifest=str(tmp_path / "train.jsonl"), val_manifest=str(tmp_path / "val.jsonl"), image_size=8,
-        augment={"brightness": 0.5, "typo_rate": 0.3},
+        augment={"brightness": 0.5, "typo_rate": 0.3, "text_noise_tasks": ["vqa"]},
     )  # fmt: skip
     dm.setup("fit")
     torch.manual_seed(0)

@@ -220,3 +220,21 @@ def test_prune_command_expert_channels_without_calibration(tmp_path):
     assert sum(p.numel() for p in narrow.parameters()) == report["parameters"]["after"] < report["parameters"]["before"]
     assert main(["prune", str(source), "--out", str(tmp_path / "none")]) == 2  # nothing asked
     assert main(["prune", str(source), "--drop-experts", "0.25", "--out", str(tmp_path / "none")]) == 2  # no --calib
+
+
+def test_prune_refuses_a_fraction_that_drops_no_expert(tmp_path):
+    from omnifuse.app.cli import main
+    from omnifuse.encoders import ConvImageEncoder
+    from omnifuse.tasks.model import OmniModel
+
+    torch.manual_seed(0)
+    model = OmniModel(
+        image_encoder=ConvImageEncoder(channels=8, n_blocks=1),
+        fusion={"n_layers": 0, "n_heads": 2},
+        decoder=dict(d_model=32, n_layers=1, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16),
+    )
+    source = model.save_pretrained(tmp_path / "m")
+    (tmp_path / "c.jsonl").write_text("")
+    args = ["prune", str(source), "--calib", str(tmp_path / "c.jsonl"), "--drop-experts", "0.05"]
+    assert main([*args, "--out", str(tmp_path / "never")]) == 2  # 5 % of 8 experts is none: refused, not copied
+    assert not (tmp_path / "never").exists()

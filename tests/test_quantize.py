@@ -144,5 +144,14 @@ def test_export_and_predictor_quantize(tmp_path, tiny_data, capsys):
         Predictor.from_pretrained(ckpt, quantize="int4")
     with pytest.raises(ValueError, match="CPU"):
         Predictor(exported.model, device="meta")
+    with pytest.raises(ValueError, match="CPU"):  # refused before anything is loaded or quantized
+        Predictor.from_pretrained(ckpt, quantize="int8", device="cuda")
+    from omnifuse.finetune.lora import LoRAConfig, apply_lora
+
+    with_adapters = OmniModel.from_pretrained(ckpt)
+    apply_lora(with_adapters, LoRAConfig(targets=["decoder_attention"]))
+    with pytest.raises(ValueError, match="LoRA"):
+        quantize_int8(with_adapters)  # unmerged adapters would be dropped
+    assert main(["prune", str(tmp_path / "int8"), "--expert-channels", "0.5", "--out", str(tmp_path / "p")]) == 2
     with pytest.raises(SystemExit):
         main(["export", str(ckpt), "--out", str(tmp_path / "x"), "--adapters-only", "--quantize", "int8"])

@@ -56,6 +56,14 @@ CASES = [
     (D2019, {"type": "object", "properties": {"child": {"$recursiveRef": "#"}}, "additionalProperties": False},
      [{}, {"child": {}}, {"child": {"child": {"x": 1}}}]),
     (D2019, {"dependencies": {"a": ["b"]}, "dependentRequired": {"c": ["d"]}}, [{"a": 1}, {"c": 1}, {"c": 1, "d": 1}]),
+    # 2019-09: a $recursiveRef beside a $ref: both apply
+    (D2019, {"type": "object", "properties": {"x": {"$ref": "#/$defs/s", "$recursiveRef": "#"}},
+             "$defs": {"s": {"required": ["a"]}}},
+     [{}, {"x": {}}, {"x": {"a": 1}}, {"x": {"a": {"x": {}}}}]),
+    # $defs in draft 7 is a container like definitions: refs into it resolve; a nested $schema restating the draft
+    (D7, {"$defs": {"n": {"type": "number"}}, "properties": {"a": {"$ref": "#/$defs/n"},
+          "b": {"$schema": D7, "items": [{"type": "string"}], "additionalItems": False}}},
+     [{"a": 1}, {"a": "x"}, {"b": ["s"]}, {"b": ["s", 1]}]),
 ]  # fmt: skip
 
 
@@ -97,6 +105,10 @@ def test_draft_detection_and_refusals():
     with pytest.raises(UnsupportedSchemaError) as e:
         compile_schema({"$schema": D7, "items": [{}], "additionalItems": {"uniqueItems": True}})
     assert (e.value.keyword, e.value.path) == ("uniqueItems", "#/additionalItems")
+    nested = {"$schema": D7, "items": [{"items": [{"contains": {"type": "string"}, "multipleOf": 2}]}]}
+    with pytest.raises(UnsupportedSchemaError) as e:
+        compile_schema(nested)
+    assert e.value.path == "#/items/0/items/0"  # nested renames undone all the way up
     # a 2020-12 schema comes back as it is
     plain = {"type": "array", "prefixItems": [{"type": "integer"}]}
     assert to_2020_12(plain) is plain
