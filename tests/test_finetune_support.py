@@ -115,3 +115,21 @@ def run_cli(
         text=True,
         **popen,
     )
+
+
+def tiny_conv_model(text: bool = True, **decoder):
+    """A small image (+ text) OmniModel with random weights (seed 0): a conv tower, an optional text encoder, one
+    fusion block and a 2-layer MoE decoder of 8 experts (``decoder`` overrides its settings)."""
+    import torch
+
+    from omnifuse.encoders import ConvImageEncoder, TextEncoder
+    from omnifuse.tasks.model import OmniModel
+
+    torch.manual_seed(0)
+    settings = dict(d_model=32, n_layers=2, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16)
+    return OmniModel(
+        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
+        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=64) if text else None,
+        fusion={"n_layers": 1, "n_heads": 2},
+        decoder={**settings, **decoder},
+    )

@@ -13,6 +13,8 @@ from PIL import Image
 from omnifuse.moe_core import MoEDecoder, MoEDecoderConfig
 from omnifuse.moe_core.prune import experts_to_keep, prune_experts
 
+from .test_finetune_support import tiny_conv_model
+
 EOS = 3
 
 
@@ -97,17 +99,9 @@ def test_prune_refusals():
 def test_prune_command_writes_a_smaller_model_that_predicts(tmp_path):
     from omnifuse.app.cli import main
     from omnifuse.app.predictor import Predictor
-    from omnifuse.encoders import ConvImageEncoder, TextEncoder
     from omnifuse.tasks.model import OmniModel
 
-    torch.manual_seed(0)
-    model = OmniModel(
-        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
-        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=64),
-        fusion={"n_layers": 1, "n_heads": 2},
-        decoder=dict(d_model=32, n_layers=2, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16),
-    )
-    source = Path(model.save_pretrained(tmp_path / "model"))
+    source = Path(tiny_conv_model().save_pretrained(tmp_path / "model"))
     lines = []
     for i in range(6):
         Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
@@ -198,17 +192,9 @@ def test_channel_pruned_decoder_generates_what_the_original_generates_with_those
 
 def test_prune_command_expert_channels_without_calibration(tmp_path):
     from omnifuse.app.cli import main
-    from omnifuse.encoders import ConvImageEncoder, TextEncoder
     from omnifuse.tasks.model import OmniModel
 
-    torch.manual_seed(0)
-    model = OmniModel(
-        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
-        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=64),
-        fusion={"n_layers": 1, "n_heads": 2},
-        decoder=dict(d_model=32, n_layers=2, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16),
-    )
-    source = Path(model.save_pretrained(tmp_path / "model"))
+    source = Path(tiny_conv_model().save_pretrained(tmp_path / "model"))
     out = tmp_path / "narrow"
     assert main(["prune", str(source), "--expert-channels", "0.25", "--out", str(out)]) == 0
     report = json.loads((out / "prune.json").read_text())
@@ -224,16 +210,8 @@ def test_prune_command_expert_channels_without_calibration(tmp_path):
 
 def test_prune_refuses_a_fraction_that_drops_no_expert(tmp_path):
     from omnifuse.app.cli import main
-    from omnifuse.encoders import ConvImageEncoder
-    from omnifuse.tasks.model import OmniModel
 
-    torch.manual_seed(0)
-    model = OmniModel(
-        image_encoder=ConvImageEncoder(channels=8, n_blocks=1),
-        fusion={"n_layers": 0, "n_heads": 2},
-        decoder=dict(d_model=32, n_layers=1, n_heads=2, n_dense_layers=0, n_routed_experts=8, top_k=2, d_expert=16),
-    )
-    source = model.save_pretrained(tmp_path / "m")
+    source = tiny_conv_model(text=False).save_pretrained(tmp_path / "m")
     (tmp_path / "c.jsonl").write_text("")
     args = ["prune", str(source), "--calib", str(tmp_path / "c.jsonl"), "--drop-experts", "0.05"]
     assert main([*args, "--out", str(tmp_path / "never")]) == 2  # 5 % of 8 experts is none: refused, not copied

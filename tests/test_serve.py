@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 from PIL import Image
 
 from omnifuse.app.serve.gate import presented_key
 from omnifuse.app.serve.inputs import RequestError, ServeLimits, ServeSettings, check_request, form_fields
-from omnifuse.encoders import ConvImageEncoder, TextEncoder
 
 # ---------------------------------------------------------------- helpers
 
@@ -209,15 +207,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from omnifuse.tasks.model import OmniModel
+    from .test_finetune_support import tiny_conv_model
 
-    torch.manual_seed(0)
-    model = OmniModel(
-        image_encoder=ConvImageEncoder(channels=8, n_blocks=2),
-        text_encoder=TextEncoder(d_model=16, n_layers=1, n_heads=2, max_len=64),
-        fusion={"n_layers": 1, "n_heads": 2},
-        decoder=dict(d_model=32, n_layers=2, n_heads=2, n_routed_experts=4, top_k=2, d_expert=16, d_ff_dense=64),
-    )
+    model = tiny_conv_model(n_dense_layers=1, n_routed_experts=4, d_ff_dense=64)
     return Path(model.save_pretrained(tmp_path_factory.mktemp("served") / "model"))
 
 
