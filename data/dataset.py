@@ -140,7 +140,8 @@ class ManifestDataset(Dataset):
         self.max_audio_seconds = max_audio_seconds
         self.max_image_pixels = max_image_pixels
         self.cache = ImageCache(int(image_cache_mb * 2**20))
-        self.augmenter = Augmenter(augment) if augment is not None and Augmenter(augment).active else None
+        augmenter = Augmenter(augment) if augment is not None else None
+        self.augmenter = augmenter if augmenter is not None and augmenter.active else None
 
     def _first_of(self, errors: list[RecordError], what: str) -> RecordError:
         """The error to raise for ``errors``: the first one, with how many more there are."""

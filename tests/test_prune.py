@@ -28,6 +28,18 @@ def _decoder(**kw) -> MoEDecoder:
     return MoEDecoder(MoEDecoderConfig(**cfg)).double().eval()
 
 
+def _generate_both(pruned: MoEDecoder, reference: MoEDecoder):
+    """Greedy generation of both decoders on the same memory and prompts; tokens and scores must agree."""
+    memory = torch.randn(3, 5, 16, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    prompt = torch.tensor([[5], [6], [7]])
+    kw = dict(max_new_tokens=10, eos_id=EOS)
+    got, want = pruned.generate(memory, mask, prompt, **kw), reference.generate(memory, mask, prompt, **kw)
+    assert got.tokens.tolist() == want.tokens.tolist()
+    torch.testing.assert_close(got.scores, want.scores)
+    return got, want
+
+
 def _unroutable(decoder: MoEDecoder, keep: list[torch.Tensor]) -> None:
     """The full model whose routers can never pick a dropped expert (a bias of -1e9 only affects selection)."""
     for layer, ids in zip(decoder.moe_layers, keep, strict=True):
@@ -60,13 +72,7 @@ def test_pruned_sigmoid_decoder_generates_what_the_original_generates_with_the_d
     prune_experts(pruned, keep)
     assert pruned.config.n_routed_experts == 4
     assert all(layer.experts.w_gate.shape[0] == 4 and layer.router.weight.shape[0] == 4 for layer in pruned.moe_layers)
-    memory = torch.randn(3, 5, 16, dtype=torch.float64)
-    mask = torch.ones(3, 5, dtype=torch.bool)
-    prompt = torch.tensor([[5], [6], [7]])
-    kw = dict(max_new_tokens=10, eos_id=EOS)
-    got, want = pruned.generate(memory, mask, prompt, **kw), reference.generate(memory, mask, prompt, **kw)
-    assert got.tokens.tolist() == want.tokens.tolist()
-    torch.testing.assert_close(got.scores, want.scores)
+    got, want = _generate_both(pruned, reference)
     # Routing ids are renumbered: kept expert keep[l][j] is expert j of the pruned layer.
     for layer, ids in enumerate(keep):
         mapped = want.token_experts[:, :, layer].clone()
@@ -179,13 +185,7 @@ def test_channel_pruned_decoder_generates_what_the_original_generates_with_those
             dropped = [c for c in range(16) if c not in best]
             with torch.no_grad():
                 ex.w_down[e, dropped, :] = 0.0  # silence the dropped channels in the reference
-    memory = torch.randn(3, 5, 16, dtype=torch.float64)
-    mask = torch.ones(3, 5, dtype=torch.bool)
-    prompt = torch.tensor([[5], [6], [7]])
-    kw = dict(max_new_tokens=10, eos_id=EOS)
-    got, want = pruned.generate(memory, mask, prompt, **kw), reference.generate(memory, mask, prompt, **kw)
-    assert got.tokens.tolist() == want.tokens.tolist()
-    torch.testing.assert_close(got.scores, want.scores)
+    got, want = _generate_both(pruned, reference)
     with pytest.raises(ValueError, match="fraction"):
         prune_expert_channels(_decoder(), 1.0)
 
