@@ -235,10 +235,15 @@ class OmniModel(nn.Module):
         max_new_tokens: int = 32,
         strategy: str = "greedy",
         logits_processor: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        memory: FusedMemory | None = None,
         **kwargs,
     ) -> Generation:
-        """Generate each sample's answer, starting from its task token; stops per sequence at ``<eos>``."""
-        memory = self.encode(batch)
+        """Generate each sample's answer, starting from its task token; stops per sequence at ``<eos>``.
+
+        ``memory``: the batch's fused memory when the caller already has it (evaluation computes it for the loss, and
+        encoding is most of an evaluation step's time); otherwise the batch is encoded here."""
+        if memory is None:
+            memory = self.encode(batch)
         prompt = torch.tensor([[self.tokenizer.task_id(t)] for t in batch.tasks], device=memory.tokens.device)
         out = self.decoder.generate(
             memory.tokens,

@@ -23,6 +23,7 @@ from omnifuse.finetune.freezing import no_weight_decay
 from omnifuse.finetune.lora import LoRAConfig
 from omnifuse.finetune.safe_load import register_safe_types
 from omnifuse.finetune.setup import setup_finetuning
+from omnifuse.fusion import FusedMemory
 from omnifuse.moe_core import MoEDecoderConfig
 from omnifuse.tasks.config import GenerationConfig, OptimizerConfig
 from omnifuse.tasks.distill import DistillConfig, distillation_loss
@@ -115,6 +116,21 @@ def _fused_adamw_devices() -> set[str]:
         return set(_get_fused_kernels_supported_devices())
     except ImportError:  # pragma: no cover - depends on the torch release
         return {"cpu", "cuda", "mps", "xpu"}
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, trainer: Any = None) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` entry for ``cfg``: linear warm-up over ``cfg.warmup_steps``, then a cosine from
+    ``lr`` to ``cfg.min_lr_ratio * lr`` at the trainer's last step, stepped every optimizer step."""
+    total = max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
+    warmup = min(cfg.warmup_steps, max(total - 1, 0))
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), "interval": "step"}
 
 
 def parameter_groups(
@@ -352,17 +368,7 @@ class OmniTask(L.LightningModule):
         )
         kernel = adamw_kernel(groups, cfg, clips_mixed_precision=clips_mixed)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **kernel)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
-        warmup = min(cfg.warmup_steps, max(total - 1, 0))
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine(optimizer, cfg, self._trainer)}
 
     # ------------------------------------------------------------------ evaluation
 
@@ -373,7 +379,7 @@ class OmniTask(L.LightningModule):
         self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=len(batch), sync_dist=True)
         self._log_modality_weights(stage, memory.modality_weights, batch, len(batch))
         if self.eval_generate:
-            generation = self.generate(batch)
+            generation = self.generate(batch, memory)  # the loss's memory: the encoders run once per batch
             self.update_metrics(generation.texts, batch)
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -402,8 +408,8 @@ class OmniTask(L.LightningModule):
 
     # ------------------------------------------------------------------ inference
 
-    def generate(self, batch: MultimodalBatch) -> Generation:
-        return self.model.generate(batch, **self.generation_kwargs(batch))
+    def generate(self, batch: MultimodalBatch, memory: FusedMemory | None = None) -> Generation:
+        return self.model.generate(batch, memory=memory, **self.generation_kwargs(batch))
 
     def predict_step(self, batch: MultimodalBatch, batch_idx: int) -> dict[str, list[dict]]:
         """Predictions for the good records and (id, reason) for the bad ones; the writer persists both."""

@@ -126,6 +126,24 @@ def test_beam_of_one_equals_greedy_equals_reference(tmp_path: Path):
     assert _generated(greedy, eos) == _generated(beam, eos) == reference_greedy(task, batch, 12)
 
 
+def test_evaluation_encodes_each_batch_once_and_scores_what_generate_alone_generates(tmp_path: Path):
+    """A validation / test step computes the loss and generates from one encoding of the batch: the image encoder
+    runs once per step, and the texts scored are those ``OmniModel.generate`` produces when it encodes by itself."""
+    torch.manual_seed(0)
+    task = tiny_task().eval()
+    task.generation_config = GenerationConfig(max_new_tokens=12, strategy="greedy")
+    batch = load_batch(write_manifest(tmp_path))
+    reference = task.model.generate(batch, max_new_tokens=12, strategy="greedy").texts
+    calls = []
+    task.model.encoders["image"].register_forward_hook(lambda *_: calls.append(1))
+    scored = []
+    task.update_metrics = lambda predictions, b: scored.extend(predictions)
+    with torch.no_grad():
+        task._eval_step("val", batch)
+    assert len(calls) == 1
+    assert scored == reference
+
+
 def test_default_generation_is_beam_search():
     g = tiny_task().generation_config
     assert g.strategy == "beam" and g.num_beams > 1
