@@ -12,3 +12,13 @@ os.environ.setdefault("OMNIFUSE_THREADS", "1")  # what Predictor and the omnifus
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread and leaves the count as it found it (a verb under test may plan
+    its own threads; the next test must not inherit them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

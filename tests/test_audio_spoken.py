@@ -33,16 +33,6 @@ HOP = 160
 N_FFT = 400
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine two threads made the overfit test
-    13x slower (measured: 3.4 s CPU with one thread, 48 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_audio_encoder(**overrides) -> AudioEncoder:
     kwargs = dict(n_mels=40, hop_length=HOP, win_length=N_FFT, d_model=32, n_layers=1, n_heads=2, conv_channels=8)
     kwargs.update(overrides)

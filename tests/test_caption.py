@@ -32,15 +32,6 @@ DECODER = dict(d_model=32, n_layers=2, n_heads=2, n_dense_layers=1, d_ff_dense=6
                n_shared_experts=1, top_k=2, d_expert=32, max_seq_len=64)  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second intra-op thread only adds synchronisation (and on a busy 2-core machine, a lot of it).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _draw(path: Path, colour, shape: str, corner) -> None:
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (255, 255, 255))
     x, y = corner

@@ -27,16 +27,6 @@ TEST_VIEWS = [f"test_{v}" for v in MIXED_VIEWS]
 VIEW_MODALITIES = {"text": {"image", "text"}, "audio": {"image", "audio"}, "both": {"image", "audio", "text"}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core machine two threads made the overfit test
-    13x slower (measured: 3.4 s CPU with one thread, 48 s with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

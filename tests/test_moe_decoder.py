@@ -10,15 +10,6 @@ from omnifuse.moe_core import DecoderOutput, MoEDecoder, MoEDecoderConfig
 from omnifuse.moe_core.attention import RotaryEmbedding, apply_rope
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-offs that dominate on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**kw) -> MoEDecoderConfig:
     base = dict(vocab_size=40, d_model=32, n_layers=3, n_heads=4, d_memory=24, n_dense_layers=1, d_ff_dense=48,
                 n_routed_experts=8, n_shared_experts=1, top_k=2, d_expert=16, max_seq_len=64, pad_id=39)  # fmt: skip

@@ -7,16 +7,6 @@ import torch
 
 from omnifuse.moe_core import GenerationOutput, MoEDecoder, MoEDecoderConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-offs that dominate on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 EOS = 3
 
 

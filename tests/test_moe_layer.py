@@ -12,16 +12,6 @@ import omnifuse.moe_core.experts as experts_mod
 from omnifuse.moe_core.experts import expert_swiglu
 from omnifuse.moe_core.moe import MoELayer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-offs that dominate on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------ reference
 
 

@@ -8,15 +8,6 @@ import torch
 from omnifuse.moe_core.router import Router, update_router_biases
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP hand-offs that dominate on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("bias_shift", [0.0, -5.0])
 @pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
 def test_group_limited_routing_never_picks_masked_group(bias_shift, score_func):

@@ -30,14 +30,6 @@ TINY_DECODER = MoEDecoderConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _audio_encoder(**overrides) -> AudioEncoder:
     kwargs = dict(n_mels=40, hop_length=160, win_length=400, d_model=32, n_layers=1, n_heads=2, conv_channels=8)
     kwargs.update(overrides)
