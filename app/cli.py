@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -33,7 +34,6 @@ from omnifuse.finetune.safe_load import (
     scan_checkpoint,
     unpickling_reason,
 )
-from omnifuse.tasks.module import OmniTask
 
 LIGHTNING_VERBS = ("fit", "validate", "test", "predict")
 
@@ -223,7 +223,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> OmniCLI:
     inherited = os.environ.get(runs.ENV)
     try:
         return OmniCLI(
-            OmniTask,
+            # Any LightningModule: the generating tasks (omnifuse.tasks.VQATask, CaptionTask, StructuredTask) and the
+            # contrastive scorer (omnifuse.tasks.contrastive.ContrastiveTask) share the verbs, the data module and the run folders.
+            L.LightningModule,
             MultimodalDataModule,
             subclass_mode_model=True,
             args=args,
@@ -237,6 +239,15 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> OmniCLI:
             os.environ.pop(runs.ENV, None)
         else:
             os.environ[runs.ENV] = inherited
+
+
+def _is_scorer_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a contrastive scorer's checkpoint (``ContrastiveTask``), exported as a scorer folder."""
+    if not path.endswith(".ckpt") or not Path(path).is_file():
+        return False
+    from omnifuse.finetune.safe_load import load_checkpoint
+
+    return "omnifuse_scorer_config" in load_checkpoint(path)
 
 
 def export_main(argv: list[str]) -> int:
@@ -262,6 +273,12 @@ def export_main(argv: list[str]) -> int:
         from omnifuse.finetune.lora import export_adapters
 
         written = export_adapters(args.checkpoint, args.out)
+    elif _is_scorer_checkpoint(args.checkpoint):
+        if args.quantize:
+            parser.error("--quantize applies to generating models, not to a contrastive scorer")
+        from omnifuse.tasks.clip_scorer import ClipScorer
+
+        written = ClipScorer.from_pretrained(args.checkpoint).save_pretrained(args.out)
     else:
         from omnifuse.tasks.model import OmniModel
 
@@ -275,7 +292,10 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-export_main.__doc__ = "Export a Lightning checkpoint as a save_pretrained folder (config.json + model.safetensors)."
+export_main.__doc__ = (
+    "Export a Lightning checkpoint as a save_pretrained folder (config.json + model.safetensors), or a contrastive "
+    "scorer checkpoint as a scorer folder (scorer.json + model.safetensors) for omnifuse curate."
+)
 
 
 def _lightning(verb: str) -> Callable[[list[str]], int]:
@@ -303,6 +323,7 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "plot": (_lazy("omnifuse.app.plots"), "charts of modality weights and expert routing from a predict folder"),
     "serve": (_lazy("omnifuse.app.serve"), "online inference over HTTP: dynamic batching, a web page, /metrics"),
     "prune": (_lazy("omnifuse.app.prune"), "drop the least used routed experts (calibration manifest) -> smaller model"),
+    "curate": (_lazy("omnifuse.app.curate"), "filter a manifest by CLIP score, drop near-duplicates; a report of each"),
 }
 
 

@@ -254,15 +254,18 @@ def parse_entries(
             yield e
 
 
-def _manifest_lines(path: Path) -> Iterator[tuple[int, Any]]:
+def _manifest_lines(path: Path, texts: dict[int, str] | None = None) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed JSON or RecordError)`` for each non-blank line; a UTF-8 byte-order mark at the start of
-    the file (Windows editors write one) is skipped."""
+    the file (Windows editors write one) is skipped. ``texts``, when given, receives each such line's text (without
+    its line ending; undecodable bytes replaced)."""
     with path.open("rb") as fh:
         for line_no, raw_line in enumerate(fh, start=1):
             if line_no == 1 and raw_line.startswith(codecs.BOM_UTF8):
                 raw_line = raw_line[len(codecs.BOM_UTF8) :]
             if not raw_line.strip():
                 continue
+            if texts is not None:
+                texts[line_no] = raw_line.decode("utf-8", errors="replace").rstrip("\r\n")
             try:
                 yield line_no, json.loads(raw_line.decode("utf-8"))
             except UnicodeDecodeError as e:
@@ -271,6 +274,15 @@ def _manifest_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 yield line_no, RecordError(f"line {line_no}", "<json>", f"invalid JSON: {e.msg} at column {e.colno}")
             except RecursionError:
                 yield line_no, RecordError(f"line {line_no}", "<json>", "invalid JSON: nested too deeply")
+
+
+def read_manifest_lines(path: str | Path, *, require_target: bool = True) -> list[tuple[int, str, Record | RecordError]]:
+    """``read_manifest`` with each entry's line: ``(line number, the line's text, Record or RecordError)``, so a tool
+    that filters a manifest (``omnifuse curate``) can write the kept lines exactly as they were."""
+    path = Path(path)
+    texts: dict[int, str] = {}
+    entries = list(parse_entries(_manifest_lines(path, texts), path.resolve().parent, require_target=require_target))
+    return [(n, texts[n], e) for n, e in zip(sorted(texts), entries, strict=True)]
 
 
 def read_manifest(path: str | Path, *, require_target: bool = True) -> list[Record | RecordError]:

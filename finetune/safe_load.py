@@ -36,6 +36,7 @@ _CONFIG_CLASSES = (
     "omnifuse.tasks.speech_ctc.SpeechCTCConfig",
     "omnifuse.tasks.distill.DistillConfig",
     "omnifuse.finetune.lora.LoRAConfig",
+    "omnifuse.tasks.clip_scorer.ScorerConfig",
 )
 
 
