@@ -14,6 +14,14 @@ Each checkpoint is rebuilt from its own config with ``decoder.top_p`` set (what 
 3. on the test split, fixed top-k and the chosen ``p``: the same figures, plus the time spent inside the MoE layers
    (forward hooks, summed over the pass) and the records/s of the whole pass, the two settings timed alternately.
 
+Trained with adaptive routing (``--model.init_args.decoder.top_p P --model.init_args.decoder.experts_loss_coef C``):
+
+    python benchmarks/adaptive_routing.py --ckpts runs/adaptive_p03/seed_{0,1,2}/version_0/checkpoints/best.ckpt \
+        --baseline runs/recipe_evalshare/seed_{0,1,2}/version_0/checkpoints/best.ckpt
+
+runs each checkpoint with the routing it was trained with against the fixed top-k checkpoint of the same seed (steps
+1 and 3, nothing chosen: ``p`` and the penalty were fixed before training).
+
 Prints one table with the median and worst over the checkpoints. A measured figure, never pass/fail.
 """
 
@@ -28,15 +36,19 @@ from pathlib import Path
 ANSWER_TYPES = ("yes/no", "color", "shape")  # easy-VQA's meta.answer_type
 
 
-def build(ckpt: Path, top_p: float | None = None, **decoder):
-    """The checkpoint's model with ``decoder.top_p`` replaced (None: the fixed top-k it was trained with) and any
-    other decoder settings given (e.g. ``exit_threshold``)."""
+OWN = "own"  # build(ckpt, OWN): the routing the checkpoint was trained with
+
+
+def build(ckpt: Path, top_p: float | None | str = None, **decoder):
+    """The checkpoint's model with ``decoder.top_p`` replaced (None: fixed top-k; ``OWN``: the checkpoint's own
+    setting) and any other decoder settings given (e.g. ``exit_threshold``)."""
     from omnifuse.finetune.safe_load import load_checkpoint
     from omnifuse.tasks.model import OmniModel
 
     checkpoint = load_checkpoint(ckpt)
     config = dict(checkpoint["omnifuse_model_config"])
-    config["decoder"] = {**config["decoder"], "top_p": top_p, "min_experts": 1, **decoder}
+    routing = {} if top_p == OWN else {"top_p": top_p, "min_experts": 1}
+    config["decoder"] = {**config["decoder"], **routing, **decoder}
     model = OmniModel.from_config(config)
     state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
@@ -114,6 +126,14 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
     return result
 
 
+def choose_on_validation(val: dict, candidates: list, cost: str, max_drop: float):
+    """The candidate setting with the lowest median ``cost`` (e.g. experts per token) among those whose validation
+    accuracy is within ``max_drop`` points of the baseline (key None) on every checkpoint; None if there is none."""
+    n = len(val[None])
+    fine = [c for c in candidates if all(val[c][i]["accuracy"] >= val[None][i]["accuracy"] - max_drop for i in range(n))]
+    return min(fine, key=lambda c: statistics.median(r[cost] for r in val[c])) if fine else None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpts", nargs="+", required=True, help="one trained checkpoint per seed")
@@ -122,31 +142,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", default="datasets/easyvqa/vqa_val.jsonl")
     parser.add_argument("--test", default="datasets/easyvqa/vqa_test.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="the first N records of each split (a quick look)")
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        help="fixed top-k checkpoints, one per --ckpts entry (same seed): --ckpts were then trained with adaptive "
+        "routing and are run with their own top_p against these (no p is chosen here)",
+    )
     args = parser.parse_args(argv)
-    settings: list[float | None] = [None, *args.top_p]
+    if args.baseline and len(args.baseline) != len(args.ckpts):
+        parser.error("--baseline needs one checkpoint per --ckpts entry")
+    settings: list = [None, *args.top_p]
     label = {p: ("top-k" if p is None else f"top_p {p:g}") for p in settings}
 
-    val: dict[float | None, list[dict]] = defaultdict(list)
-    for n, ckpt in enumerate(args.ckpts):
-        for p in settings:
-            val[p].append(evaluate(build(Path(ckpt), p), Path(args.val), limit=args.limit))
-            r = val[p][-1]
-            print(
-                f"checkpoint {n} val {label[p]:12s} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f} {r['histogram']}",
-                flush=True,
-            )
-    # Chosen on validation only: fewest experts per token, within max_drop of top-k on every checkpoint.
-    fine = [
-        p for p in args.top_p
-        if all(val[p][i]["accuracy"] >= val[None][i]["accuracy"] - args.max_drop for i in range(len(args.ckpts)))
-    ]  # fmt: skip
-    chosen = min(fine, key=lambda p: statistics.median(r["experts/all"] for r in val[p])) if fine else None
-    print(f"chosen on validation: {label[chosen] if chosen is not None else 'none within the limit'}", flush=True)
+    val: dict = defaultdict(list)
+    if args.baseline:
+        own = build(Path(args.ckpts[0]), OWN).decoder_config
+        chosen = OWN
+        label[OWN] = f"trained top_p {own.top_p:g}, experts loss {own.experts_loss_coef:g}"
+        for n, (base, ckpt) in enumerate(zip(args.baseline, args.ckpts, strict=True)):
+            for p, path in ((None, base), (OWN, ckpt)):
+                val[p].append(evaluate(build(Path(path), p), Path(args.val), limit=args.limit))
+                r = val[p][-1]
+                print(f"pair {n} val {label[p]} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f}", flush=True)
+    else:
+        for n, ckpt in enumerate(args.ckpts):
+            for p in settings:
+                val[p].append(evaluate(build(Path(ckpt), p), Path(args.val), limit=args.limit))
+                r = val[p][-1]
+                print(
+                    f"checkpoint {n} val {label[p]:12s} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f} {r['histogram']}",
+                    flush=True,
+                )
+        chosen = choose_on_validation(val, args.top_p, "experts/all", args.max_drop)
+        print(f"chosen on validation: {label[chosen] if chosen is not None else 'none within the limit'}", flush=True)
 
-    test: dict[float | None, list[dict]] = defaultdict(list)
+    test: dict = defaultdict(list)
     for n, ckpt in enumerate(args.ckpts):
-        models = {p: build(Path(ckpt), p) for p in dict.fromkeys([None, chosen])}
-        evaluate(models[None], Path(args.val), limit=args.limit)  # warm-up (decoded images cached, kernels loaded)
+        if args.baseline:
+            models = {None: build(Path(args.baseline[n]), None), OWN: build(Path(ckpt), OWN)}
+        else:
+            models = {p: build(Path(ckpt), p) for p in dict.fromkeys([None, chosen])}
+        for model in models.values():  # warm-up (decoded images cached, kernels loaded)
+            evaluate(model, Path(args.val), limit=args.limit)
         order = list(models) if n % 2 == 0 else list(reversed(models))  # alternate which setting runs first
         for p in order:
             test[p].append(evaluate(models[p], Path(args.test), timed=True, limit=args.limit))

@@ -21,7 +21,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from adaptive_routing import ANSWER_TYPES, build, evaluate
+from adaptive_routing import ANSWER_TYPES, build, choose_on_validation, evaluate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             r = evaluate(build(Path(ckpt), exit_threshold=t), Path(args.val), limit=args.limit)
             val[t].append(r)
             print(f"checkpoint {n} val {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f}", flush=True)
-    fine = [
-        t for t in args.thresholds
-        if all(val[t][i]["accuracy"] >= val[None][i]["accuracy"] - args.max_drop for i in range(len(args.ckpts)))
-    ]  # fmt: skip
-    chosen = min(fine, key=lambda t: statistics.median(r["layers/all"] for r in val[t])) if fine else None
+    chosen = choose_on_validation(val, args.thresholds, "layers/all", args.max_drop)
     print(f"chosen on validation: {label[chosen] if chosen is not None else 'none within the limit'}", flush=True)
 
     test: dict[float | None, list[dict]] = defaultdict(list)

@@ -12,7 +12,9 @@ gradients need the usual data-parallel all-reduce, e.g. DDP). A forward pass:
 
 Both all-to-alls are differentiable (the backward is the inverse exchange), so expert weights get the
 gradient of every rank's tokens. Every rank must call forward the same number of times (collectives).
-The state dict of a sharded layer holds only the local experts.
+The state dict of a sharded layer holds only the local experts; :func:`gather_experts` / :func:`shard_experts` convert
+to and from the full layout, and :meth:`ExpertParallelMoELayer.gather_for_eval` gives every rank a full copy for
+evaluation, where ranks generate different numbers of tokens and so cannot meet in collectives.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from omnifuse.moe_core.experts import CopySlots, RoutedExperts
+from omnifuse.moe_core.experts import CopySlots, RoutedExperts, moe_swiglu
 from omnifuse.moe_core.moe import Dispatch, MoELayer
 
 
@@ -65,18 +67,35 @@ class ExpertParallelMoELayer(MoELayer):
         self.aux_loss_coef, self.seq_aux_loss_coef = layer.aux_loss_coef, layer.seq_aux_loss_coef
         self.z_loss_coef, self.capacity_factor = layer.z_loss_coef, layer.capacity_factor
         self.experts_loss_coef = layer.experts_loss_coef
-        self.router, self.shared = layer.router, layer.shared
+        # Submodules in MoELayer's order (router, experts, shared): parameter order decides the optimizer state's
+        # indices, and a checkpoint must resume the same in either layout.
+        self.router = layer.router
         src = layer.experts
         self.experts = RoutedExperts(self.n_local, src.d_model, src.d_expert, src.impl)
+        self.shared = layer.shared
         lo, hi = self.rank * self.n_local, (self.rank + 1) * self.n_local
         with torch.no_grad():
             for name in ("w_gate", "w_up", "w_down"):
                 getattr(self.experts, name).data = getattr(src, name)[lo:hi].detach().clone()
+        self._full: tuple[Tensor, Tensor, Tensor] | None = None  # gather_for_eval's full weights
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, world={self.world}, local_experts={self.n_local}"
 
+    @torch.no_grad()
+    def gather_for_eval(self) -> None:
+        """Every rank gets the full expert weights (a collective: all ranks call it together) and runs the layer
+        locally, without all-to-alls, until :meth:`release_full`. For evaluation: generation stops per rank."""
+        self._full = tuple(gather_experts(getattr(self.experts, n), self.group) for n in ("w_gate", "w_up", "w_down"))
+
+    def release_full(self) -> None:
+        self._full = None
+
     def _routed(self, x: Tensor, disp: Dispatch, weights: Tensor) -> Tensor:
+        if self._full is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError("the gathered expert weights are for evaluation: call release_full() before training")
+            return moe_swiglu(x, disp.order, self.top_k, weights, *self._full, disp.counts, self.experts.impl)
         slots = CopySlots(disp.order, x.size(0), self.top_k)
         xs = slots.gather(x)  # (M, d) my token copies, sorted by expert
         ys = self._exchange_and_run(xs, disp.counts, weights)  # (M, d) weighted expert outputs
@@ -121,3 +140,24 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup | None = No
             if isinstance(child, MoELayer) and not isinstance(child, ExpertParallelMoELayer):
                 setattr(parent, name, ExpertParallelMoELayer(child, group))
     return model
+
+
+def gather_experts(local: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """The full stacked expert tensor ``(E, ...)`` from each rank's ``(E / W, ...)`` shard (rank order = expert
+    order). A collective: every rank of ``group`` calls it with its shard."""
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local.detach().contiguous(), group=group)
+    return torch.cat(parts, dim=0)
+
+
+def shard_experts(full: Tensor, rank: int, world: int) -> Tensor:
+    """Rank ``rank``'s shard ``(E / W, ...)`` of a full stacked expert tensor ``(E, ...)``."""
+    if full.size(0) % world:
+        raise ValueError(f"{full.size(0)} experts cannot be split over {world} ranks")
+    n = full.size(0) // world
+    return full[rank * n : (rank + 1) * n].clone()
+
+
+def expert_parallel_layers(model: nn.Module) -> dict[str, ExpertParallelMoELayer]:
+    """The sharded layers of ``model`` by module name (empty when none were sharded)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, ExpertParallelMoELayer)}

@@ -39,6 +39,12 @@ IGNORE_INDEX = -100
 register_safe_types()
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a lower precision (bf16 / fp16 logits: the loss needs fp32), else unchanged (a
+    float64 run keeps float64 losses)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def rng_states() -> dict[str, Any]:
     """The global RNG states (torch, CUDA, numpy, random) as tensors and plain Python values, so that checkpoints
     holding them still load with ``torch.load(weights_only=True)`` (numpy arrays would not)."""
@@ -280,18 +286,18 @@ class OmniTask(L.LightningModule):
         sequences = self.model.encode_modalities(batch)
         output, memory = self.model(batch, sequences)
         labels = batch.target_ids[:, 1:].masked_fill(~batch.target_mask[:, 1:], IGNORE_INDEX)  # (B, T-1)
-        ce = F.cross_entropy(output.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        ce = F.cross_entropy(at_least_fp32(output.logits.flatten(0, 1)), labels.flatten(), ignore_index=IGNORE_INDEX)
         losses = {"ce": ce, "router": output.router_loss}
         if output.mtp_logits is not None and labels.shape[1] > 1:
             # MTP position t predicts token t+2, i.e. labels[:, t+1].
             mtp = F.cross_entropy(
-                output.mtp_logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+                at_least_fp32(output.mtp_logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
             )
             losses["mtp"] = self.model.decoder_config.mtp_loss_coef * mtp
         if output.exit_logits and self.model.decoder_config.exit_loss_coef > 0:
             # Early exit: each exit layer learns to predict the next token through the shared head.
             exit_ce = torch.stack([
-                F.cross_entropy(e.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+                F.cross_entropy(at_least_fp32(e.flatten(0, 1)), labels.flatten(), ignore_index=IGNORE_INDEX)
                 for e in output.exit_logits
             ]).mean()  # fmt: skip
             losses["exit"] = self.model.decoder_config.exit_loss_coef * exit_ce
