@@ -10,13 +10,18 @@ What happens to each record, in this order (the first reason that applies is the
 
 1. ``invalid``: the line does not parse or fails validation (the usual per-record error, naming the field);
 2. ``unreadable``: an image it names cannot be decoded (size limits as everywhere);
-3. ``--dedup``, ``near-duplicate image``: its image file is a near-duplicate (pHash within ``--dedup-distance`` bits,
-   :mod:`omnifuse.data.dedup`) of a *different* file that an earlier kept record uses; ``duplicate``: an earlier
-   kept record has the same task, image (the same file or a near-duplicate), audio file, text and target;
-4. ``low clip score``: with ``--min-clip-score S``, its image-text pair scores below ``S`` (cosine similarity of the
-   scorer's embeddings, in [-1, 1]); with ``--drop-lowest F``, it is among the fraction ``F`` of lowest-scoring pairs
-   (of the pairs still kept after step 3). The pair's text is the caption (``target``) of a ``caption`` record and
-   the ``text`` of any other (``--text-field`` chooses); a record without an image or without that text is not scored.
+3. ``low clip score``: with ``--min-clip-score S``, its image-text pair scores below ``S`` (cosine similarity of the
+   scorer's embeddings, in [-1, 1]); with ``--drop-lowest F``, it is among the fraction ``F`` of lowest-scoring pairs.
+   The pair's text is the caption (``target``) of a ``caption`` record and the ``text`` of any other
+   (``--text-field`` chooses); a record without an image or without that text is not scored;
+4. ``--dedup``, among the records still kept (so a group of copies keeps a member that passed the scores):
+   ``near-duplicate image``: its image file is a near-duplicate (pHash within ``--dedup-distance`` bits and 8x8
+   thumbnails within ``--dedup-pixel-diff``, :mod:`omnifuse.data.dedup`) of a *different* file that an earlier kept record uses (``--dedup-by image``, the
+   default; ``--dedup-by content`` keeps such records unless step 4's second rule applies); ``duplicate``: an earlier
+   kept record has the same task, image (the same file or a near-duplicate), audio file, text and target.
+
+Each image file is decoded once to find unreadable files and hash it, and once more, batch by batch, for scoring; no
+pixels are held beyond a batch, so memory does not grow with the manifest.
 
 Kept records are written to ``--out`` exactly as their lines were (same folder as the manifest, so their relative
 paths still resolve); every record, kept or not, is in the report (``--report``, default ``<out>.report.json``) with
@@ -35,7 +40,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-REASONS = ("invalid", "unreadable", "near-duplicate image", "duplicate", "low clip score")
+REASONS = ("invalid", "unreadable", "low clip score", "near-duplicate image", "duplicate")
+DEDUP_BY = ("image", "content")
 
 
 def _pair_text(record, text_field: str) -> str | None:
@@ -90,13 +96,15 @@ def curate(
     drop_lowest: float | None = None,
     dedup: bool = False,
     dedup_distance: int = 6,
+    dedup_by: str = "image",
+    dedup_pixel_diff: float = 0.013,
     text_field: str = "auto",
     batch_size: int = 64,
 ) -> dict[str, Any]:
     """Curate ``manifest`` into ``out`` (see the module docstring); returns the report (also written as JSON)."""
     import torch
 
-    from omnifuse.data.dedup import near_duplicate_groups, phash
+    from omnifuse.data.dedup import near_duplicate_groups, phash, thumbnail
     from omnifuse.data.loaders import LoadError, decode_image
     from omnifuse.data.records import Record, read_manifest_lines
 
@@ -110,6 +118,8 @@ def curate(
         raise ValueError("--out must not be the manifest itself")
     if min_clip_score is not None and drop_lowest is not None:
         raise ValueError("give --min-clip-score or --drop-lowest, not both")
+    if dedup_by not in DEDUP_BY:
+        raise ValueError(f"--dedup-by must be one of {DEDUP_BY}, got {dedup_by!r}")
     if drop_lowest is not None and not 0.0 <= drop_lowest < 1.0:
         raise ValueError(f"--drop-lowest must be in [0, 1), got {drop_lowest}")
     scoring = min_clip_score is not None or drop_lowest is not None
@@ -131,8 +141,17 @@ def curate(
         if detail:
             rows[i]["detail"] = detail
 
-    # Images: decoded once per distinct file, only when something needs the pixels.
-    pixels: dict[Path, Any] = {}
+    def decoded(path: Path):
+        """The image, or the reason it cannot be read."""
+        try:
+            return decode_image(path), None
+        except (LoadError, OSError) as e:
+            return None, str(e)
+        except Exception as e:  # noqa: BLE001 -- a crafted file can make any decoder step fail
+            return None, f"{type(e).__name__}: {e}"
+
+    # 1. Every image file a step needs is decoded once here: unreadable ones are found, hashes taken for --dedup. No
+    # pixels are kept (memory stays bounded by one image); scoring decodes its batches again.
     needs_pixels = [
         i for i, (_, _, e) in enumerate(entries)
         if isinstance(e, Record) and e.image is not None
@@ -140,47 +159,23 @@ def curate(
     ]  # fmt: skip
     files = list(dict.fromkeys(entries[i][2].image for i in needs_pixels))
     bad_files: dict[Path, str] = {}
+    hashes: dict[Path, int] = {}
+    thumbs: dict[Path, Any] = {}
     with _progress() as progress:
         task = progress.add_task("reading images", total=len(files))
         for path in files:
-            try:
-                pixels[path] = decode_image(path)
-            except (LoadError, OSError) as e:
-                bad_files[path] = str(e)
-            except Exception as e:  # noqa: BLE001 -- a crafted file can make any decoder step fail
-                bad_files[path] = f"{type(e).__name__}: {e}"
+            image, fault = decoded(path)
+            if fault is not None:
+                bad_files[path] = fault
+            elif dedup:
+                hashes[path], thumbs[path] = phash(image), thumbnail(image)
             progress.advance(task)
     for i in needs_pixels:
         path = entries[i][2].image
         if path in bad_files:
             drop(i, "unreadable", f"image: {bad_files[path]}")
 
-    if dedup:
-        good = [p for p in files if p in pixels]
-        hashes = {p: phash(pixels[p]) for p in good}
-        groups = near_duplicate_groups([hashes[p] for p in good], dedup_distance)
-        representative = {p: (good[r], d) for p, (r, d) in zip(good, groups, strict=True)}
-        first_user: dict[Path, str] = {}  # kept file -> the first kept record using it
-        seen: dict[str, str] = {}  # content key -> first kept record id
-        for i, (_, _, e) in enumerate(entries):
-            if not rows[i]["kept"]:
-                continue
-            group = None
-            if e.image is not None and e.image in representative:
-                rep, distance = representative[e.image]
-                # Files are hashed in order of first use, so the group's first file already has a kept user.
-                if rep != e.image:
-                    drop(i, "near-duplicate image",
-                         f"image is {distance} bits from {rep.name} (record {first_user[rep]!r})")  # fmt: skip
-                    continue
-                first_user.setdefault(rep, e.id)
-                group = str(rep)
-            key = _content_key(e, group)
-            if key in seen:
-                drop(i, "duplicate", f"same task, image, audio, text and target as record {seen[key]!r}")
-                continue
-            seen[key] = e.id
-
+    # 2. Scores first, so that --dedup keeps, of each group, a member that passed them.
     if scoring:
         scored = [
             i for i, (_, _, e) in enumerate(entries)
@@ -191,7 +186,8 @@ def curate(
             task = progress.add_task("scoring pairs", total=len(scored))
             for start in range(0, len(scored), batch_size):
                 chunk = scored[start : start + batch_size]
-                images = torch.stack([scorer.preprocess(pixels[entries[i][2].image]) for i in chunk])
+                batch = {p: decoded(p)[0] for p in dict.fromkeys(entries[i][2].image for i in chunk)}
+                images = torch.stack([scorer.preprocess(batch[entries[i][2].image]) for i in chunk])
                 texts = [_pair_text(entries[i][2], text_field) for i in chunk]
                 for i, s in zip(chunk, scorer.score(images, texts).tolist(), strict=True):
                     rows[i]["score"] = round(float(s), 6)
@@ -205,6 +201,36 @@ def curate(
             lowest = sorted(scored, key=lambda i: (rows[i]["score"], rows[i]["line"]))[:n_drop]
             for i in lowest:
                 drop(i, "low clip score", f"among the lowest {drop_lowest:.0%} of {len(scored)} scored pairs")
+
+    # 3. Duplicates among the records still kept. Groups of near-duplicate files are formed in order of first use by
+    # a kept record, so a group's first file always has a kept user when a later member is met.
+    if dedup:
+        used = list(dict.fromkeys(
+            e.image for i, (_, _, e) in enumerate(entries) if rows[i]["kept"] and e.image in hashes
+        ))  # fmt: skip
+        groups = near_duplicate_groups(
+            [hashes[p] for p in used], dedup_distance, [thumbs[p] for p in used], dedup_pixel_diff
+        )
+        representative = {p: (used[r], d) for p, (r, d) in zip(used, groups, strict=True)}
+        first_user: dict[Path, str] = {}  # a group's first file -> the first kept record using it
+        seen: dict[str, str] = {}  # content key -> first kept record id
+        for i, (_, _, e) in enumerate(entries):
+            if not rows[i]["kept"]:
+                continue
+            group = None
+            if e.image is not None and e.image in representative:
+                rep, distance = representative[e.image]
+                if rep != e.image and dedup_by == "image":
+                    drop(i, "near-duplicate image",
+                         f"image is {distance} bits from {rep.name} (record {first_user[rep]!r})")  # fmt: skip
+                    continue
+                first_user.setdefault(rep, e.id)
+                group = str(rep)
+            key = _content_key(e, group)
+            if key in seen:
+                drop(i, "duplicate", f"same task, image, audio, text and target as record {seen[key]!r}")
+                continue
+            seen[key] = e.id
 
     kept_lines = [text for (_, text, _), row in zip(entries, rows, strict=True) if row["kept"]]
     tmp = out.with_name(out.name + ".tmp")
@@ -226,8 +252,10 @@ def curate(
             "drop_lowest": drop_lowest,
             "dedup": dedup,
             "dedup_distance": dedup_distance,
+            "dedup_pixel_diff": dedup_pixel_diff,
+            "dedup_by": dedup_by,
             "text_field": text_field,
-        },  # fmt: skip
+        },
         "summary": summary,
         "records": rows,
     }
@@ -250,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dedup", action="store_true", help="drop near-duplicate images and duplicate records")
     parser.add_argument("--dedup-distance", type=int, default=6, help="pHash bits (of 64) within which two images are "
                         "near-duplicates (default 6)")  # fmt: skip
+    parser.add_argument("--dedup-pixel-diff", type=float, default=0.013, help="and whose 8x8 RGB thumbnails differ by "
+                        "at most this mean absolute difference (of the full range; default 0.013)")  # fmt: skip
+    parser.add_argument("--dedup-by", choices=DEDUP_BY, default="image",
+                        help="image: drop every record of a near-duplicate file (its copy of the content); content: "
+                        "near-duplicate files count as one image, and only records equal in task, image, audio, text "
+                        "and target are dropped (keeps the other questions asked about a copy)")  # fmt: skip
     parser.add_argument("--text-field", choices=["auto", "target", "text"], default="auto",
                         help="the pair's text: auto = target for caption records, text otherwise")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64)
@@ -267,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         scorer = load_scorer(args.scorer, args.scorer_weights) if args.scorer else None
         result = curate(
             args.manifest, args.out, report=args.report, scorer=scorer, min_clip_score=args.min_clip_score,
-            drop_lowest=args.drop_lowest, dedup=args.dedup, dedup_distance=args.dedup_distance,
+            drop_lowest=args.drop_lowest, dedup=args.dedup, dedup_distance=args.dedup_distance, dedup_by=args.dedup_by,
+            dedup_pixel_diff=args.dedup_pixel_diff,
             text_field=args.text_field, batch_size=args.batch_size,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as error:

@@ -14,7 +14,8 @@ swapped captions, and near-duplicate removal of injected copies; plus the scorer
 3. Near-duplicates: a copy of the test manifest plus one injected copy for 10 % of its images, half re-encoded as
    JPEG (quality 50), half resized to 56x56; each copy's record carries another phrasing of the caption, so only
    the image can give it away. ``omnifuse curate --dedup``: recall and precision of the removed set against the
-   injected records.
+   injected records. The thumbnail threshold (``--dedup-pixel-diff``) is chosen on copies injected into the
+   validation images, never on the test split.
 
 Files go under the dataset folder (the manifests' paths must stay inside it): ``<dataset>/curate_bench/``.
 A measured table, never pass/fail.
@@ -121,6 +122,30 @@ def inject_copies(rows: list[dict], folder: Path, root: Path, seed: int) -> tupl
     return mixed, injected
 
 
+def choose_pixel_diff(rows: list[dict], folder: Path, root: Path, seed: int, max_distance: int) -> float:
+    """The thumbnail threshold, from validation data alone: copies are injected into the validation images; the
+    threshold is halfway between the largest difference of a copy from its original and the smallest difference of
+    two distinct images within ``max_distance`` pHash bits (or, if those overlap, the largest copy difference)."""
+    from omnifuse.data.dedup import hamming, phash, thumbnail
+
+    dup_rows, injected = inject_copies(rows, folder, root, seed)
+    by_id = {r["id"]: r for r in dup_rows}
+    images = {r["image"]: Image.open(root / r["image"]).convert("RGB") for r in dup_rows}
+    hashes = {p: phash(im) for p, im in images.items()}
+    thumbs = {p: thumbnail(im) for p, im in images.items()}
+    copies = [float(abs(thumbs[by_id[i]["image"]] - thumbs[by_id[i.removesuffix("-copy")]["image"]]).mean())
+              for i in injected]  # fmt: skip
+    originals = list(dict.fromkeys(r["image"] for r in rows))
+    distinct = [float(abs(thumbs[a] - thumbs[b]).mean()) for n, a in enumerate(originals) for b in originals[n + 1 :]
+                if hamming(hashes[a], hashes[b]) <= max_distance]  # fmt: skip
+    top, bottom = max(copies), min(distinct, default=float("inf"))
+    chosen = (top + bottom) / 2 if bottom > top and bottom != float("inf") else top
+    print(f"validation: {len(copies)} injected copies differ from their originals by <= {top:.4f}; {len(distinct)} "
+          f"pairs of distinct images within {max_distance} bits differ by >= {bottom:.4f}: --dedup-pixel-diff "
+          f"{chosen:.4f}")  # fmt: skip
+    return round(chosen, 4)
+
+
 def recall(scorer, rows: list[dict], root: Path) -> dict[str, float]:
     from omnifuse.data.loaders import decode_image
     from omnifuse.tasks.contrastive import retrieval_recall
@@ -141,6 +166,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="datasets/easyvqa")
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dedup-distance", type=int, default=6)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -172,9 +198,11 @@ def main() -> None:
                             "--scorer", args.scorer, *flags)  # fmt: skip
         results.append((label, *separation(report, test_bad)))
 
-    dup_rows, injected = inject_copies(test_rows, bench, root, args.seed)
+    pixel_diff = choose_pixel_diff(val_rows, bench / "val", root, args.seed, args.dedup_distance)
+    dup_rows, injected = inject_copies(test_rows, bench / "test", root, args.seed)
     write(root / "curate_bench_test_dups.jsonl", dup_rows)
-    report = curate_run(root / "curate_bench_test_dups.jsonl", root / "curate_bench_test_dedup.jsonl", "--dedup")
+    report = curate_run(root / "curate_bench_test_dups.jsonl", root / "curate_bench_test_dedup.jsonl", "--dedup",
+                        "--dedup-distance", str(args.dedup_distance), "--dedup-pixel-diff", f"{pixel_diff}")  # fmt: skip
     removed = {r["id"] for r in report["records"] if not r["kept"]}
     dedup_recall = 100 * len(removed & injected) / max(1, len(injected))
     dedup_precision = 100 * len(removed & injected) / max(1, len(removed))
@@ -187,8 +215,8 @@ def main() -> None:
     print(
         f"\nnear-duplicates: {len(injected)} injected copies (JPEG q50 / resized 56x56) among {len(dup_rows)} records"
     )
-    print(f"{'--dedup (pHash, 6 bits)':48s} recall {dedup_recall:.1f} %, precision {dedup_precision:.1f} % "
-          f"({len(removed)} removed)")  # fmt: skip
+    label = f"--dedup-distance {args.dedup_distance} --dedup-pixel-diff {pixel_diff:.4f} (chosen on val)"
+    print(f"{label:48s} recall {dedup_recall:.1f} %, precision {dedup_precision:.1f} % ({len(removed)} removed)")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,15 @@ class ScorerConfig:
     text_cfg: dict[str, Any] | None = None
     image_mean: tuple[float, float, float] = tuple(open_clip.OPENAI_DATASET_MEAN)
     image_std: tuple[float, float, float] = tuple(open_clip.OPENAI_DATASET_STD)
+    # How an image reaches the input size: "crop" (open_clip's eval transform: shortest side resized, centre crop; what
+    # CLIP weights expect) or "square" (resized to a square, as omnifuse's data module does; what a scorer trained by
+    # ContrastiveTask saw).
+    resize: str = "crop"
     extra: dict[str, Any] = field(default_factory=dict)  # further open_clip.create_model keyword arguments
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("crop", "square"):
+            raise ValueError(f"resize must be 'crop' or 'square', got {self.resize!r}")
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.extra)
@@ -72,9 +80,15 @@ class ClipScorer(nn.Module):
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """One ``(3, H, W)`` uint8 (or [0, 1] float) image -> ``(3, S, S)`` float at the model's input size ``S``:
-        open_clip's eval transform (shortest side to ``S``, bicubic with antialiasing, centre crop)."""
+        open_clip's eval transform (shortest side to ``S``, bicubic with antialiasing, centre crop), or with
+        ``resize="square"`` the data module's (bilinear to ``S x S``)."""
         if image.dtype == torch.uint8:
             image = image.float().div_(255.0)
+        size = [self.image_size, self.image_size]
+        if self.config.resize == "square":
+            if tuple(image.shape[-2:]) != tuple(size):
+                image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+            return image.clamp_(0.0, 1.0)
         if min(image.shape[-2:]) != self.image_size:
             image = TF.resize(image, [self.image_size], interpolation=InterpolationMode.BICUBIC, antialias=True)
         if tuple(image.shape[-2:]) != (self.image_size, self.image_size):

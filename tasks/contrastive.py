@@ -15,6 +15,7 @@ cannot tell identical scenes apart.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -78,7 +79,8 @@ class ContrastiveTask(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.scorer_config = scorer or ScorerConfig()
+        # It learns from the data module's images, resized to a square: curation must see them the same way.
+        self.scorer_config = dataclasses.replace(scorer or ScorerConfig(), resize="square")
         self.scorer = ClipScorer(self.scorer_config, pretrained)
         self.optimizer_config = optimizer or OptimizerConfig()
         self.loss = ClipLoss()

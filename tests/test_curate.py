@@ -20,7 +20,7 @@ from torch.testing import assert_close
 from omnifuse.app.cli import cli_main
 from omnifuse.app.cli import main as omnifuse
 from omnifuse.app.curate import curate
-from omnifuse.data.dedup import hamming, near_duplicate_groups, phash
+from omnifuse.data.dedup import hamming, near_duplicate_groups, phash, thumbnail
 from omnifuse.data.loaders import decode_image
 from omnifuse.tasks.clip_scorer import ClipScorer
 from omnifuse.tasks.contrastive import retrieval_recall
@@ -99,17 +99,37 @@ def test_near_duplicate_groups_equal_a_brute_force_loop():
     rng = random.Random(0)
     hashes = [rng.getrandbits(64) for _ in range(60)]
     hashes += [h ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64)) for h in hashes[:20]]  # near copies
-    rng.shuffle(hashes)
-    for max_distance in (0, 2, 5):
+    order = list(range(len(hashes)))
+    rng.shuffle(order)
+    hashes = [hashes[i] for i in order]
+    gen = np.random.default_rng(0)
+    thumbs = [gen.random((8, 8, 3), dtype=np.float32) * 0.05 for _ in hashes]  # close or not: diffs around 0.017
+    for max_distance, max_diff in ((0, None), (2, None), (5, None), (5, 0.017)):
         expected, reps = [], []
         for i, h in enumerate(hashes):
-            match = next((j for j in reps if hamming(hashes[j], h) <= max_distance), None)
+            match = next(
+                (j for j in reps if hamming(hashes[j], h) <= max_distance
+                 and (max_diff is None or np.abs(thumbs[i] - thumbs[j]).mean() <= max_diff)),
+                None,
+            )  # fmt: skip
             if match is None:
                 reps.append(i)
                 expected.append((i, 0))
             else:
                 expected.append((match, hamming(hashes[match], h)))
-        assert near_duplicate_groups(hashes, max_distance) == expected
+        given = (thumbs, max_diff) if max_diff is not None else ()
+        assert near_duplicate_groups(hashes, max_distance, *given) == expected
+
+
+def test_thumbnail_check_tells_a_copy_from_another_colour_in_the_same_place():
+    red, green = draw("red", "square", (2, 10)), draw("green", "square", (2, 10))
+    buffer = io.BytesIO()
+    red.save(buffer, format="JPEG", quality=50)
+    copy = Image.open(io.BytesIO(buffer.getvalue()))
+    hashes = [phash(im) for im in (red, green, copy)]
+    assert hamming(hashes[0], hashes[1]) <= 6  # the hash alone cannot tell the colours apart ...
+    thumbs = [thumbnail(im) for im in (red, green, copy)]
+    assert near_duplicate_groups(hashes, 6, thumbs, 0.013) == [(0, 0), (1, 0), (0, hamming(hashes[0], hashes[2]))]
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -192,32 +212,66 @@ def write_dataset(folder: Path) -> Path:
 def test_curate_keeps_or_reports_every_record_with_its_reason(tmp_path):
     manifest = write_dataset(tmp_path)
     out = tmp_path / "curated.jsonl"
-    scorer = tiny_scorer()
-    result = curate(manifest, out, scorer=scorer, drop_lowest=0.25, dedup=True)
-    rows = {r["id"]: r for r in result["records"]}
     input_lines = [line for line in manifest.read_text().splitlines() if line.strip()]
+    good = {r["id"]: (line, r) for line in input_lines if (r := _parsed(line)) is not None}
+
+    # Duplicates alone: the JPEG copy of c1's image and a repeat of c0's record go, with the record they repeat.
+    result = curate(manifest, out, dedup=True)
+    rows = {r["id"]: r for r in result["records"]}
     assert len(result["records"]) == len(input_lines) == result["summary"]["records"]
     assert rows["line 4"]["reason"] == "invalid" and "<json>" in rows["line 4"]["detail"]
     assert rows["missing"]["reason"] == "invalid" and rows["missing"]["detail"].startswith("image:")
     assert rows["broken"]["reason"] == "unreadable" and rows["broken"]["detail"].startswith("image:")
     assert rows["copy"]["reason"] == "near-duplicate image" and "'c1'" in rows["copy"]["detail"]
     assert rows["again"]["reason"] == "duplicate" and "'c0'" in rows["again"]["detail"]
-    assert rows["other-caption"]["kept"] or rows["other-caption"]["reason"] == "low clip score"
-    assert rows["text-only"]["kept"] and rows["text-only"]["score"] is None  # no image: never scored
-    # --drop-lowest 0.25 of the 5 pairs still kept after dedup (c0-c3, other-caption): floor(1.25) = 1, the lowest,
-    # by scores computed here independently.
-    pairs = ["c0", "c1", "c2", "c3", "other-caption"]
-    good = {r["id"]: (line, r) for line in input_lines if (r := _parsed(line)) is not None}
-    images = torch.stack([scorer.preprocess(decode_image(tmp_path / good[p][1]["image"])) for p in pairs])
-    scores = dict(zip(pairs, scorer.score(images, [good[p][1]["target"] for p in pairs]).tolist(), strict=True))
-    lowest = min(pairs, key=scores.get)
-    assert [i for i, r in rows.items() if r["reason"] == "low clip score"] == [lowest]
-    for p in pairs:
-        assert rows[p]["score"] == pytest.approx(scores[p], abs=1e-5)
+    assert all(rows[i]["kept"] for i in ("c0", "c1", "c2", "c3", "other-caption", "text-only"))
     # The curated manifest holds the kept lines exactly as they were, in order; kept + dropped = all.
     assert out.read_text().splitlines() == [line for i, (line, _) in good.items() if rows[i]["kept"]]
     assert result["summary"]["kept"] + sum(result["summary"]["dropped"].values()) == len(input_lines)
     assert json.loads(Path(result["report"]).read_text())["records"] == result["records"]
+    # --dedup-by content: the copy names the same image as c1 with the same caption, so it is still a duplicate.
+    rows = {r["id"]: r for r in curate(manifest, out, dedup=True, dedup_by="content")["records"]}
+    assert rows["copy"]["reason"] == "duplicate" and "'c1'" in rows["copy"]["detail"]
+
+    # Scores alone: --drop-lowest 0.25 of the 7 readable image-text pairs drops floor(1.75) = 1, the lowest by scores
+    # computed here independently.
+    scorer = tiny_scorer()
+    rows = {r["id"]: r for r in curate(manifest, out, scorer=scorer, drop_lowest=0.25)["records"]}
+    pairs = ["c0", "c1", "c2", "c3", "copy", "again", "other-caption"]
+    images = torch.stack([scorer.preprocess(decode_image(tmp_path / good[p][1]["image"])) for p in pairs])
+    scores = dict(zip(pairs, scorer.score(images, [good[p][1]["target"] for p in pairs]).tolist(), strict=True))
+    assert [i for i, r in rows.items() if r["reason"] == "low clip score"] == [min(pairs, key=scores.get)]
+    for p in pairs:
+        assert rows[p]["score"] == pytest.approx(scores[p], abs=1e-5)
+    assert rows["text-only"]["kept"] and rows["text-only"]["score"] is None  # no image: never scored
+
+
+class _ScoresByText:
+    """A stand-in scorer with a fixed score per text (what is tested is the order of the steps, not a model)."""
+
+    def __init__(self, scores: dict[str, float]) -> None:
+        self.scores = scores
+
+    def eval(self):
+        return self
+
+    def preprocess(self, image):
+        return image.float()[:, :4, :4]
+
+    def score(self, images, texts):
+        return torch.tensor([self.scores.get(t, 1.0) for t in texts])
+
+
+def test_scores_come_before_dedup_so_a_group_keeps_a_member_that_passed(tmp_path):
+    manifest = write_dataset(tmp_path)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if _parsed(line)]
+    rows = [dict(r, target="a blue circle at the right") if r["id"] == "copy" else r for r in rows]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scorer = _ScoresByText({SCENES[1][0]: 0.1})  # c1's own pair scores low; its copy's phrasing scores high
+    result = curate(manifest, tmp_path / "curated.jsonl", scorer=scorer, min_clip_score=0.5, dedup=True)
+    by_id = {r["id"]: r for r in result["records"]}
+    assert by_id["c1"]["reason"] == "low clip score"
+    assert by_id["copy"]["kept"]  # the group's member that passed the score stands for it
 
 
 def test_curate_command_refuses_unusable_settings_with_one_line(tmp_path, capsys):
