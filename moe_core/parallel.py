@@ -71,12 +71,15 @@ class ExpertParallelMoELayer(MoELayer):
         # indices, and a checkpoint must resume the same in either layout.
         self.router = layer.router
         src = layer.experts
+        if type(src) is not RoutedExperts:  # e.g. LoRA-adapted experts: their adapters would be lost here
+            raise NotImplementedError(f"expert parallelism shards plain RoutedExperts, not {type(src).__name__}")
         self.experts = RoutedExperts(self.n_local, src.d_model, src.d_expert, src.impl)
         self.shared = layer.shared
         lo, hi = self.rank * self.n_local, (self.rank + 1) * self.n_local
         with torch.no_grad():
             for name in ("w_gate", "w_up", "w_down"):
                 getattr(self.experts, name).data = getattr(src, name)[lo:hi].detach().clone()
+                getattr(self.experts, name).requires_grad_(getattr(src, name).requires_grad)  # frozen stays frozen
         self._full: tuple[Tensor, Tensor, Tensor] | None = None  # gather_for_eval's full weights
 
     def extra_repr(self) -> str:

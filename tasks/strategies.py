@@ -126,6 +126,26 @@ class OmniWrapPolicy(ModuleWrapPolicy):
         super().__init__(fsdp_wrap_classes())
 
 
+def _refuse_what_expert_parallelism_breaks(trainer: L.Trainer) -> None:
+    """Settings whose per-rank decisions would silently desynchronise the replicated weights when each rank holds
+    different expert gradients: a norm computed per rank, a loss scaler skipping the step on one rank only, a schedule
+    that all-reduces the gradients of groups it unfreezes (the experts included)."""
+    from omnifuse.finetune.freezing import FinetuneSchedule
+
+    if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "value":
+        raise ValueError(
+            "gradient clipping by norm is not supported with expert parallelism (each rank holds different expert "
+            "gradients, so the norms would differ per rank): use --trainer.gradient_clip_algorithm value, or none"
+        )
+    if "16-mixed" in str(trainer.precision) and "bf16" not in str(trainer.precision):
+        raise ValueError(
+            "fp16 mixed precision is not supported with expert parallelism (its loss scaler could skip a step on one "
+            "rank only): use bf16-mixed or 32-true"
+        )
+    if any(isinstance(c, FinetuneSchedule) for c in trainer.callbacks):
+        raise ValueError("FinetuneSchedule does not combine with expert parallelism yet: use freeze (static) instead")
+
+
 class ExpertParallelStrategy(DDPStrategy):
     """DDP with the routed experts of every MoE layer sharded over the ranks (``moe_core.parallel``), from YAML::
 
@@ -146,8 +166,9 @@ class ExpertParallelStrategy(DDPStrategy):
     * validation, test and prediction run on a full copy of the experts gathered once per loop: ranks generate
       different numbers of tokens, so they cannot meet in per-token all-to-alls.
 
-    ``n_routed_experts`` must be divisible by the number of ranks. Gradient clipping by norm is refused (each rank
-    holds different expert gradients, so per-rank norms would differ); clipping by value works.
+    ``n_routed_experts`` must be divisible by the number of ranks. Refused, because each rank holds different expert
+    gradients: gradient clipping by norm (clipping by value works), fp16 loss scaling (bf16 works), FinetuneSchedule
+    (static ``freeze`` works); LoRA adapters on the routed experts.
     """
 
     def configure_ddp(self) -> None:
@@ -160,18 +181,17 @@ class ExpertParallelStrategy(DDPStrategy):
         if decoder is None or not getattr(decoder, "moe_layers", None):
             raise ValueError("ExpertParallelStrategy needs an omnifuse task whose decoder has MoE layers")
         trainer = module.trainer
-        if trainer.gradient_clip_val and trainer.gradient_clip_algorithm != "value":
-            raise ValueError(
-                "gradient clipping by norm is not supported with expert parallelism (each rank holds different expert "
-                "gradients, so the norms would differ per rank): use --trainer.gradient_clip_algorithm value, or none"
-            )
+        _refuse_what_expert_parallelism_breaks(trainer)
         apply_expert_parallel(decoder)
         world = self.world_size
         ignored = []
         for name, layer in expert_parallel_layers(module).items():
             for weight in ("w_gate", "w_up", "w_down"):
                 ignored.append(f"{name}.experts.{weight}")
-                getattr(layer.experts, weight).register_hook(lambda grad: grad / world)
+                param = getattr(layer.experts, weight)
+                if not getattr(param, "_omnifuse_mean_over_ranks", False):  # once, even if fit runs again
+                    param.register_hook(lambda grad: grad / world)
+                    param._omnifuse_mean_over_ranks = True
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)
         super().configure_ddp()
 

@@ -167,6 +167,10 @@ def test_expert_parallel_training_equals_one_process_and_its_checkpoints_are_ful
     # step 3, the resumed one did not, and float32 parts of the forward round the two paths differently.)
     for k in ep_state:
         torch.testing.assert_close(resumed_state[k], ep_state[k], rtol=1e-5, atol=1e-6, msg=k)
+    resumed_opt = load_checkpoint(resumed["root"] / "ckpt" / "last.ckpt")["optimizer_states"][0]["state"]
+    for index, entry in ep_opt.items():
+        for k, v in entry.items():
+            torch.testing.assert_close(resumed_opt[index][k], v, rtol=1e-5, atol=1e-6, msg=f"{index}.{k}")
 
     # One process validates the expert-parallel checkpoint to the metrics the expert-parallel run logged at step 6
     # (rel 1e-7: the ranks' validation batches are padded differently from one process's, and the router and RoPE
