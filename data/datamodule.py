@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from omnifuse.data.augment import AugmentConfig
 from omnifuse.data.collate import Collator
+from omnifuse.data.curriculum import CurriculumConfig, difficulties, easiest_first, pool
 from omnifuse.data.dataset import ManifestDataset
 from omnifuse.data.records import INPUT_FIELDS, Record, RecordError
 from omnifuse.data.sampler import ResumableSampler, balancing_weights, domain_weights
@@ -126,6 +127,10 @@ class MultimodalDataModule(L.LightningDataModule):
             so with ~10 questions per image ``group_by: image`` cuts the image tower's share of a step by up to
             ``group_size``x. An epoch still uses the same records; only which ones share a batch changes. None: off.
         group_size: records per run (``1`` turns grouping off).
+        curriculum: train on the easiest records first (``data.curriculum: {score: text_length, start: 0.25, epochs:
+            2}``; the score may also be ``target_length``, ``meta.<key>`` or ``file:<path>`` of per-record losses from
+            a reference model): epoch ``e`` draws from the easiest fraction ``c(e)`` of the records, growing to all
+            of them by epoch ``epochs`` (:mod:`omnifuse.data.curriculum`). None: off.
         skip_bad_records: what a bad train / val / test record does. Every record is validated, and every image and
             audio file decoded once, in ``setup`` (before the first step), so a bad one never stops training
             mid-epoch. False (default): the first one raises ``RecordError`` naming the record, the field and the
@@ -161,6 +166,7 @@ class MultimodalDataModule(L.LightningDataModule):
         augment: AugmentConfig | None = None,
         group_by: str | None = None,
         group_size: int = 4,
+        curriculum: CurriculumConfig | None = None,
         skip_bad_records: bool = False,
     ) -> None:
         super().__init__()
@@ -205,6 +211,7 @@ class MultimodalDataModule(L.LightningDataModule):
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         self.group_by = group_by
         self.group_size = group_size
+        self.curriculum = CurriculumConfig(**curriculum) if isinstance(curriculum, dict) else curriculum
         self.skip_bad_records = skip_bad_records
         # Records left out per split (skip_bad_records), as reported.
         self.skipped: dict[str, list[RecordError]] = {}
@@ -399,9 +406,16 @@ class MultimodalDataModule(L.LightningDataModule):
                 None if self.group_by == "image" and r.image is None else record_field_key(r, self.group_by, "group_by")
                 for r in dataset.records
             ]
+        pools = None
+        if self.curriculum is not None:
+            easiest, cfg = easiest_first(difficulties(dataset.records, self.curriculum)), self.curriculum
+
+            def pools(epoch: int) -> list[int]:  # the records epoch `epoch` may draw from
+                return pool(easiest, cfg.competence(epoch))
+
         sampler = ResumableSampler(
             dataset, num_replicas=world, rank=rank, seed=self.seed, weights=weights, groups=groups,
-            group_size=self.group_size,
+            group_size=self.group_size, pools=pools,
         )  # fmt: skip
         if self._resume_at is not None:
             epoch, batches = self._resume_at

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterator, Sequence, Sized
+from collections.abc import Callable, Hashable, Iterator, Sequence, Sized
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -77,6 +77,10 @@ class ResumableSampler(DistributedSampler):
     ask ~10 questions per image; with the image as key a batch of 64 holds ~64/k distinct images, and the model
     encodes each distinct image once (``OmniModel.encode``). Which records an epoch uses does not change, only
     which of them share a batch.
+
+    With ``pools`` (epoch -> the indices that epoch may use: a curriculum, :mod:`omnifuse.data.curriculum`) an epoch
+    whose pool is not the whole dataset is ``total_size`` indices from the pool: its shuffles repeated to fill the
+    epoch, or, with ``weights``, draws in proportion to the weights of the pool's records.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class ResumableSampler(DistributedSampler):
         weights: torch.Tensor | None = None,
         groups: Sequence[Hashable | None] | None = None,
         group_size: int = 1,
+        pools: Callable[[int], Sequence[int]] | None = None,
     ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         if weights is not None:
@@ -104,6 +109,7 @@ class ResumableSampler(DistributedSampler):
         self.weights = weights
         self.groups = list(groups) if groups is not None and group_size > 1 else None
         self.group_size = group_size
+        self.pools = pools
         self._skip = 0
 
     def start_at(self, epoch: int, samples_done: int) -> None:
@@ -114,14 +120,28 @@ class ResumableSampler(DistributedSampler):
     def _epoch_order(self) -> list[int]:
         """All ``total_size`` indices of this epoch, before they are dealt to the ranks."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.weights is not None:
+        n, weights, order = len(self.dataset), self.weights, None
+        pool = list(self.pools(self.epoch)) if self.pools is not None else None
+        if pool is not None and len(pool) < n:
+            # Curriculum: this epoch draws from ``pool`` only, and is still ``total_size`` indices long.
+            if weights is not None:
+                weights = torch.zeros_like(self.weights)
+                weights[pool] = self.weights[pool]
+                if weights.sum() <= 0:
+                    raise ValueError(f"epoch {self.epoch}: the curriculum's records all have weight 0 (balance_by)")
+            else:  # the pool shuffled, and shuffled again as often as it takes to fill the epoch
+                order = []
+                while len(order) < self.total_size:
+                    perm = torch.randperm(len(pool), generator=g).tolist() if self.shuffle else range(len(pool))
+                    order += [pool[i] for i in perm]
+                order = order[: self.total_size]
+        if order is None and weights is not None:
             # Inverse-CDF sampling (torch.multinomial refuses more than 2**24 categories, i.e. records).
-            cdf = self.weights.cumsum(0)
+            cdf = weights.cumsum(0)
             u = torch.rand(self.total_size, generator=g, dtype=torch.float64) * cdf[-1]
             order = torch.searchsorted(cdf, u, right=True).clamp_(max=len(cdf) - 1).tolist()
-        else:
+        elif order is None:
             # DistributedSampler's own order: a seeded permutation padded by repetition to a multiple of the ranks.
-            n = len(self.dataset)
             order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
             pad = self.total_size - n
             if pad > 0:

@@ -44,3 +44,6 @@ class GenerationConfig:
     length_penalty: float = 1.0
     temperature: float = 1.0
     top_p: float = 1.0
+    # Batch inference: also write each record's teacher-forced loss on its target (``loss``, mean over the target's
+    # tokens; records without a target get none), e.g. a reference model's difficulty scores for data.curriculum.
+    with_loss: bool = False

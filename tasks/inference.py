@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from omnifuse.data.batch import MODALITIES, MultimodalBatch
 from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.fusion.embedding import TooManyTokensError
@@ -115,6 +118,17 @@ def _without_padding(batch: MultimodalBatch) -> MultimodalBatch:
     return batch
 
 
+@torch.no_grad()
+def record_losses(model: OmniModel, batch: MultimodalBatch, memory) -> list[float | None]:
+    """Each row's teacher-forced cross-entropy on its target, averaged over the target's tokens (None: no target)."""
+    out = model.decoder(batch.target_ids[:, :-1], memory.tokens, memory.mask, attention_mask=batch.target_mask[:, :-1])
+    labels = batch.target_ids[:, 1:].masked_fill(~batch.target_mask[:, 1:], -100)  # (B, T-1); -100: not a target
+    ce = F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, T-1)
+    counts = (labels != -100).sum(dim=1)  # (B,)
+    totals = ce.sum(dim=1)
+    return [float(t / c) if c > 0 else None for t, c in zip(totals.tolist(), counts.tolist(), strict=True)]
+
+
 def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationConfig) -> dict[str, list[dict]]:
     """Predictions for the good rows of ``batch`` and ``{"id", "error"}`` rows for the bad ones.
 
@@ -129,7 +143,9 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
     if len(batch) == 0:
         return {"predictions": predictions, "errors": errors}
     try:
-        generation = model.generate(batch, **generation_kwargs(config, batch, model.tokenizer))
+        memory = model.encode(batch)  # once, for the generation and (with_loss) the teacher-forced loss
+        generation = model.generate(batch, memory=memory, **generation_kwargs(config, batch, model.tokenizer))
+        losses = record_losses(model, batch, memory) if config.with_loss and batch.target_ids is not None else None
     except (TooManyTokensError, SequenceTooLongError) as e:
         # A record the model cannot take (a clip with more tokens than the fusion has positions, a sequence past the
         # decoder's length). One by one, so the others are still predicted; any other error still stops the job.
@@ -153,7 +169,9 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
             "id": rid,
             "task": batch.tasks[row],
             "prediction": format_prediction(batch.tasks[row], generation.texts[row]),
-            "modality_weights": {m: round(float(weights[row, i]), 6) for i, m in enumerate(MODALITIES) if present[row, i]},
+            "modality_weights": {
+                m: round(float(weights[row, i]), 6) for i, m in enumerate(MODALITIES) if present[row, i]
+            },
             # Per MoE layer: {expert index: number of generated tokens it processed}.
             "experts": [{str(e): int(c) for e, c in enumerate(layer.tolist()) if c} for layer in counts[row]],
         }
@@ -164,6 +182,8 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
                 {"token": model.tokenizer.token_label(tok), "experts": [[e for e in ids if e >= 0] for ids in layers]}
                 for tok, layers in zip(token_ids[row][:n], routes[row][:n], strict=True)
             ]  # (an unused slot of adaptive routing, -1, is left out)
+        if losses is not None and losses[row] is not None:
+            prediction["loss"] = round(losses[row], 6)
         if ignored[row]:
             prediction["ignored_modalities"] = ignored[row]  # the record has them, the model has no encoder for them
         predictions.append(prediction)
