@@ -3,14 +3,21 @@
 All modalities live in one concatenated sequence; which key each query may see is decided by a boolean mask
 (B, 1, N, N), so one SDPA call serves every modality pair. Masked keys get exactly zero weight, so padding and
 absent modalities cannot change any valid output. The attention and FFN modules are the encoders' (``MaskedAttention``, ``FeedForward``).
+
+With ``window`` (long inputs, e.g. minutes of audio), no (N, N) mask is built: each modality block attends to the
+*other* blocks' keys in one SDPA call per block (linear in a long block when the others are short), and to its *own*
+block within ``window`` positions plus the null token (``local_global_attention``, linear); the null token's rows
+are computed as in the dense form. The same keys as the dense masks, restricted to the band: a window that covers
+every block gives the dense result (tested), and a plain per-query loop does for small windows.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from omnifuse.encoders.layers import FeedForward, MaskedAttention
+from omnifuse.encoders.layers import FeedForward, MaskedAttention, local_global_attention
 
 
 class CrossModalBlock(nn.Module):
@@ -31,6 +38,49 @@ class CrossModalBlock(nn.Module):
         x = x + self.drop(self.cross_attn(self.norm_cross(x), cross_mask))
         x = x + self.drop(self.self_attn(self.norm_self(x), self_mask))
         return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+    def forward_windowed(self, x: torch.Tensor, lengths: list[int], valid: torch.Tensor, window: int) -> torch.Tensor:
+        """The same block without (N, N) masks: ``x`` (B, N, D) is the null token followed by one block per modality
+        of ``lengths`` tokens; ``valid`` (B, N) bool; own-block attention limited to ``window`` positions."""
+        x = x + self.drop(_blockwise(self.cross_attn, self.norm_cross(x), lengths, valid, own=False))
+        x = x + self.drop(_blockwise(self.self_attn, self.norm_self(x), lengths, valid, own=True, window=window))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+def _blockwise(
+    attn: MaskedAttention, x: torch.Tensor, lengths: list[int], valid: torch.Tensor, own: bool, window: int = 0
+) -> torch.Tensor:
+    """``attn`` (its projections) with the keys of ``build_attention_masks`` taken block by block: ``own=False``, the
+    cross mask (other blocks + null); ``own=True``, the self mask (own block within ``window`` + null)."""
+    B, N, D = x.shape
+    h = attn.n_heads
+    q, k, v = attn.qkv(x).view(B, N, 3, h, D // h).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, hs)
+    dropout = attn.dropout if attn.training else 0.0
+    y = torch.empty_like(q)
+    # The null token (position 0): its own block is itself; the other blocks are every other (valid) key.
+    if own:
+        y[:, :, :1] = v[:, :, :1]  # softmax over one key
+    else:
+        y[:, :, :1] = F.scaled_dot_product_attention(
+            q[:, :, :1], k, v, attn_mask=valid[:, None, None], dropout_p=dropout
+        )
+    start = 1
+    for n in lengths:
+        if n == 0:
+            continue
+        block = slice(start, start + n)
+        if own:  # [null, block] with the null token global: every query sees it, and its own block in the band
+            kk, vv = torch.cat([k[:, :, :1], k[:, :, block]], 2), torch.cat([v[:, :, :1], v[:, :, block]], 2)
+            qq = torch.cat([q[:, :, :1], q[:, :, block]], 2)
+            key_mask = torch.cat([valid[:, :1], valid[:, block]], 1)  # (B, 1 + n)
+            y[:, :, block] = local_global_attention(qq, kk, vv, key_mask, window, n_global=1, dropout=dropout)[:, :, 1:]
+        else:  # every key outside the block (the null token included), gathered: (n, N - n) scores, not (n, N)
+            kk = torch.cat([k[:, :, :start], k[:, :, start + n :]], 2)
+            vv = torch.cat([v[:, :, :start], v[:, :, start + n :]], 2)
+            mask = torch.cat([valid[:, :start], valid[:, start + n :]], 1)[:, None, None]  # (B, 1, 1, N - n)
+            y[:, :, block] = F.scaled_dot_product_attention(q[:, :, block], kk, vv, attn_mask=mask, dropout_p=dropout)
+        start += n
+    return attn.out(y.transpose(1, 2).reshape(B, N, D))
 
 
 def build_attention_masks(segment: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

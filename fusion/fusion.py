@@ -44,6 +44,9 @@ class ModalityFusion(nn.Module):
         vision_film_depth: hidden layers of the ``QuestionFilm`` head (0: linear).
         vision_film_residual: ``QuestionFilm(residual_scale=...)``: True, ``scale = 1 + gamma`` starting at exactly 1;
             False, ``scale = gamma`` from a random start (the FiLM paper's form).
+        attention_window: long inputs: a modality's tokens attend to their own modality only within this many
+            positions (plus the null token), to the other modalities in full, and no (N, N) mask is built, so memory
+            and time grow linearly with one long modality (``CrossModalBlock.forward_windowed``). None: full masks.
         raw_modalities: modalities whose tokens are not LayerNormed, neither before their projection nor after the
             cross-modal blocks. A LayerNorm divides a token by its own spread across channels, so a feature that says
             "yes" by how strongly it fires is partly divided away. Measured on the plain FiLM network of issue 29
@@ -88,8 +91,12 @@ class ModalityFusion(nn.Module):
         vision_film_channels: Sequence[int] = (),
         question_memory: bool = True,
         raw_modalities: Sequence[str] = (),
+        attention_window: int | None = None,
     ) -> None:
         super().__init__()
+        if attention_window is not None and attention_window < 1:
+            raise ValueError(f"attention_window must be None or >= 1, got {attention_window}")
+        self.attention_window = attention_window
         self.modalities = tuple(modalities)
         unknown = set(in_dims) - set(self.modalities)
         if unknown:
@@ -208,9 +215,14 @@ class ModalityFusion(nn.Module):
         valid = torch.cat(valids, dim=1)  # (B, N)
         segment = torch.cat(segments)  # (N,)
 
-        cross_mask, self_mask = build_attention_masks(segment, valid)  # (B, 1, N, N) each
-        for block in self.blocks:
-            x = block(x, cross_mask, self_mask)
+        if self.attention_window is None:
+            cross_mask, self_mask = build_attention_masks(segment, valid)  # (B, 1, N, N) each
+            for block in self.blocks:
+                x = block(x, cross_mask, self_mask)
+        else:  # long inputs: block by block, own modality within the window, no (N, N) mask
+            lengths = [v.shape[1] for v in valids[1:]]
+            for block in self.blocks:
+                x = block.forward_windowed(x, lengths, valid, self.attention_window)
         raw = self._raw_cols[segment.clamp(min=0)]
         raw = raw & (segment >= 0)  # (N,): tokens of a raw modality (never the null token)
         x = torch.where(raw[None, :, None], x, self.norm(x)) if self.raw_modalities else self.norm(x)  # (B, N, D)

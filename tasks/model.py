@@ -51,6 +51,11 @@ class FusionConfig:
     # Modalities whose tokens skip the fusion's LayerNorms (ModalityFusion.raw_modalities), e.g. [image] for a
     # question-conditioned image whose pooled features say "yes" by their size.
     raw_modalities: tuple[str, ...] = ()
+    # Long inputs: a modality's tokens attend to their own modality only within this many positions (plus the null
+    # token), and no (N, N) mask is built (ModalityFusion.attention_window). None: full attention.
+    attention_window: int | None = None
+    # Positions the fusion embeds per modality (learned position embeddings): a long clip's tokens need more.
+    max_positions: int = 1024
 
 
 @dataclass

@@ -140,3 +140,77 @@ def test_a_clip_longer_than_the_model_takes_is_an_error_row_not_a_dead_job(tmp_p
     assert error["id"] == "long" and "max_positions" in error["error"] and "'long'" in error["error"]
     alone = predictor.predict(records[:1], root=tmp_path)["predictions"][0]
     assert json.dumps(alone, sort_keys=True) == json.dumps(out["predictions"][0], sort_keys=True)  # retried exactly
+
+
+# ------------------------------------------------------------------------------------------------ fusion blocks
+
+
+def _fusion_inputs(seed: int = 0):
+    """Three modalities with padding, a sample without audio and one without text: (sequences, present)."""
+    from omnifuse.encoders.base import TokenSequence
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = {"image": 4, "audio": 23, "text": 6}
+    sequences = {}
+    for m, n in lengths.items():
+        mask = torch.ones(3, n, dtype=torch.bool)
+        mask[1, n - 2 :] = False  # padding
+        sequences[m] = TokenSequence(torch.randn(3, n, 8, generator=g), mask)
+    present = torch.tensor([[True, True, True], [True, False, True], [True, True, False]])
+    return sequences, present
+
+
+def _fusion(window):
+    from omnifuse.fusion import ModalityFusion
+
+    torch.manual_seed(0)
+    return ModalityFusion(16, {"image": 8, "audio": 8, "text": 8}, n_layers=2, n_heads=2, attention_window=window).eval()
+
+
+def test_windowed_fusion_with_a_window_covering_every_block_is_the_dense_fusion():
+    sequences, present = _fusion_inputs()
+    dense, windowed = _fusion(None)(sequences, present), _fusion(64)(sequences, present)
+    torch.testing.assert_close(windowed.mask, dense.mask)
+    torch.testing.assert_close(windowed.tokens, dense.tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(windowed.modality_weights, dense.modality_weights, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_windowed_fusion_equals_the_dense_block_with_a_banded_self_mask(window):
+    """Reference: the dense block (one SDPA over (N, N) masks) with the self mask cut to the band |i - j| <= window
+    inside each modality (the null token kept), i.e. exactly the keys the windowed form promises."""
+    from omnifuse.fusion.attention import build_attention_masks
+
+    fusion = _fusion(window)
+    sequences, present = _fusion_inputs(1)
+    block = fusion.blocks[0]
+    lengths = [sequences[m].tokens.shape[1] for m in ("image", "audio", "text")]
+    segment = torch.cat([torch.tensor([-1])] + [torch.full((n,), i) for i, n in enumerate(lengths)])
+    position = torch.cat([torch.tensor([0])] + [torch.arange(n) for n in lengths])  # position inside its block
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, segment.numel(), 16, generator=g)
+    valid = torch.rand(3, segment.numel(), generator=g) > 0.2
+    valid[:, 0] = True  # the null token
+    cross, self_ = build_attention_masks(segment, valid)
+    band = (position[:, None] - position[None, :]).abs() <= window
+    banded = self_ & (band | (segment < 0)[None, :])[None, None]  # the null key stays visible
+    with torch.no_grad():
+        want = block(x, cross, banded)
+        got = block.forward_windowed(x, lengths, valid, window)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_fusion_trains_and_builds_no_full_mask(monkeypatch):
+    import omnifuse.fusion.fusion as fusion_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("build_attention_masks called in windowed mode")
+
+    monkeypatch.setattr(fusion_module, "build_attention_masks", refuse)
+    fusion = _fusion(4).train()
+    sequences, present = _fusion_inputs()
+    out = fusion(sequences, present)
+    out.tokens.square().sum().backward()
+    assert all(p.grad is not None for p in fusion.blocks.parameters())
+    with pytest.raises(ValueError, match="attention_window"):
+        _fusion(0)
