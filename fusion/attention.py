@@ -33,17 +33,26 @@ class CrossModalBlock(nn.Module):
         self.ffn = FeedForward(d_model, ffn_mult, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cross_mask: torch.Tensor, self_mask: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, D); masks (B, 1, N, N) bool (see ``build_attention_masks``)."""
-        x = x + self.drop(self.cross_attn(self.norm_cross(x), cross_mask))
-        x = x + self.drop(self.self_attn(self.norm_self(x), self_mask))
-        return x + self.drop(self.ffn(self.norm_ffn(x)))
-
-    def forward_windowed(self, x: torch.Tensor, lengths: list[int], valid: torch.Tensor, window: int) -> torch.Tensor:
-        """The same block without (N, N) masks: ``x`` (B, N, D) is the null token followed by one block per modality
-        of ``lengths`` tokens; ``valid`` (B, N) bool; own-block attention limited to ``window`` positions."""
-        x = x + self.drop(_blockwise(self.cross_attn, self.norm_cross(x), lengths, valid, own=False))
-        x = x + self.drop(_blockwise(self.self_attn, self.norm_self(x), lengths, valid, own=True, window=window))
+    def forward(
+        self,
+        x: torch.Tensor,
+        cross_mask: torch.Tensor | None = None,
+        self_mask: torch.Tensor | None = None,
+        *,
+        lengths: list[int] | None = None,
+        valid: torch.Tensor | None = None,
+        window: int | None = None,
+    ) -> torch.Tensor:
+        """``x`` (B, N, D); masks (B, 1, N, N) bool (see ``build_attention_masks``). Or, with ``window``, the same block
+        without (N, N) masks: ``x`` is the null token followed by one block per modality of ``lengths`` tokens,
+        ``valid`` (B, N) bool, own-block attention limited to ``window`` positions. (One ``forward`` for both, so
+        wrappers such as FSDP units and activation checkpointing see every call.)"""
+        if window is None:
+            x = x + self.drop(self.cross_attn(self.norm_cross(x), cross_mask))
+            x = x + self.drop(self.self_attn(self.norm_self(x), self_mask))
+        else:
+            x = x + self.drop(_blockwise(self.cross_attn, self.norm_cross(x), lengths, valid, own=False))
+            x = x + self.drop(_blockwise(self.self_attn, self.norm_self(x), lengths, valid, own=True, window=window))
         return x + self.drop(self.ffn(self.norm_ffn(x)))
 
 
@@ -58,8 +67,8 @@ def _blockwise(
     dropout = attn.dropout if attn.training else 0.0
     y = torch.empty_like(q)
     # The null token (position 0): its own block is itself; the other blocks are every other (valid) key.
-    if own:
-        y[:, :, :1] = v[:, :, :1]  # softmax over one key
+    if own:  # one key: its value (with the dense form's attention dropout in training)
+        y[:, :, :1] = F.scaled_dot_product_attention(q[:, :, :1], k[:, :, :1], v[:, :, :1], dropout_p=dropout)
     else:
         y[:, :, :1] = F.scaled_dot_product_attention(
             q[:, :, :1], k, v, attn_mask=valid[:, None, None], dropout_p=dropout

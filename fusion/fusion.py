@@ -46,7 +46,7 @@ class ModalityFusion(nn.Module):
             False, ``scale = gamma`` from a random start (the FiLM paper's form).
         attention_window: long inputs: a modality's tokens attend to their own modality only within this many
             positions (plus the null token), to the other modalities in full, and no (N, N) mask is built, so memory
-            and time grow linearly with one long modality (``CrossModalBlock.forward_windowed``). None: full masks.
+            and time grow linearly with one long modality (``CrossModalBlock`` with ``window``). None: full masks.
         raw_modalities: modalities whose tokens are not LayerNormed, neither before their projection nor after the
             cross-modal blocks. A LayerNorm divides a token by its own spread across channels, so a feature that says
             "yes" by how strongly it fires is partly divided away. Measured on the plain FiLM network of issue 29
@@ -222,7 +222,7 @@ class ModalityFusion(nn.Module):
         else:  # long inputs: block by block, own modality within the window, no (N, N) mask
             lengths = [v.shape[1] for v in valids[1:]]
             for block in self.blocks:
-                x = block.forward_windowed(x, lengths, valid, self.attention_window)
+                x = block(x, lengths=lengths, valid=valid, window=self.attention_window)
         raw = self._raw_cols[segment.clamp(min=0)]
         raw = raw & (segment >= 0)  # (N,): tokens of a raw modality (never the null token)
         x = torch.where(raw[None, :, None], x, self.norm(x)) if self.raw_modalities else self.norm(x)  # (B, N, D)

@@ -196,7 +196,7 @@ def test_windowed_fusion_equals_the_dense_block_with_a_banded_self_mask(window):
     banded = self_ & (band | (segment < 0)[None, :])[None, None]  # the null key stays visible
     with torch.no_grad():
         want = block(x, cross, banded)
-        got = block.forward_windowed(x, lengths, valid, window)
+        got = block(x, lengths=lengths, valid=valid, window=window)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
