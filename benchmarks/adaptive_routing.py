@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         values = [r[key] for r in rows if r.get(key) is not None]
         return f"{statistics.median(values):7.2f} / {worst(values):6.2f}" if values else "-"
 
-    print(f"\nadaptive routing, {len(args.ckpts)} checkpoints (median / worst); p chosen on {args.val}")
+    chosen_on = "p fixed before training" if args.baseline else f"p chosen on {args.val}"
+    print(f"\nadaptive routing, {len(args.ckpts)} checkpoints (median / worst); {chosen_on}")
     print(f"{'split':5s} {'setting':12s} {'accuracy %':>16s} " + " ".join(f"{'acc ' + k:>16s}" for k in ANSWER_TYPES)
           + f" {'experts/token':>16s} " + " ".join(f"{'experts ' + k:>13s}" for k in ANSWER_TYPES))  # fmt: skip
     for split, table in (("val", val), ("test", test)):
