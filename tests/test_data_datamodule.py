@@ -119,7 +119,7 @@ def test_init_args_are_plain_documented_types():
     for name, param in list(sig.parameters.items())[1:]:
         assert param.annotation in {
             "str | None", "int", "int | None", "float", "str", "bool", "list[str] | None", "str | list[str] | None",
-            "list[float] | None", "AugmentConfig | None",
+            "list[float] | None", "AugmentConfig | None", "CurriculumConfig | None",
         }, (name, param.annotation)  # fmt: skip
         assert f"{name}:" in doc, name
     with pytest.raises(ValueError, match="known builders: easyvqa"):

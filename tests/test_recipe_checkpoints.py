@@ -7,6 +7,7 @@ after a validation that falls on a save step and resumed with ``ckpt_path="last"
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 import lightning as L
@@ -139,14 +140,22 @@ def test_class_paths_resolve():
             assert hasattr(importlib.import_module(module), name), (config.name, c["class_path"])
 
 
+def _class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 @pytest.mark.parametrize("config", RECIPES, ids=lambda p: p.stem)
 def test_recipes_build_their_checkpoint_callbacks_through_the_cli(config: Path, tmp_path: Path, monkeypatch):
     """LightningCLI passes every parameter a class signature shows; the callbacks must accept what it builds."""
     from omnifuse.app.cli import cli_main
 
     monkeypatch.chdir(tmp_path)  # the recipes' relative run folders land here
-    overrides = ["--model.init_args.init_from", "null", "--model.init_args.init_skip", "null"]
-    overlay = "class_path" not in yaml.safe_load(config.read_text())["model"]  # finetune_lora.yaml goes on a recipe
+    model = yaml.safe_load(config.read_text())["model"]
+    overlay = "class_path" not in model  # finetune_lora.yaml goes on a recipe
+    fine_tunable = overlay or "init_from" in inspect.signature(_class(model["class_path"])).parameters
+    # (a recipe that fine-tunes from the main run would need its checkpoint; the contrastive scorer has no init_from)
+    overrides = ["--model.init_args.init_from", "null", "--model.init_args.init_skip", "null"] if fine_tunable else []
     base = ["--config", str(CONFIGS / "finetune_vqa_to_spoken.yaml")] if overlay else []
     cli = cli_main([*base, "--config", str(config), *overrides], run=False)
     checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
