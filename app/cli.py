@@ -241,13 +241,13 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> OmniCLI:
             os.environ[runs.ENV] = inherited
 
 
-def _is_scorer_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a contrastive scorer's checkpoint (``ContrastiveTask``), exported as a scorer folder."""
+def _loaded_checkpoint(path: str) -> dict | None:
+    """A ``.ckpt`` file read once (without running its code); None for an export folder."""
     if not path.endswith(".ckpt") or not Path(path).is_file():
-        return False
+        return None
     from omnifuse.finetune.safe_load import load_checkpoint
 
-    return "omnifuse_scorer_config" in load_checkpoint(path)
+    return load_checkpoint(path)
 
 
 def export_main(argv: list[str]) -> int:
@@ -273,16 +273,19 @@ def export_main(argv: list[str]) -> int:
         from omnifuse.finetune.lora import export_adapters
 
         written = export_adapters(args.checkpoint, args.out)
-    elif _is_scorer_checkpoint(args.checkpoint):
+    elif (checkpoint := _loaded_checkpoint(args.checkpoint)) is not None and "omnifuse_scorer_config" in checkpoint:
         if args.quantize:
             parser.error("--quantize applies to generating models, not to a contrastive scorer")
         from omnifuse.tasks.clip_scorer import ClipScorer
 
-        written = ClipScorer.from_pretrained(args.checkpoint).save_pretrained(args.out)
+        written = ClipScorer.from_checkpoint(checkpoint).save_pretrained(args.out)
     else:
         from omnifuse.tasks.model import OmniModel
 
-        model = OmniModel.from_pretrained(args.checkpoint).eval()
+        if checkpoint is not None:
+            model = OmniModel.from_checkpoint(checkpoint, source=args.checkpoint).eval()
+        else:
+            model = OmniModel.from_pretrained(args.checkpoint).eval()
         if args.quantize:
             from omnifuse.tasks.quantize import quantize_int8
 

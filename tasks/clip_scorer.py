@@ -151,7 +151,11 @@ class ClipScorer(nn.Module):
             return scorer.eval()
         from omnifuse.finetune.safe_load import load_checkpoint
 
-        checkpoint = load_checkpoint(source)
+        return cls.from_checkpoint(load_checkpoint(source), source=str(source))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], source: str = "checkpoint") -> ClipScorer:
+        """The scorer of an already loaded ``ContrastiveTask`` checkpoint (``source`` names it in errors)."""
         config = checkpoint.get("omnifuse_scorer_config")
         if config is None:
             raise ValueError(f"{source} is not a contrastive scorer checkpoint (no omnifuse_scorer_config)")
