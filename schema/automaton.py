@@ -47,6 +47,38 @@ class DFA:
         return None
 
 
+def cheapest_to_targets(rev: list[list[tuple[int, int]]], targets: list[tuple[int, int]]) -> list:
+    """Dijkstra on reversed edges: per state, the cheapest path to some target plus that target's own weight.
+
+    ``rev[t]`` = ``(weight, s)`` for every edge ``s -> t``; ``targets`` = ``(weight, state)``; None where none is
+    reachable.
+    """
+    dist: list = [None] * len(rev)
+    heap = list(targets)
+    heapq.heapify(heap)
+    while heap:
+        d, t = heapq.heappop(heap)
+        if dist[t] is not None:
+            continue
+        dist[t] = d
+        for w, s in rev[t]:
+            if dist[s] is None:
+                heapq.heappush(heap, (d + w, s))
+    return dist
+
+
+def dfa_accepts(dfa: DFA | None, text: str) -> bool:
+    """Whether ``dfa`` (None: the empty language) accepts the whole of ``text``."""
+    if dfa is None:
+        return False
+    q = 0
+    for ch in text:
+        q = dfa.step(q, ord(ch))
+        if q is None:
+            return False
+    return dfa.accept[q]
+
+
 def _closure(nfa: NFA, states) -> frozenset:
     seen = set(states)
     stack = list(states)
@@ -245,17 +277,7 @@ class StringAutomaton:
             for q, row in enumerate(dfa.weights):
                 for w, t in row:
                     rev[t].append((w, q))
-            dist = [None] * dfa.n
-            heap = [(1, q) for q in range(dfa.n) if dfa.accept[q]]
-            heapq.heapify(heap)
-            while heap:
-                d, t = heapq.heappop(heap)
-                if dist[t] is not None:
-                    continue
-                dist[t] = d
-                for w, q in rev[t]:
-                    if dist[q] is None:
-                        heapq.heappush(heap, (d + w, q))
+            dist = cheapest_to_targets(rev, [(1, q) for q in range(dfa.n) if dfa.accept[q]])
             for q in range(dfa.n):
                 table[(q, L)] = dist[q]
             top = L - 1

@@ -250,7 +250,7 @@ def json_char_cost(cp: int) -> int:
     return utf8_len(cp)
 
 
-_COST_BREAKS = [  # (lo, hi, cost) in increasing cp order
+COST_BREAKS = [  # (lo, hi, cost) in increasing cp order
     (0x00, 0x07, 6),
     (0x08, 0x08, 2),
     (0x09, 0x0A, 2),
@@ -271,7 +271,7 @@ _COST_BREAKS = [  # (lo, hi, cost) in increasing cp order
 def min_json_cost(lo: int, hi: int) -> tuple[int, int] | None:
     """Cheapest code point in ``[lo, hi]`` to write inside a JSON string: ``(cost, cp)``, or None if empty."""
     best = None
-    for a, b, c in _COST_BREAKS:
+    for a, b, c in COST_BREAKS:
         if b < lo or a > hi:
             continue
         cp = max(a, lo)

@@ -112,14 +112,15 @@ class CompiledSchema:
                         stack.extend(s.arr.prefix)
                         stack.append(s.arr.items)
                     if s.obj is not None:
-                        stack.extend(s.obj.props.values())
-                        stack.append(s.obj.additional)
+                        values = [*s.obj.props.values(), s.obj.additional]
+                        fresh = getattr(s.obj, "keys", None)  # names classified by patterns (patternkeys.py)
+                        if fresh is not None:
+                            values.extend(a for a in fresh.final if a is not None)
+                            # the dearest cheapest completion of any name prefix (value included)
+                            m = max([m] + [d + 8 for d in fresh.distances() if d is not None])
+                        stack.extend(values)
                         keys = [len(n.encode("utf-8")) * 6 + 2 for n in s.obj.special]
-                        entry = (
-                            max(keys, default=4)
-                            + 1
-                            + max([a.min_cost or 0 for a in s.obj.props.values()] + [s.obj.additional.min_cost or 0])
-                        )
+                        entry = max(keys, default=4) + 1 + max(a.min_cost or 0 for a in values)
                         m = max(m, entry + 2)
             self._slack = m + 16
         return self._slack

@@ -28,7 +28,7 @@ import math
 from fractions import Fraction
 from functools import lru_cache
 
-from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_to_nfa
+from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_accepts, dfa_to_nfa
 from .charset import EMPTY, CharSet, json_char_cost
 from .errors import SchemaError, UnsupportedSchemaError
 from .formats import format_pattern
@@ -104,7 +104,7 @@ HANDLED = frozenset(
         "else",
     }
 )
-APPLICATORS = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else")
+APPLICATORS = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas")
 ALWAYS_UNSUPPORTED = frozenset(
     {
         "multipleOf",
@@ -299,12 +299,19 @@ class ObjSpec:
         key = (seen & special, len(seen), *short, first)
         if memo and key in self._rest:
             return self._rest[key]
-        r = self._rest_cost(seen, first)
+        r = self._rest_cost(seen, first, memo)
         if memo:
             self._rest[key] = r
         return r
 
-    def _rest_cost(self, seen: frozenset, first: bool) -> int | None:
+    def fresh_options(self, seen: frozenset, k: int, memo: bool = True) -> list[int]:
+        """Entry costs (quoted name, colon, cheapest value) of the ``k`` cheapest undeclared names not in ``seen``."""
+        add = self.additional.min_cost
+        if add is None:
+            return []
+        return [key_cost(name) + 1 + add for name in fresh_names(self._special_set | seen, k)]
+
+    def _rest_cost(self, seen: frozenset, first: bool, memo: bool = True) -> int | None:
         missing = self.missing(seen)
         total = 1
         for name in missing:
@@ -326,10 +333,7 @@ class ObjSpec:
                     c = self.entry_cost(name)
                     if c is not None:
                         options.append(c)
-            add = self.additional.min_cost
-            if add is not None:
-                for name in fresh_names(self._special_set | seen, extra):
-                    options.append(key_cost(name) + 1 + add)
+            options.extend(self.fresh_options(seen, extra, memo))
             if len(options) < extra:
                 return None
             options.sort()
@@ -512,6 +516,20 @@ class Compiler:
             res = self._cross(res, union, path, kw)
         if "not" in s:
             res = self._cross(res, self.negate(self.doc.raw_for(s["not"], raw.base, f"{path}/not")), path, "not")
+        if "dependentSchemas" in s:
+            # {name: S}: an object that has ``name`` meets S, anything else is left alone. Two disjoint branches: "an
+            # object with the name, and S" or "no such name" (which non-objects satisfy too).
+            ds = s["dependentSchemas"]
+            if not isinstance(ds, dict):
+                raise SchemaError("dependentSchemas must be an object", path)
+            for name, sub in ds.items():
+                if is_trivially_true(sub):
+                    continue
+                at = f"{path}/dependentSchemas/{pointer_escape(name)}"
+                has = self.expand(self._synthetic({"type": "object", "required": [name]}, raw))
+                then = self._cross(has, self.expand(self.doc.raw_for(sub, raw.base, at)), at, "dependentSchemas")
+                lacks = self.expand(self._synthetic({"properties": {name: False}}, raw))
+                res = self._cross(res, list(dict.fromkeys(then + lacks)), path, "dependentSchemas")
         if "if" in s and not (is_trivially_true(s.get("then", True)) and is_trivially_true(s.get("else", True))):
             cond = self.doc.raw_for(s["if"], raw.base, f"{path}/if")
             then = self.expand(self.doc.raw_for(s.get("then", True), raw.base, f"{path}/then"))
@@ -797,6 +815,8 @@ class Compiler:
         return ArrSpec(tuple(prefix), items, min_items, max_items)
 
     def _obj_spec(self, members: list[Raw], required: set, min_props, max_props, path: str, deps: dict) -> ObjSpec:
+        if any(_constrains_names(m.schema) for m in members):
+            return self._pattern_obj_spec(members, required, min_props, max_props, path, deps)
         names: set[str] = set()
         for raw in members:
             props = raw.schema.get("properties")
@@ -832,6 +852,106 @@ class Compiler:
         additional = self.alt(frozenset(r for _, r in extra), f"{path}/additionalProperties")
         return ObjSpec(props, frozenset(required), additional, min_props, max_props, deps)
 
+    def _pattern_obj_spec(self, members: list[Raw], required: set, min_props, max_props, path: str, deps: dict):
+        """The object part when ``patternProperties`` or ``propertyNames`` constrain names (:mod:`.patternkeys`)."""
+        from .patternkeys import KeyAutomaton, PatternObjSpec, key_alphabet, python_regex_agrees
+
+        pats = []  # (member index, pattern, value schema, DFA or None)
+        extra: dict[int, Raw] = {}
+        declared: list[dict] = []
+        for i, m in enumerate(members):
+            s = m.schema
+            pp = s.get("patternProperties") or {}
+            for pat, sub in pp.items():
+                at = f"{m.path}/patternProperties/{pointer_escape(pat)}"
+                dfa = build_dfa([_pattern_nfa(pat, at, "patternProperties")], at)
+                pats.append((i, pat, self.doc.raw_for(sub, m.base, at), dfa))
+            if "additionalProperties" in s:
+                extra[i] = self.doc.raw_for(s["additionalProperties"], m.base, f"{m.path}/additionalProperties")
+            props = s.get("properties") or {}
+            if not isinstance(props, dict):
+                raise SchemaError("properties must be an object", m.path)
+            declared.append(props)
+        never = self.alt(frozenset([self.doc.raw_for(False, "urn:omnifuse:never", f"{path}/propertyNames")]), path)
+
+        names_auto, no_names = None, False
+        name_raws = [
+            self.doc.raw_for(m.schema["propertyNames"], m.base, f"{m.path}/propertyNames")
+            for m in members
+            if "propertyNames" in m.schema
+        ]
+        if name_raws:
+            strings = [x.str for x in self.resolved(self.alt(frozenset(name_raws), f"{path}/propertyNames")).simples]
+            strings = [x for x in strings if x is not None]
+            if len(strings) > 1:
+                raise UnsupportedSchemaError("propertyNames", path, "a union of several string schemas")
+            if strings:
+                names_auto = strings[0]
+            else:
+                no_names = True  # no string satisfies it: the object must be empty
+
+        def named(name: str) -> bool:
+            if no_names:
+                return False
+            if names_auto is None:
+                return True
+            q, n = 0, 0
+            for ch in name:
+                r = names_auto.step(q, n, ord(ch))
+                if r is None:
+                    return False
+                q, n = r
+            return names_auto.can_end(q, n)
+
+        def conj_for(matched, name: str | None) -> frozenset:
+            conj = []
+            for i, m in enumerate(members):
+                if name is not None and name in declared[i]:
+                    conj.append(
+                        self.doc.raw_for(declared[i][name], m.base, f"{m.path}/properties/{pointer_escape(name)}")
+                    )
+                    own_declared = True
+                else:
+                    own_declared = False
+                own = [pats[k][2] for k in matched if pats[k][0] == i]
+                conj.extend(own)
+                if not own and not own_declared and i in extra:
+                    conj.append(extra[i])
+            return frozenset(conj)
+
+        special = set(required) | set(deps)
+        for d in declared:
+            special.update(d)
+        for v in deps.values():
+            special.update(v)
+        props = {}
+        for name in sorted(special):
+            if not named(name):
+                props[name] = never
+                continue
+            matched = []
+            for k, (i, pat, _, dfa) in enumerate(pats):
+                ours = dfa_accepts(dfa, name)
+                if not python_regex_agrees(pat, name, ours):
+                    raise UnsupportedSchemaError(
+                        "patternProperties",
+                        f"{members[i].path}/patternProperties/{pointer_escape(pat)}",
+                        f"the ECMA-262 and Python regex dialects disagree on the property name {name!r}",
+                    )
+                if ours:
+                    matched.append(k)
+            props[name] = self.alt(conj_for(matched, name), f"{path}/properties/{pointer_escape(name)}")
+
+        sources = tuple(p[1] for p in pats)
+        keys = KeyAutomaton([p[3] for p in pats], names_auto, key_alphabet(list(sources)), path, sources)
+        if not no_names:
+            for st, matched in enumerate(keys.matched):
+                if keys.named[st]:
+                    where = "patternProperties" if matched else "additionalProperties"
+                    alt = keys.final[st] = self.alt(conj_for(sorted(matched), None), f"{path}/{where}")
+                    keys.by_class[matched] = alt
+        return PatternObjSpec(props, frozenset(required), never, min_props, max_props, deps, keys)
+
     # keyword checks -------------------------------------------------------------------------------------
     def _check_keyword(self, kw: str, s: dict, raw: Raw) -> None:
         v = s[kw]
@@ -848,14 +968,13 @@ class Compiler:
             if v is True:
                 raise UnsupportedSchemaError(kw, p)
             return
-        if kw in ("patternProperties", "dependentSchemas"):
-            trivial = isinstance(v, dict) and all(is_trivially_true(x) for x in v.values())
-            if kw == "patternProperties" and v and not is_trivially_true(s.get("additionalProperties", True)):
-                trivial = False  # names matching a pattern are then exempt from additionalProperties
-            if trivial:
-                return
-            raise UnsupportedSchemaError(kw, p)
-        if kw in ("propertyNames", "unevaluatedProperties", "unevaluatedItems"):
+        if kw == "patternProperties":
+            if not isinstance(v, dict):
+                raise SchemaError("patternProperties must be an object", p)
+            return  # see _pattern_obj_spec
+        if kw == "propertyNames":
+            return
+        if kw in ("unevaluatedProperties", "unevaluatedItems"):
             if is_trivially_true(v):
                 return
             raise UnsupportedSchemaError(kw, p)
@@ -947,6 +1066,16 @@ def _first_chars(s: Simple) -> CharSet:
     if OBJ in kc:
         chars.append("{")
     return CharSet.of(*chars)
+
+
+def _constrains_names(s: dict) -> bool:
+    """Whether ``s`` makes a name's value schema depend on the name itself, or constrains names."""
+    pp = s.get("patternProperties")
+    if pp and not (
+        all(is_trivially_true(x) for x in pp.values()) and is_trivially_true(s.get("additionalProperties", True))
+    ):
+        return True
+    return "propertyNames" in s and not is_trivially_true(s["propertyNames"])
 
 
 def _tighter_lo(cur, new):

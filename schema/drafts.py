@@ -79,7 +79,9 @@ def detect_draft(schema) -> str:
     draft = DRAFT_URIS.get(uri.rstrip("#")) if isinstance(uri, str) else None
     if draft is None:
         raise UnsupportedSchemaError(
-            "$schema", "#", f"unknown draft {uri!r}; supported: drafts 4, 6, 7, 2019-09 and 2020-12 ({', '.join(DRAFT_URIS)})"
+            "$schema",
+            "#",
+            f"unknown draft {uri!r}; supported: drafts 4, 6, 7, 2019-09 and 2020-12 ({', '.join(DRAFT_URIS)})",
         )
     return draft
 
@@ -210,7 +212,9 @@ class _Upgrader:
             return {}  # became the exclusive bound above
         if key == "items" and isinstance(value, list):
             at = self._rename(path, "prefixItems", "items")
-            return {"prefixItems": [self.schema(s, resource, f"{at}/{i}", f"{path}/items/{i}") for i, s in enumerate(value)]}
+            return {
+                "prefixItems": [self.schema(s, resource, f"{at}/{i}", f"{path}/items/{i}") for i, s in enumerate(value)]
+            }
         if key == "additionalItems":
             if not isinstance(node.get("items"), list):
                 return {}

@@ -21,6 +21,15 @@ from .charset import SUR_HI, SUR_LO, UNIVERSE, CharSet, json_char_cost
 from .compiler import fresh_names
 
 
+def entry_tail(spec, seen: frozenset, name: str) -> int | None:
+    """Closing quote + colon + value + rest of the object, once ``name`` is fully written after ``seen``."""
+    v = spec.value_alt(name).min_cost
+    if v is None:
+        return None
+    rest = spec.rest_cost(seen | {name}, False)
+    return None if rest is None else 2 + v + rest
+
+
 class KeyMachine:
     __slots__ = ("spec", "seen", "ok", "ok_set", "free", "_cost", "_allowed", "_generic", "_names")
 
@@ -73,13 +82,7 @@ class KeyMachine:
         return p in self.ok_set or self._fresh(p)
 
     def _entry_tail(self, name: str) -> int | None:
-        """Closing quote + colon + value + rest of the object, once ``name`` is fully written."""
-        spec = self.spec
-        v = spec.value_alt(name).min_cost
-        if v is None:
-            return None
-        rest = spec.rest_cost(self.seen | {name}, False)
-        return None if rest is None else 2 + v + rest
+        return entry_tail(self.spec, self.seen, name)
 
     def m_cost(self, p: str) -> int | None:
         if p in self._cost:

@@ -36,6 +36,7 @@ from .charset import EMPTY, WS, CharSet, allowed_bytes, utf8_len, utf8_needed, u
 from .compiler import ARR, BOOL, NULL, OBJ, STR, Alt, Simple
 from .keys import KeyMachine
 from .lexer import END, lex_allowed, lex_cost, lex_cost_range, lex_step
+from .patternkeys import PatternKeyMachine, PatternObjSpec
 
 T_V, T_S, T_N, T_L, T_A, T_O, T_R = range(7)
 A_START, A_AFTER, A_COMMA = range(3)
@@ -537,7 +538,8 @@ class Machine:
         tag = f[0]
         if tag == T_S and f[4] == 0:
             self._string_deltas(f[1], (f[2], f[3]), None, put)
-        elif tag == T_O and f[2] == O_KEY and f[5] == 0:
+        elif tag == T_O and f[2] == O_KEY and f[5] == 0 and not isinstance(f[1].obj, PatternObjSpec):
+            # (names under patternProperties / propertyNames take the byte-by-byte path below: exact, and rare)
             self._string_deltas(keymachine(f[1].obj, f[3]), f[4], f, put)
         else:
             bits = allowed_bytes(self._allowed_stack(st), b"")
@@ -666,12 +668,13 @@ def _candidates(cs: CharSet, state: RecState):
                 yield lo
 
 
-def keymachine(obj, seen: frozenset) -> KeyMachine:
+def keymachine(obj, seen: frozenset) -> KeyMachine | PatternKeyMachine:
     km = obj._keym.get(seen)
     if km is None:
         if len(obj._keym) > 50_000:
             obj._keym.clear()
-        km = obj._keym[seen] = KeyMachine(obj, seen)
+        cls = PatternKeyMachine if isinstance(obj, PatternObjSpec) else KeyMachine
+        km = obj._keym[seen] = cls(obj, seen)
     return km
 
 

@@ -93,11 +93,13 @@ def test_draft_detection_and_refusals():
     with pytest.raises(UnsupportedSchemaError) as e:
         compile_schema(recursive)
     assert e.value.keyword == "$recursiveRef" and e.value.path == "#/properties/a"
-    # dependencies with a schema become dependentSchemas, which the compiler refuses unless trivially true
-    # ... named as the user wrote them: the draft's keyword, at its place in the original schema
+    # dependencies with a schema become dependentSchemas; a refusal inside one is named as the user wrote it: the
+    # draft's keyword, at its place in the original schema
     with pytest.raises(UnsupportedSchemaError) as e:
-        compile_schema({"$schema": D7, "dependencies": {"c": {"required": ["d"]}}})
-    assert (e.value.keyword, e.value.path) == ("dependencies", "#")
+        compile_schema({"$schema": D7, "dependencies": {"c": {"required": ["d"], "multipleOf": 2}}})
+    assert (e.value.keyword, e.value.path) == ("multipleOf", "#/dependencies/c")
+    compiled = compile_schema({"$schema": D7, "dependencies": {"c": {"required": ["d"]}}})
+    assert compiled.accepts('{"c": 1, "d": 2}') and not compiled.accepts('{"c": 1}') and compiled.accepts('{"d": 0}')
     nested = {"$schema": D4, "items": [{"type": "integer"}, {"properties": {"a": {"multipleOf": 3}}}]}
     with pytest.raises(UnsupportedSchemaError) as e:
         compile_schema(nested)

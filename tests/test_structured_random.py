@@ -69,6 +69,15 @@ def random_schema(rng: random.Random, depth: int = 0):
             s["maxProperties"] = rng.randint(1, 4)
         if props and rng.random() < 0.3:
             s["dependentRequired"] = {rng.choice(list(props)): [rng.choice(["a", "b", "zz"])]}
+        if props and rng.random() < 0.2:
+            s["dependentSchemas"] = {rng.choice(list(props)): random_schema(rng, depth + 1)}
+        if rng.random() < 0.3:
+            patterns = rng.sample(["^a", "d$", "^[a-c]+$", "z", "é", "^\\w$", "^(ab|c)*$"], rng.randint(1, 2))
+            s["patternProperties"] = {p: random_schema(rng, depth + 1) for p in patterns}
+        if rng.random() < 0.2:
+            s["propertyNames"] = rng.choice(
+                [{"maxLength": 2}, {"pattern": "^[a-d]"}, {"enum": ["a", "b", "zz", "é"]}, {"not": {"const": "b"}}, False]
+            )
         return s
     if kind == "arr":
         s = {"type": "array"}
@@ -123,7 +132,8 @@ def random_value(rng: random.Random, depth: int = 0):
         )
     if r < 0.75:
         return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
-    return {k: random_value(rng, depth + 1) for k in rng.sample(["a", "b", "c", "dd", "zz"], rng.randint(0, 3))}
+    names = ["a", "b", "c", "dd", "zz", "ab", "é", "x\n"]
+    return {k: random_value(rng, depth + 1) for k in rng.sample(names, rng.randint(0, 3))}
 
 
 def supported_schemas(seed: int, n: int, max_min_chars: int = 200) -> list:

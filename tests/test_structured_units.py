@@ -40,7 +40,8 @@ def reference_valid(schema, value) -> bool:
         ({"if": {"additionalProperties": False}, "then": {"minProperties": 2}}, "additionalProperties", "#/if"),
         ({"$schema": "http://json-schema.org/draft-03/schema#"}, "$schema", "#"),  # drafts 4-2020-12 only
         ({"prefixItems": [{"unevaluatedItems": False}]}, "unevaluatedItems", "#/prefixItems/0"),
-        ({"patternProperties": {"^x": {"type": "integer"}}}, "patternProperties", "#"),
+        ({"patternProperties": {"(?=x)": {"type": "integer"}}}, "patternProperties", "#/patternProperties/(?=x)"),
+        ({"propertyNames": {"anyOf": [{"maxLength": 1}, {"pattern": "^ab"}]}}, "propertyNames", "#"),
         ({"properties": {"a": {"not": {"items": {"type": "string"}}}}}, "items", "#/properties/a/not"),
         ({"$defs": {"a": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}, "$ref", "#/$defs/a"),
         ({"additionalItems": False}, "additionalItems", "#"),
