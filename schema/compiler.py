@@ -32,7 +32,7 @@ from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_accepts, 
 from .charset import EMPTY, CharSet, json_char_cost
 from .errors import SchemaError, UnsupportedSchemaError
 from .formats import format_pattern
-from .negation import INTERNAL, K_KINDS, K_NOT_FORMAT, K_NOT_PATTERN, K_NOT_VALUES, negate_keywords
+from .negation import INTERNAL, K_EXTRA_NAME, K_KINDS, K_NOT_FORMAT, K_NOT_PATTERN, K_NOT_VALUES, negate_keywords
 from .numbers import NumSpec
 from .refs import Document, Raw, pointer_escape
 from .regex import build_nfa, literal_ast, parse_pattern
@@ -426,7 +426,11 @@ class Compiler:
         """``alt`` with its alternatives resolved now (used by the disjointness prover during expansion)."""
         if alt.key not in self._resolved:
             self._resolved.add(alt.key)
-            self._resolve(alt)
+            try:
+                self._resolve(alt)
+            except UnsupportedSchemaError:
+                self._resolved.discard(alt.key)  # not resolved: a later attempt must not see it as unsatisfiable
+                raise
         return alt
 
     def compile(self) -> Alt:
@@ -459,10 +463,13 @@ class Compiler:
             out = self._cross(out, self.expand(raw), raw.path, "allOf")
         return out
 
-    @staticmethod
-    def _cross(a: list[frozenset], b: list[frozenset], path: str, keyword: str) -> list[frozenset]:
-        """Conjunction of two disjunctive normal forms (capped: too many alternatives fail closed)."""
-        res = list(dict.fromkeys(x | y for x in a for y in b))
+    def _cross(self, a: list[frozenset], b: list[frozenset], path: str, keyword: str) -> list[frozenset]:
+        """Conjunction of two disjunctive normal forms (capped: too many alternatives fail closed).
+
+        Alternatives that are plainly contradictory (no JSON type left, or a name both required and forbidden) are
+        dropped as they form: an overlapping ``oneOf`` multiplies out mostly such combinations.
+        """
+        res = [f for f in dict.fromkeys(x | y for x in a for y in b) if not _contradictory(f)]
         if len(res) > MAX_ALTERNATIVES:
             raise UnsupportedSchemaError(keyword, path, f"expands to more than {MAX_ALTERNATIVES} alternatives")
         return res
@@ -639,6 +646,9 @@ class Compiler:
         return r
 
     def _merge(self, flat: frozenset) -> tuple[Simple, ...]:
+        for raw in flat:
+            if K_EXTRA_NAME in raw.schema:
+                return self._merge_extra_name(flat, raw)
         members = sorted(flat, key=lambda r: r.path)
         path = members[0].path if members else "#"
         kinds = set(ALL_KINDS)
@@ -786,6 +796,51 @@ class Compiler:
                     synth = self.synth_const(v, f"{path}/enum")
                     for flat2 in self._cross([stripped], self.expand(synth), path, "enum"):
                         out.extend(self.merge(flat2))
+        return tuple(dict.fromkeys(out))
+
+    def _merge_extra_name(self, flat: frozenset, marker: Raw) -> tuple[Simple, ...]:
+        """``flat`` with the complement of an ``additionalProperties`` (:data:`~.negation.K_EXTRA_NAME`): "an object
+        with some name outside ``names`` and ``patterns`` whose value fails ``schema``".
+
+        Where the rest of the conjunction allows finitely many names (no undeclared ones), that is a finite union:
+        for each allowed name outside the set, "the name is present and its value fails the schema". Typical of a
+        ``oneOf`` over objects with ``additionalProperties: false``: another branch's names decide it.
+        """
+        from .patternkeys import python_regex_agrees
+
+        names, patterns, schema = marker.schema[K_EXTRA_NAME]
+        rest = frozenset(r for r in flat if r is not marker) | {self._synthetic({"type": "object"}, marker)}
+        at = marker.path
+        candidates: set[str] = set()
+        for node in self.merge(rest):
+            if node.obj is None:
+                continue
+            keys = getattr(node.obj, "keys", None)
+            others = [f for f in keys.final if f is not None] if keys is not None else [node.obj.additional]
+            if any(self.resolved(alt).simples for alt in others):
+                raise UnsupportedSchemaError(
+                    "additionalProperties", at, "cannot be negated where undeclared names are allowed"
+                )
+            candidates.update(node.obj.special)
+        dfas = [(p, build_dfa([_pattern_nfa(p, f"{at}/patternProperties", "patternProperties")], at)) for p in patterns]
+        out: list[Simple] = []
+        for name in sorted(candidates):
+            if name in names:
+                continue
+            matched = False
+            for p, dfa in dfas:
+                ours = dfa_accepts(dfa, name)
+                if not python_regex_agrees(p, name, ours):
+                    raise UnsupportedSchemaError(
+                        "patternProperties", at, f"the ECMA-262 and Python regex dialects disagree on {name!r}"
+                    )
+                matched = matched or ours
+            if matched:
+                continue
+            present = self._synthetic(
+                {"type": "object", "required": [name], "properties": {name: {"not": schema}}}, marker
+            )
+            out.extend(self.merge(rest | {present}))
         return tuple(dict.fromkeys(out))
 
     def _arr_spec(self, members: list[Raw], min_items: int, max_items, path: str) -> ArrSpec:
@@ -1066,6 +1121,66 @@ def _first_chars(s: Simple) -> CharSet:
     if OBJ in kc:
         chars.append("{")
     return CharSet.of(*chars)
+
+
+def _contradictory(flat: frozenset) -> bool:
+    """A quick, sound test that a flat conjunction admits nothing: the types its members allow have no common
+    kind, or a name is required by one member and forbidden (``properties: {name: false}``) by another."""
+    kinds = ALL_KINDS
+    required: set = set()
+    forbidden: set = set()
+    closed: list[set] = []  # names allowed by members with additionalProperties: false (and no patterns)
+    extra_names: list = []  # complements of additionalProperties: some name outside these must exist
+    for raw in flat:
+        s = raw.schema
+        if not isinstance(s, dict):
+            continue
+        k = _raw_kinds(raw)
+        if k is not None:
+            kinds = kinds & k
+            if not kinds:
+                return True
+        req = s.get("required")
+        if isinstance(req, list):
+            required.update(x for x in req if isinstance(x, str))
+        props = s.get("properties")
+        if isinstance(props, dict):
+            forbidden.update(n for n, v in props.items() if v is False)
+        if s.get("additionalProperties") is False and not s.get("patternProperties"):
+            closed.append({n for n, v in (props or {}).items() if v is not False})
+        if K_EXTRA_NAME in s and not s[K_EXTRA_NAME][1]:
+            extra_names.append(set(s[K_EXTRA_NAME][0]))
+    if kinds != frozenset((OBJ,)):
+        return False  # the name rules below bind objects only
+    if required & forbidden or any(required - allowed for allowed in closed):
+        return True
+    return any(allowed <= names for allowed in closed for names in extra_names)
+
+
+_KINDS_OF_VALUE = {bool: BOOL, int: INT, float: FRAC, str: STR, list: ARR, dict: OBJ, type(None): NULL}
+
+
+def _raw_kinds(raw) -> frozenset | None:
+    """The kinds ``raw`` allows by ``type``, the internal kind set or ``enum``/``const`` (None: no such limit)."""
+    s = raw.schema
+    out = None
+    t = s.get("type")
+    if isinstance(t, str) and t in TYPE_KINDS:
+        out = TYPE_KINDS[t]
+    elif isinstance(t, list) and all(isinstance(x, str) and x in TYPE_KINDS for x in t):
+        out = frozenset().union(*(TYPE_KINDS[x] for x in t))
+    if K_KINDS in s:
+        ks = frozenset(s[K_KINDS])
+        out = ks if out is None else out & ks
+    for kw in ("enum", "const"):
+        if kw in s:
+            vals = s[kw] if kw == "enum" else [s[kw]]
+            if isinstance(vals, list):
+                ks = frozenset(
+                    INT if isinstance(v, float) and v.is_integer() else _KINDS_OF_VALUE.get(type(v), OBJ) for v in vals
+                )
+                out = ks if out is None else out & ks
+    return out
 
 
 def _constrains_names(s: dict) -> bool:

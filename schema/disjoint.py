@@ -10,7 +10,8 @@ instance satisfies two branches. :func:`simples_disjoint` returns True only when
 * booleans / null: no common value;
 * arrays: disjoint item-count ranges, or disjoint item schemas at a position both sides require;
 * objects: disjoint property-count ranges, or a name required by one side whose value schemas are disjoint
-  (this includes a name the other side forbids).
+  (this includes a name the other side forbids), or non-empty objects where one side allows only its declared
+  names and the other side's value schema is disjoint from its own for each of them.
 
 Anything else counts as "maybe overlapping", and the compiler then refuses the ``oneOf``.
 """
@@ -21,6 +22,7 @@ import math
 from fractions import Fraction
 
 from .automaton import DFA, StringAutomaton
+from .errors import UnsupportedSchemaError
 
 MAX_DEPTH = 6
 
@@ -42,9 +44,21 @@ def simples_disjoint(a, b, compiler, depth: int = 0) -> bool:
 
 
 def alts_disjoint(x, y, compiler, depth: int) -> bool:
-    x = compiler.resolved(x)
-    y = compiler.resolved(y)
-    return all(simples_disjoint(a, b, compiler, depth + 1) for a in x.simples for b in y.simples)
+    xs, ys = _simples(x, compiler), _simples(y, compiler)
+    if xs == () or ys == ():  # one side admits nothing (e.g. a name the other side forbids)
+        return True
+    if xs is None or ys is None:
+        return False
+    return all(simples_disjoint(a, b, compiler, depth + 1) for a in xs for b in ys)
+
+
+def _simples(alt, compiler):
+    """The alternatives of ``alt``, or None when they cannot be built yet (a reference back into the ``oneOf``
+    being expanded): then nothing is proved, and the compiler builds that node later as usual."""
+    try:
+        return compiler.resolved(alt).simples
+    except UnsupportedSchemaError:
+        return None
 
 
 def _nums_disjoint(a, b) -> bool:
@@ -160,4 +174,22 @@ def _objs_disjoint(a, b, compiler, depth: int) -> bool:
     his = [h for h in (a.max_props, b.max_props) if h is not None]
     if his and lo > min(his):
         return True
-    return any(alts_disjoint(a.value_alt(n), b.value_alt(n), compiler, depth) for n in sorted(a.required | b.required))
+    if any(alts_disjoint(a.value_alt(n), b.value_alt(n), compiler, depth) for n in sorted(a.required | b.required)):
+        return True
+    if max(a.min_props, b.min_props) >= 1:
+        # a common instance has some name; if one side allows only finitely many names (declared ones, nothing
+        # else), and for each of them the two sides' value schemas are disjoint, there is none
+        for x, y in ((a, b), (b, a)):
+            names = _only_names(x, compiler)
+            if names is not None and all(alts_disjoint(x.value_alt(n), y.value_alt(n), compiler, depth) for n in names):
+                return True
+    return False
+
+
+def _only_names(obj, compiler):
+    """The names an object may have when it allows no undeclared name at all; None if it may have others."""
+    keys = getattr(obj, "keys", None)  # patternProperties / propertyNames: schema/patternkeys.py
+    others = [f for f in keys.final if f is not None] if keys is not None else [obj.additional]
+    if any(compiler.resolved(alt).simples for alt in others):
+        return None
+    return obj.special

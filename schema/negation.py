@@ -11,8 +11,10 @@ constrain every value and their complements span all types.
 Complements that plain keywords cannot express use internal keywords (tuple keys, which no JSON document can
 contain): :data:`K_KINDS` (a set of JSON types where numbers are split into integers and non-integers),
 :data:`K_NOT_VALUES` (scalars excluded), :data:`K_NOT_PATTERN` / :data:`K_NOT_FORMAT` (strings outside a
-regular language). Keywords whose complement is existential over items or names (``items``,
-``additionalProperties``, ...) raise :class:`~.errors.UnsupportedSchemaError`: failing closed.
+regular language), :data:`K_EXTRA_NAME` (``additionalProperties``: some other name has a value outside its
+schema, expanded where an object's names are finitely many). Other keywords whose complement is existential over
+items or names (``items``, ``patternProperties``, ...) raise :class:`~.errors.UnsupportedSchemaError`: failing
+closed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ K_KINDS = ("omnifuse", "kinds")
 K_NOT_VALUES = ("omnifuse", "not-values")
 K_NOT_PATTERN = ("omnifuse", "not-pattern")
 K_NOT_FORMAT = ("omnifuse", "not-format")
-INTERNAL = (K_KINDS, K_NOT_VALUES, K_NOT_PATTERN, K_NOT_FORMAT)
+# "some name outside these declared names and patterns has a value outside this schema": the complement of
+# additionalProperties, (names, patterns, schema). Existential over names: the compiler expands it only where the
+# object's names are finitely many (see Compiler._merge_extra_name), and refuses it elsewhere.
+K_EXTRA_NAME = ("omnifuse", "extra-name")
+INTERNAL = (K_KINDS, K_NOT_VALUES, K_NOT_PATTERN, K_NOT_FORMAT, K_EXTRA_NAME)
 
 KINDS = ("null", "boolean", "int", "frac", "string", "array", "object")
 
@@ -113,7 +119,14 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
                 out.append({"type": "array", "minItems": len(schema.get("prefixItems", [])) + 1})
             elif not trivially_true(v):
                 raise UnsupportedSchemaError("items", path, "cannot be negated (some item would have to fail)")
-        elif kw in ("additionalProperties", "patternProperties", "propertyNames", "dependentSchemas",
+        elif kw == "additionalProperties":
+            if not trivially_true(v):
+                names = tuple(schema.get("properties") or {})
+                patterns = tuple(schema.get("patternProperties") or {})
+                out.append({"type": "object", K_EXTRA_NAME: (names, patterns, v)})
+        elif kw == K_EXTRA_NAME:
+            raise UnsupportedSchemaError("additionalProperties", path, "cannot be negated twice")
+        elif kw in ("patternProperties", "propertyNames", "dependentSchemas",
                     "unevaluatedItems", "unevaluatedProperties", "contains"):  # fmt: skip
             if kw == "patternProperties" and isinstance(v, dict) and all(trivially_true(x) for x in v.values()):
                 continue

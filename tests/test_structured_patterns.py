@@ -178,3 +178,42 @@ def test_names_outside_the_alphabet_are_judged_whole_and_never_generated() -> No
     compiled = compile_schema(schema)
     assert compiled.accepts('{"b\\n": "free"}') and compiled.accepts('{"é": []}')  # both dialects agree: no match
     assert compiled.accepts('{"a\\n": 1}') and not compiled.accepts('{"a\\n": "x"}')
+
+
+# oneOf over objects: the shapes real CI schemas use (issue 24's corpus), each checked against the reference validator
+LOGIC = {  # CircleCI's "logic": a scalar, or exactly one operator, or an object without operator names (recursive)
+    "$defs": {"logic": {"oneOf": [
+        {"anyOf": [{"type": "string", "pattern": "^<<"}, {"type": "boolean"}, {"type": "number"}, {"type": "string"}]},
+        {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+         "properties": {"and": {"type": "array", "items": {"$ref": "#/$defs/logic"}}, "not": {"$ref": "#/$defs/logic"}}},
+        {"type": "object", "propertyNames": {"not": {"pattern": "^(and|not)$"}}},
+    ]}},
+    "$ref": "#/$defs/logic",
+}  # fmt: skip
+CLOSED_OVERLAP = {  # two closed objects sharing a name: exactly one must match (the other's extra name decides)
+    "oneOf": [
+        {"type": "object", "additionalProperties": False, "properties": {"image": {"type": "string"}, "pull": {}},
+         "required": ["image"]},
+        {"type": "object", "additionalProperties": False, "properties": {"image": {}, "secrets": {}},
+         "required": ["image"]},
+    ]
+}  # fmt: skip
+ONEOF_INSTANCES = [
+    True, "x", 3, {}, {"and": []}, {"and": [True, {"not": 1}]}, {"and": [], "not": 1}, {"not": {"and": [{}]}},
+    {"x": 1}, {"and": 1}, {"image": "a"}, {"image": 1}, {"image": "a", "pull": 1}, {"image": 1, "secrets": 2},
+    {"image": "a", "pull": 1, "secrets": 2}, {"pull": 1}, {"image": "a", "other": 0},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("schema", [LOGIC, CLOSED_OVERLAP], ids=["recursive-logic", "closed-overlap"])
+def test_oneof_over_objects_matches_reference_validator(schema) -> None:
+    compiled = compile_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    verdicts = set()
+    for value in ONEOF_INSTANCES:
+        expected = validator.is_valid(value)
+        verdicts.add(expected)
+        assert compiled.accepts(json.dumps(value)) == expected, value
+    assert verdicts == {True, False}
+    for data in generate([schema] * 6, seed=3, max_new=64):
+        check_valid(schema, data)
