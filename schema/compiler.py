@@ -73,6 +73,7 @@ ANNOTATIONS = frozenset(
 )
 HANDLED = frozenset(
     {
+        "multipleOf",
         "type",
         "enum",
         "const",
@@ -107,7 +108,6 @@ HANDLED = frozenset(
 APPLICATORS = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas")
 ALWAYS_UNSUPPORTED = frozenset(
     {
-        "multipleOf",
         "contains",
         "$dynamicRef",
         "$recursiveRef",
@@ -659,6 +659,7 @@ class Compiler:
         nfas = []
         min_items, max_items = 0, None
         min_props, max_props = 0, None
+        multiples: list = []  # (divisor, path)
         required: set[str] = set()
         deps: dict[str, set[str]] = {}
         for raw in members:
@@ -691,6 +692,11 @@ class Compiler:
                         "format", p, f"format {s[K_NOT_FORMAT]!r} is not in the supported subset"
                     )
                 nfas.append(_complement_nfa(_pattern_nfa(fp, f"{p}/format", "format"), f"{p}/format"))
+            if "multipleOf" in s:
+                d = _number(s["multipleOf"], "multipleOf", p)
+                if d <= 0:
+                    raise SchemaError("multipleOf must be greater than 0", p)
+                multiples.append((d, p))
             if "minimum" in s:
                 lo = _tighter_lo(lo, (_number(s["minimum"], "minimum", p), False))
             if "exclusiveMinimum" in s:
@@ -764,7 +770,14 @@ class Compiler:
                     hi=None if hi is None else hi[0],
                     hi_excl=bool(hi and hi[1]),
                     values=vals,
+                    multiples=tuple(d for d, _ in multiples),
                 )
+                if multiples and vals is None and num.cost(None, "", None) is None:
+                    # generation writes integer multiples only (numbers.py): where none is in range, valid numbers
+                    # might still exist that it cannot produce, and recognition would refuse them: fail closed
+                    raise UnsupportedSchemaError(
+                        "multipleOf", multiples[0][1], "no integer multiple lies in the allowed range"
+                    )
                 if num.intervals and (vals is None or num.values):
                     node.num = num
         if STR in kinds:

@@ -106,9 +106,14 @@ class NumSpec:
         values: tuple | None = None,
         frac_only: bool = False,
         excluded: tuple = (),
+        multiples: tuple = (),
     ) -> None:
         self.integer = integer
         self.frac_only = frac_only and not integer
+        self.multiples = tuple(multiples)
+        # Generation writes only integers that are multiples of ``modulus`` (see _generation_modulus); with a float
+        # divisor they stay within 2**53, where the validator's float division is exact.
+        self.modulus, self.modulus_cap = _generation_modulus(self.multiples)
         self.lo, self.lo_excl, self.hi, self.hi_excl = lo, lo_excl, hi, hi_excl
         self.excluded = tuple(v for v in excluded if _is_num(v))
         self.values = None
@@ -116,7 +121,9 @@ class NumSpec:
             values = tuple(v for v in values if self.accepts_value(v))
         self.values = values
         self.intervals = self._mask_intervals()
-        self.unbounded = values is None and lo is None and hi is None and not self.excluded and not self.frac_only
+        self.unbounded = (
+            values is None and lo is None and hi is None and not self.excluded and not self.frac_only and not multiples
+        )
         self._cost: dict = {}
 
     # exact semantics -------------------------------------------------------------------------------------
@@ -131,6 +138,8 @@ class NumSpec:
             return False
         if self.hi is not None and not (x < self.hi if self.hi_excl else x <= self.hi):
             return False
+        if not all(_is_multiple(x, d) for d in self.multiples):
+            return False
         return not (self.values is not None and not any(x == v for v in self.values))
 
     def accepts_text(self, text: str) -> bool:
@@ -143,14 +152,18 @@ class NumSpec:
     # conservative mask intervals ------------------------------------------------------------------------
     def _mask_intervals(self) -> list[Interval]:
         lo = hi = None
-        io = self.integer
+        io = self.integer or self.modulus is not None
         if self.lo is not None:
             lo, i1 = _smallest_double_at_least(self.lo, self.lo_excl)
             io = io or i1
         if self.hi is not None:
             hi, i2 = _largest_double_at_most(self.hi, self.hi_excl)
             io = io or i2
-        if self.integer:
+        if self.modulus_cap is not None:
+            cap = Fraction(self.modulus_cap)
+            lo = -cap if lo is None else max(lo, -cap)
+            hi = cap if hi is None else min(hi, cap)
+        if io:
             lo = None if lo is None else Fraction(math.ceil(lo))
             hi = None if hi is None else Fraction(math.floor(hi))
         if lo is not None and hi is not None and lo > hi:
@@ -240,7 +253,7 @@ class NumSpec:
     def _mag_cost(self, mags: list[Interval], ip: str, fr: str | None) -> int | None:
         best = None
         for a, b, mode in mags:
-            best = _min(best, _interval_cost(a, b, mode, ip, fr, best))
+            best = _min(best, _interval_cost(a, b, mode, ip, fr, best, self.modulus or 1))
         return best
 
 
@@ -288,14 +301,17 @@ def _grid(
     return None
 
 
-def _interval_cost(a: Fraction, b: Fraction | None, mode: int, ip: str, fr: str | None, bound) -> int | None:
-    """Shortest completion of magnitude text ``ip[.fr]`` to a value in ``[a, b]`` (``b`` None: unbounded)."""
+def _interval_cost(
+    a: Fraction, b: Fraction | None, mode: int, ip: str, fr: str | None, bound, modulus: int = 1
+) -> int | None:
+    """Shortest completion of magnitude text ``ip[.fr]`` to a value in ``[a, b]`` (``b`` None: unbounded); with a
+    ``modulus`` (INT_ONLY intervals only), to an integer multiple of it."""
     io = mode == INT_ONLY
     nonint = mode == FRAC_ONLY
     if ip == "":
         best = None
         for d in DIGITS:
-            c = _interval_cost(a, b, mode, d, None, None if best is None else best - 1)
+            c = _interval_cost(a, b, mode, d, None, None if best is None else best - 1, modulus)
             if c is not None:
                 best = _min(best, c + 1)
         return best
@@ -307,7 +323,7 @@ def _interval_cost(a: Fraction, b: Fraction | None, mode: int, ip: str, fr: str 
         s = _grid(max(a, v0), b, v0 + Fraction(1, 10**s0), s0 + (1 if fr == "" else 0), None, nonint)
         return None if s is None else s - s0
     n = int(ip)
-    best = 0 if (not nonint and a <= n and (b is None or n <= b)) else None
+    best = 0 if (not nonint and a <= n and (b is None or n <= b) and n % modulus == 0) else None
     if best == 0:
         return 0
     if bound is not None and bound < 1:
@@ -334,7 +350,7 @@ def _interval_cost(a: Fraction, b: Fraction | None, mode: int, ip: str, fr: str 
             lo_i, hi_i = max(lo_j, a_int), hi_excl - 1
             if b_int is not None:
                 hi_i = min(hi_i, b_int)
-            if lo_i <= hi_i:
+            if -(-lo_i // modulus) * modulus <= hi_i:  # the first multiple of the modulus from lo_i
                 best = _min(best, j)
                 break
         if not io and (best is None or j + 2 < best):
@@ -344,6 +360,38 @@ def _interval_cost(a: Fraction, b: Fraction | None, mode: int, ip: str, fr: str 
                 best = _min(best, j + 1 + k)
         j += 1
     return best
+
+
+def _is_multiple(x, d) -> bool:
+    """``multipleOf: d`` exactly as the reference validator (``jsonschema``) decides it, float arithmetic included."""
+    if isinstance(d, float):
+        try:
+            quotient = x / d
+        except OverflowError:
+            return False  # an integer too large for a float: the validator itself raises there
+        try:
+            return int(quotient) == quotient
+        except OverflowError:
+            return (Fraction(x) / Fraction(d)).denominator == 1
+    return not (x % d)
+
+
+def _generation_modulus(multiples: tuple) -> tuple[int | None, int | None]:
+    """``(M, cap)``: generated numbers are the integers that are multiples of ``M`` (and at most ``cap`` in
+    magnitude). An integer divisor ``d`` gives ``d``. A float divisor is exactly ``p / 2**e``, and for an integer
+    ``x = k * p`` with ``|x| <= 2**53`` the validator's ``x / d`` is exactly ``k * 2**e``: an integer, so ``M`` is
+    ``p``. Several divisors: the least common multiple."""
+    if not multiples:
+        return None, None
+    modulus, cap = 1, None
+    for d in multiples:
+        if isinstance(d, float):
+            p = Fraction(d).numerator
+            cap = 2**53
+        else:
+            p = d
+        modulus = modulus * p // math.gcd(modulus, p)
+    return modulus, cap
 
 
 def is_number_char(c: str) -> bool:

@@ -27,6 +27,8 @@ def random_schema(rng: random.Random, depth: int = 0):
                 s["minimum"] = rng.randint(-50, 50)
             if rng.random() < 0.5:
                 s["exclusiveMaximum"] = rng.randint(-20, 200)
+            if rng.random() < 0.25:
+                s["multipleOf"] = rng.choice([2, 3, 7, 2.5, 0.5])
             return s
         if kind == "num":
             s = {"type": "number"}
@@ -36,6 +38,8 @@ def random_schema(rng: random.Random, depth: int = 0):
                 s["maximum"] = round(rng.uniform(-5, 50), 3)
             if rng.random() < 0.3:
                 s["not"] = {"type": "integer"}
+            if rng.random() < 0.2:
+                s["multipleOf"] = rng.choice([0.5, 1.5, 0.1, 4])
             return s
         if kind == "str":
             s = {"type": "string"}
@@ -76,7 +80,13 @@ def random_schema(rng: random.Random, depth: int = 0):
             s["patternProperties"] = {p: random_schema(rng, depth + 1) for p in patterns}
         if rng.random() < 0.2:
             s["propertyNames"] = rng.choice(
-                [{"maxLength": 2}, {"pattern": "^[a-d]"}, {"enum": ["a", "b", "zz", "é"]}, {"not": {"const": "b"}}, False]
+                [
+                    {"maxLength": 2},
+                    {"pattern": "^[a-d]"},
+                    {"enum": ["a", "b", "zz", "é"]},
+                    {"not": {"const": "b"}},
+                    False,
+                ]
             )
         return s
     if kind == "arr":

@@ -28,7 +28,8 @@ def reference_valid(schema, value) -> bool:
 @pytest.mark.parametrize(
     ("schema", "keyword", "path"),
     [
-        ({"properties": {"a": {"multipleOf": 2}}}, "multipleOf", "#/properties/a"),
+        ({"properties": {"a": {"multipleOf": 0.01, "minimum": 1, "maximum": 2}}}, "multipleOf", "#/properties/a"),
+        ({"not": {"multipleOf": 2}}, "multipleOf", "#/not"),
         ({"items": {"uniqueItems": True}}, "uniqueItems", "#/items"),
         ({"$defs": {"x": {"contains": {}}}, "$ref": "#/$defs/x"}, "contains", "#/$defs/x"),
         ({"type": "string", "format": "uri"}, "format", "#"),
@@ -286,6 +287,9 @@ def test_patterns_agree_with_python_re(pattern: str, text: str) -> None:
         dict(lo=0.1, hi=0.1),
         dict(values=(1.5, -2, 0.03, 40)),
         dict(integer=True, lo=100, hi=1000),
+        dict(multiples=(7,), lo=-30, hi=40),
+        dict(multiples=(1.5,), lo=2),
+        dict(multiples=(3, 4), hi=-10),
     ],
 )
 def test_number_prefix_costs_match_brute_force(spec) -> None:
@@ -327,6 +331,8 @@ def test_number_prefix_costs_match_brute_force(spec) -> None:
                     schema["exclusiveM" + kw[1:] if spec.get(key + "_excl") else kw] = spec[key]
             if "values" in spec:
                 schema["enum"] = list(spec["values"])
+            if "multiples" in spec:
+                schema["allOf"] = [{"multipleOf": d} for d in spec["multiples"]]
             assert reference_valid(schema, value), t
 
 
