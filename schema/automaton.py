@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
+from itertools import count
 
-from .charset import UNIVERSE, CharSet, min_json_cost
+from .charset import COST_BREAKS, SUR_HI, SUR_LO, UNIVERSE, CharSet, min_json_cost
 from .errors import UnsupportedSchemaError
 from .regex import NFA
 
@@ -369,3 +370,51 @@ def dfa_to_nfa(dfa: DFA) -> NFA:
             nfa.eps[q].append(final)
     nfa.start, nfa.accept = 0, final
     return nfa
+
+
+def chars_by_cost(lo: int, hi: int):
+    """``(json cost, code point)`` for every code point of ``[lo, hi]``, cheapest first."""
+    segments = sorted((c, max(a, lo), min(b, hi)) for a, b, c in COST_BREAKS if not (b < lo or a > hi))
+    for c, a, b in segments:
+        cp = a
+        while cp <= b:
+            if SUR_LO <= cp <= SUR_HI:
+                cp = SUR_HI + 1
+                continue
+            yield c, cp
+            cp += 1
+
+
+def cheapest_strings(start, prefix: str, transitions, dist, end_weight):
+    """Yield ``(cost, text)`` for every completion of ``prefix`` (machine state ``start``), cheapest first.
+
+    ``transitions(state)`` gives ``(lo, hi, target)``; ``dist(state)`` is the exact cheapest completion cost from a
+    state (None: dead) and ``end_weight(state)`` the cost of ending there (None: cannot end). A* with ``dist`` as the
+    heuristic: each text comes out once, in non-decreasing cost; a range is expanded one character at a time.
+    """
+    d0 = dist(start)
+    if d0 is None:
+        return
+    tick = count()
+    heap: list = [(d0, next(tick), 0, prefix, start, None, False)]
+    while heap:
+        f, _, g, text, state, chars, done = heapq.heappop(heap)
+        if done:
+            yield g, text
+            continue
+        if chars is None:
+            w = end_weight(state)
+            if w is not None:
+                heapq.heappush(heap, (g + w, next(tick), g + w, text, state, None, True))
+            for a, b, t in transitions(state):
+                dt = dist(t)
+                if dt is not None:
+                    it = chars_by_cost(a, b)
+                    c, cp = next(it)
+                    heapq.heappush(heap, (g + c + dt, next(tick), g, text, t, (it, c, cp, dt), False))
+            continue
+        it, c, cp, dt = chars  # a cursor over one range: emit its next-cheapest character, then advance
+        heapq.heappush(heap, (f, next(tick), g + c, text + chr(cp), state, None, False))
+        nxt = next(it, None)
+        if nxt is not None:
+            heapq.heappush(heap, (g + nxt[0] + dt, next(tick), g, text, state, (it, nxt[0], nxt[1], dt), False))

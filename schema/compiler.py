@@ -74,6 +74,7 @@ ANNOTATIONS = frozenset(
 HANDLED = frozenset(
     {
         "multipleOf",
+        "uniqueItems",
         "type",
         "enum",
         "const",
@@ -185,10 +186,14 @@ class Alt:
 class ArrSpec:
     """Array part of a node: per-position item nodes (``prefix``), the rest (``items``), item-count bounds."""
 
-    __slots__ = ("prefix", "items", "min_items", "max_items")
+    __slots__ = ("prefix", "items", "min_items", "max_items", "unique", "path")
 
-    def __init__(self, prefix: tuple[Alt, ...], items: Alt, min_items: int, max_items: int | None) -> None:
+    def __init__(
+        self, prefix: tuple[Alt, ...], items: Alt, min_items: int, max_items: int | None, unique: bool = False
+    ) -> None:
         self.prefix, self.items, self.min_items, self.max_items = prefix, items, min_items, max_items
+        self.unique = unique  # uniqueItems: see unique.py
+        self.path = "#"
 
     def alt_at(self, i: int) -> Alt:
         return self.prefix[i] if i < len(self.prefix) else self.items
@@ -438,6 +443,9 @@ class Compiler:
         while self._queue:
             self.resolved(self._queue.pop())
         self._fixpoint()
+        for s in self.simples:
+            if s.arr is not None and s.arr.unique and s.min_cost is not None:
+                _check_unique(s.arr)
         return root
 
     # conjunctions -> alternatives -----------------------------------------------------------------------
@@ -660,6 +668,7 @@ class Compiler:
         min_items, max_items = 0, None
         min_props, max_props = 0, None
         multiples: list = []  # (divisor, path)
+        unique = None  # path of a uniqueItems: true
         required: set[str] = set()
         deps: dict[str, set[str]] = {}
         for raw in members:
@@ -692,6 +701,8 @@ class Compiler:
                         "format", p, f"format {s[K_NOT_FORMAT]!r} is not in the supported subset"
                     )
                 nfas.append(_complement_nfa(_pattern_nfa(fp, f"{p}/format", "format"), f"{p}/format"))
+            if s.get("uniqueItems") is True:
+                unique = unique or p
             if "multipleOf" in s:
                 d = _number(s["multipleOf"], "multipleOf", p)
                 if d <= 0:
@@ -796,6 +807,8 @@ class Compiler:
                         node.str = auto
         if ARR in kinds and evals is None:
             node.arr = self._arr_spec(members, min_items, max_items, path)
+            if unique is not None:
+                node.arr.unique, node.arr.path = True, unique
         if OBJ in kinds and evals is None:
             node.obj = self._obj_spec(members, required, min_props, max_props, path, deps)
         if node.null or node.bools or node.num or node.str or node.arr or node.obj:
@@ -1032,10 +1045,6 @@ class Compiler:
             return
         if kw in ALWAYS_UNSUPPORTED:
             raise UnsupportedSchemaError(kw, p)
-        if kw == "uniqueItems":
-            if v is True:
-                raise UnsupportedSchemaError(kw, p)
-            return
         if kw == "patternProperties":
             if not isinstance(v, dict):
                 raise SchemaError("patternProperties must be an object", p)
@@ -1134,6 +1143,16 @@ def _first_chars(s: Simple) -> CharSet:
     if OBJ in kc:
         chars.append("{")
     return CharSet.of(*chars)
+
+
+def _check_unique(arr: ArrSpec) -> None:
+    """``uniqueItems`` within what unique.py supports: scalar items, and at most one item needed to close."""
+    if arr.min_items > 1:
+        raise UnsupportedSchemaError("uniqueItems", arr.path, "with minItems above 1")
+    for alt in (*arr.prefix, arr.items):
+        for s in alt.simples:
+            if (s.arr is not None and ARR in s.kind_cost) or (s.obj is not None and OBJ in s.kind_cost):
+                raise UnsupportedSchemaError("uniqueItems", arr.path, "items that may be arrays or objects")
 
 
 def _contradictory(flat: frozenset) -> bool:

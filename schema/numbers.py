@@ -126,6 +126,20 @@ class NumSpec:
         )
         self._cost: dict = {}
 
+    def without(self, values: tuple) -> NumSpec:
+        """The same constraints with ``values`` excluded as well (``uniqueItems``: the numbers already written)."""
+        return NumSpec(
+            integer=self.integer,
+            lo=self.lo,
+            lo_excl=self.lo_excl,
+            hi=self.hi,
+            hi_excl=self.hi_excl,
+            values=self.values,
+            frac_only=self.frac_only,
+            excluded=self.excluded + tuple(values),
+            multiples=self.multiples,
+        )
+
     # exact semantics -------------------------------------------------------------------------------------
     def accepts_value(self, x) -> bool:
         """Whether the Python number ``x`` (as ``json.loads`` returns it) satisfies the constraints."""
@@ -151,6 +165,8 @@ class NumSpec:
 
     # conservative mask intervals ------------------------------------------------------------------------
     def _mask_intervals(self) -> list[Interval]:
+        if self.frac_only and self.modulus is not None:
+            return []  # generation writes integer multiples only: none is a non-integer
         lo = hi = None
         io = self.integer or self.modulus is not None
         if self.lo is not None:

@@ -23,13 +23,11 @@ disagree is refused at compile time: which schema a name gets never depends on t
 
 from __future__ import annotations
 
-import heapq
 import re
 from bisect import bisect_right
-from itertools import count
 
-from .automaton import cheapest_to_targets, dfa_accepts
-from .charset import COST_BREAKS, SUR_HI, SUR_LO, UNIVERSE, CharSet, json_char_cost, min_json_cost
+from .automaton import cheapest_strings, cheapest_to_targets, dfa_accepts
+from .charset import UNIVERSE, CharSet, json_char_cost, min_json_cost
 from .compiler import ObjSpec
 from .errors import UnsupportedSchemaError
 from .keys import entry_tail
@@ -203,48 +201,12 @@ class KeyAutomaton:
         ``cost`` = bytes of the rest of the name + closing quote + colon + the cheapest value (A* over the product,
         ``dist`` the exact heuristic, so names come out in non-decreasing cost and each exactly once).
         """
-        if dist[s] is None:
-            return
-        tick = count()
-        heap: list = [(dist[s], next(tick), 0, prefix, s, None)]
-        while heap:
-            f, _, g, text, state, chars = heapq.heappop(heap)
-            if chars is None:
-                if state < 0:  # a finished name
-                    yield g, text
-                    continue
-                w = self.tail_weight(state)
-                if w is not None:
-                    heapq.heappush(heap, (g + w, next(tick), g + w, text, -1, None))
-                for a, b, t in self.trans[state]:
-                    if dist[t] is not None:
-                        it = _chars_by_cost(a, b)
-                        c, cp = next(it)
-                        heapq.heappush(heap, (g + c + dist[t], next(tick), g, text, t, (it, c, cp)))
-                continue
-            it, c, cp = chars  # a cursor over one range: emit its next-cheapest character, then advance
-            heapq.heappush(heap, (f, next(tick), g + c, text + chr(cp), state, None))
-            nxt = next(it, None)
-            if nxt is not None:
-                heapq.heappush(heap, (g + nxt[0] + dist[state], next(tick), g, text, state, (it, *nxt)))
+        yield from cheapest_strings(s, prefix, self.trans.__getitem__, dist.__getitem__, self.tail_weight)
 
 
 def _dfa_step(dfa, q: int, cp: int) -> int:
     t = dfa.step(q, cp)
     return -1 if t is None else t
-
-
-def _chars_by_cost(lo: int, hi: int):
-    """``(json cost, code point)`` for every code point of ``[lo, hi]``, cheapest first."""
-    segments = sorted((c, max(a, lo), min(b, hi)) for a, b, c in COST_BREAKS if not (b < lo or a > hi))
-    for c, a, b in segments:
-        cp = a
-        while cp <= b:
-            if SUR_LO <= cp <= SUR_HI:
-                cp = SUR_HI + 1
-                continue
-            yield c, cp
-            cp += 1
 
 
 def python_regex_agrees(pattern: str, name: str, ours: bool) -> bool:

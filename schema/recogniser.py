@@ -37,6 +37,7 @@ from .compiler import ARR, BOOL, NULL, OBJ, STR, Alt, Simple
 from .keys import KeyMachine
 from .lexer import END, lex_allowed, lex_cost, lex_cost_range, lex_step
 from .patternkeys import PatternKeyMachine, PatternObjSpec
+from .unique import ExcludingStrings, item_key, number_value, restricted
 
 T_V, T_S, T_N, T_L, T_A, T_O, T_R = range(7)
 A_START, A_AFTER, A_COMMA = range(3)
@@ -55,6 +56,7 @@ _LEAD_CLASSES = (  # (sequence length, mask of its lead bytes)
     (4, sum(1 << b for b in range(0xF0, 0xF5))),
 )
 _MEMO_LIMIT = 200_000
+_WORD_VALUES = {"true": True, "false": False, "null": None}
 
 
 class Stack:
@@ -116,6 +118,7 @@ class Machine:
     def __init__(self, root: Alt) -> None:
         self.root = root
         self._allowed: dict = {}
+        self._keep: list = []
         root_stack = Stack(ROOT_FRAME, None, 0)
         stacks = (Stack((T_V, root), root_stack, 0),) if root.min_cost is not None else ()
         self.initial = RecState((stacks, b""))
@@ -167,6 +170,8 @@ class Machine:
             if r is None:
                 return []
             if r is END:
+                if isinstance(f[1], ExcludingStrings):  # an item of a uniqueItems array: remember its value
+                    return [self._item_done(st.parent, item_key("string", f[3]))]
                 return [st.parent]
             (q, n), esc = r
             return [Stack((T_S, f[1], q, n, esc), st.parent, st.base)]
@@ -184,7 +189,7 @@ class Machine:
             if c != ord(word[pos]):
                 return []
             if pos + 1 == len(word):
-                return [st.parent]
+                return [self._item_done(st.parent, item_key("literal", _WORD_VALUES[word]))]
             return [Stack((T_L, word, pos + 1), st.parent, st.base)]
         if tag == T_A:
             return self._step_array(st, c)
@@ -197,13 +202,15 @@ class Machine:
         kc = s.kind_cost
         if c == 0x22:
             if STR in kc:
+                if isinstance(s.str, ExcludingStrings):
+                    return [Stack((T_S, s.str, *s.str.start(), 0), parent, base)]
                 return [Stack((T_S, s.str, 0, 0, 0), parent, base)]
         elif c == 0x7B:
             if OBJ in kc:
                 return [Stack((T_O, s, O_START, frozenset(), None, 0), parent, base)]
         elif c == 0x5B:
             if ARR in kc:
-                return [Stack((T_A, s, A_START, 0), parent, base)]
+                return [Stack((T_A, s, A_START, 0, frozenset() if s.arr.unique else None), parent, base)]
         elif c in _DIGIT_CPS:
             if "number" in kc:
                 return [Stack((T_N, s, False, _DIGIT_CPS[c], None, None), parent, base)]
@@ -230,30 +237,60 @@ class Machine:
         # c ends the number
         if not _number_complete(ip, fr, ex) or not s.num.accepts_text(_number_text(neg, ip, fr, ex)):
             return []
-        return self._step(st.parent, c)
+        return self._step(self._number_done(st), c)
 
     def _step_array(self, st: Stack, c: int) -> list[Stack]:
-        _, s, phase, i = st.frame
+        _, s, phase, i, taken = st.frame
         arr = s.arr
         if c in WS_CODES:
             return [st]
         if phase == A_AFTER:
             if c == 0x2C:
-                return [Stack((T_A, s, A_COMMA, i), st.parent, st.base)] if arr.can_add(i) else []
+                return [Stack((T_A, s, A_COMMA, i, taken), st.parent, st.base)] if self._can_add(s, i, taken) else []
             if c == 0x5D:
                 return [st.parent] if i >= arr.min_items else []
             return []
         if phase == A_START and c == 0x5D:
             return [st.parent] if arr.min_items == 0 else []
-        if not arr.can_add(i):
+        if not self._can_add(s, i, taken):
             return []
-        after = (T_A, s, A_AFTER, i + 1)
+        after = (T_A, s, A_AFTER, i + 1, taken)
         pst = Stack(after, st.parent, st.base)
         base = self.frame_cost(after) + st.base
         out = []
-        for child in arr.alt_at(i).simples:
+        for child in self._items(arr.alt_at(i), taken):
             out.extend(self._start_value(child, c, pst, base))
         return out
+
+    # uniqueItems (unique.py): the array frame carries the items written so far -----------------------------
+    def _items(self, alt: Alt, taken: frozenset | None) -> tuple[Simple, ...]:
+        """The nodes an item may start: ``alt``'s, or (uniqueItems) those nodes without the values ``taken``."""
+        if taken is None:
+            return alt.simples
+        key = ("items", id(alt), taken)
+        r = self._allowed.get(key)
+        if r is None:
+            r = tuple(x for x in (restricted(s, taken, Simple) for s in alt.simples) if x.min_cost is not None)
+            self._keep.append(alt)  # the id in the key stays this alt's
+            self._allowed[key] = r
+        return r
+
+    def _can_add(self, s: Simple, i: int, taken: frozenset | None) -> bool:
+        return s.arr.can_add(i) and (taken is None or bool(self._items(s.arr.alt_at(i), taken)))
+
+    @staticmethod
+    def _item_done(parent: Stack, key: tuple) -> Stack:
+        """``parent`` once an item finished: a uniqueItems array frame records the item's value."""
+        f = parent.frame
+        if f[0] == T_A and f[4] is not None:
+            return Stack((T_A, f[1], f[2], f[3], f[4] | {key}), parent.parent, parent.base)
+        return parent
+
+    def _number_done(self, st: Stack) -> Stack:
+        f, parent = st.frame, st.parent
+        if parent.frame[0] == T_A and parent.frame[4] is not None:
+            return self._item_done(parent, item_key("number", number_value(*f[2:])))
+        return parent
 
     def _step_object(self, st: Stack, c: int) -> list[Stack]:
         _, s, phase, seen, key, esc = st.frame
@@ -343,11 +380,11 @@ class Machine:
         if tag == T_L:
             return CharSet.of(f[1][f[2]])
         if tag == T_A:
-            _, s, phase, i = f
+            _, s, phase, i, taken = f
             arr = s.arr
             chars = []
             if phase == A_AFTER:
-                if arr.can_add(i):
+                if self._can_add(s, i, taken):
                     chars.append(",")
                 if i >= arr.min_items:
                     chars.append("]")
@@ -355,8 +392,12 @@ class Machine:
             out = WS
             if phase == A_START and arr.min_items == 0:
                 out = out | CharSet.of("]")
-            if arr.can_add(i):
-                out = out | arr.alt_at(i).first
+            if self._can_add(s, i, taken):
+                if taken is None:
+                    out = out | arr.alt_at(i).first
+                else:
+                    for x in self._items(arr.alt_at(i), taken):
+                        out = out | x.first
             return out
         if tag == T_O:
             _, s, phase, seen, key, esc = f
@@ -385,7 +426,7 @@ class Machine:
                 chars.extend("+-")
             out = CharSet.of(*chars)
             if _number_complete(ip, fr, ex) and num.accepts_text(_number_text(neg, ip, fr, ex)):
-                out = out | self._allowed_stack(st.parent)
+                out = out | self._allowed_stack(self._number_done(st))
             return out
         if ip == "":
             chars.extend(d for d in DIGITS if num.cost(neg, d, None) is not None)
@@ -398,7 +439,7 @@ class Machine:
             chars.extend(d for d in DIGITS if num.cost(neg, ip, fr + d) is not None)
         out = CharSet.of(*chars)
         if ip != "" and fr != "" and num.cost(neg, ip, fr) == 0:
-            out = out | self._allowed_stack(st.parent)
+            out = out | self._allowed_stack(self._number_done(st))
         return out
 
     # costs ---------------------------------------------------------------------------------------------
@@ -430,10 +471,13 @@ class Machine:
         if tag == T_L:
             return len(f[1]) - f[2]
         if tag == T_A:
-            _, s, phase, i = f
+            _, s, phase, i, taken = f
             arr = s.arr
             if phase == A_COMMA:
-                c = arr.alt_at(i).min_cost
+                if taken is None:
+                    c = arr.alt_at(i).min_cost
+                else:
+                    c = min((x.min_cost for x in self._items(arr.alt_at(i), taken)), default=None)
                 r = arr.rest_cost(i + 1, False)
                 return None if c is None or r is None else c + r
             return arr.rest_cost(i, phase == A_START)
@@ -499,7 +543,7 @@ class Machine:
         by_delta: dict[int, int] = {}
         state = RecState(((st,), pending))
         bits = allowed_bytes(self._allowed_stack(st), pending)
-        if f[0] == T_S and f[4] == 0 and f[1].dfa is None and bits:
+        if f[0] == T_S and f[4] == 0 and f[1].dfa is None and not isinstance(f[1], ExcludingStrings) and bits:
             bits = bits & -bits  # free string content: every allowed continuation leads to the same cost
             single = True
         else:
@@ -536,7 +580,7 @@ class Machine:
                 by_delta[d] = by_delta.get(d, 0) | mask
 
         tag = f[0]
-        if tag == T_S and f[4] == 0:
+        if tag == T_S and f[4] == 0 and not isinstance(f[1], ExcludingStrings):
             self._string_deltas(f[1], (f[2], f[3]), None, put)
         elif tag == T_O and f[2] == O_KEY and f[5] == 0 and not isinstance(f[1].obj, PatternObjSpec):
             # (names under patternProperties / propertyNames take the byte-by-byte path below: exact, and rare)

@@ -99,6 +99,8 @@ def random_schema(rng: random.Random, depth: int = 0):
             s["minItems"] = rng.randint(0, 3)
         if rng.random() < 0.4:
             s["maxItems"] = rng.randint(0, 4)
+        if rng.random() < 0.25:
+            s["uniqueItems"] = True
         return s
     if kind in ("anyOf", "oneOf", "allOf"):
         return {kind: [random_schema(rng, depth + 1) for _ in range(rng.randint(1, 3))]}
