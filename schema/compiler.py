@@ -73,6 +73,9 @@ ANNOTATIONS = frozenset(
 )
 HANDLED = frozenset(
     {
+        "contains",
+        "minContains",
+        "maxContains",
         "multipleOf",
         "uniqueItems",
         "type",
@@ -109,7 +112,6 @@ HANDLED = frozenset(
 APPLICATORS = ("$ref", "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentSchemas")
 ALWAYS_UNSUPPORTED = frozenset(
     {
-        "contains",
         "$dynamicRef",
         "$recursiveRef",
         # keywords of other drafts that would constrain there: refuse rather than ignore
@@ -184,9 +186,16 @@ class Alt:
 
 
 class ArrSpec:
-    """Array part of a node: per-position item nodes (``prefix``), the rest (``items``), item-count bounds."""
+    """Array part of a node: per-position item nodes (``prefix``), the rest (``items``), item-count bounds.
 
-    __slots__ = ("prefix", "items", "min_items", "max_items", "unique", "path")
+    With ``contains``, every position also has a "matches" and a "does not match" node (the item node and the
+    ``contains`` schema or its complement, :meth:`branches`), and the recogniser counts matching items
+    (``minContains`` .. ``maxContains``, the count is part of the array's state).
+    """
+
+    __slots__ = (
+        "prefix", "items", "min_items", "max_items", "unique", "path", "contains", "min_contains", "max_contains",
+    )  # fmt: skip
 
     def __init__(
         self, prefix: tuple[Alt, ...], items: Alt, min_items: int, max_items: int | None, unique: bool = False
@@ -194,15 +203,47 @@ class ArrSpec:
         self.prefix, self.items, self.min_items, self.max_items = prefix, items, min_items, max_items
         self.unique = unique  # uniqueItems: see unique.py
         self.path = "#"
+        self.contains = None  # (yes prefix, yes items, no prefix, no items) when the node has "contains"
+        self.min_contains, self.max_contains = 0, None
 
     def alt_at(self, i: int) -> Alt:
         return self.prefix[i] if i < len(self.prefix) else self.items
 
-    def can_add(self, i: int) -> bool:
-        return (self.max_items is None or i < self.max_items) and self.alt_at(i).min_cost is not None
+    def _yes_no(self, i: int) -> tuple[Alt, Alt]:
+        yp, yi, np_, ni = self.contains
+        return (yp[i], np_[i]) if i < len(yp) else (yi, ni)
 
-    def rest_cost(self, i: int, first: bool) -> int | None:
-        """Bytes to close the array when ``i`` items exist (``first``: nothing written since ``[``)."""
+    def count_key(self, count: int) -> int:
+        """Matching items that still make a difference (beyond ``minContains`` without a maximum, none do)."""
+        return min(count, self.min_contains) if self.max_contains is None else count
+
+    def branches(self, i: int, count: int) -> list[tuple[Alt, int]]:
+        """``(item node, matching count after it)`` for the item at position ``i`` (plain arrays: one branch)."""
+        if self.contains is None:
+            return [(self.alt_at(i), count)]
+        yes, no = self._yes_no(i)
+        out = [(no, count)]
+        if self.max_contains is None or count < self.max_contains:
+            out.insert(0, (yes, self.count_key(count + 1)))
+        return out
+
+    def closable(self, i: int, count: int) -> bool:
+        return i >= self.min_items and count >= self.min_contains
+
+    def can_add(self, i: int, count: int = 0) -> bool:
+        if self.max_items is not None and i >= self.max_items:
+            return False
+        if self.contains is None:
+            return self.alt_at(i).min_cost is not None
+        return any(
+            a.min_cost is not None and self.rest_cost(i + 1, False, c) is not None for a, c in self.branches(i, count)
+        )
+
+    def rest_cost(self, i: int, first: bool, count: int = 0) -> int | None:
+        """Bytes to close the array when ``i`` items exist (``first``: nothing written since ``[``), ``count`` of
+        them matching ``contains``."""
+        if self.contains is not None:
+            return self._rest_cost_contains(i, first, count)
         total = 1
         n_more = max(0, self.min_items - i)
         if self.max_items is not None and self.min_items > self.max_items:
@@ -220,6 +261,56 @@ class ArrSpec:
             total += k * c
         if n_more:
             total += n_more - (1 if first else 0)
+        return total
+
+    def _rest_cost_contains(self, i: int, first: bool, count: int) -> int | None:
+        need = max(0, self.min_contains - count)  # matching items still needed
+        most = None if self.max_contains is None else self.max_contains - count  # matching items still allowed
+        if most is not None and most < 0:
+            return None
+        k0 = max(self.min_items - i, need, 0)  # items to add at least; prefix positions that cannot match may
+        k1 = max(k0, len(self.contains[0]) - i + need)  # make more worth it, at most enough to pass them all
+        if self.max_items is not None:
+            k1 = min(k1, self.max_items - i)
+        total = None
+        for k in range(k0, k1 + 1):
+            c = self._cost_with(i, k, need, most)
+            if c is not None:
+                c += k - (1 if first else 0) if k else 0  # commas
+                total = c if total is None or c < total else total
+        return None if total is None else 1 + total
+
+    def _cost_with(self, i: int, k: int, need: int, most: int | None) -> int | None:
+        """Cheapest ``k`` more items with at least ``need`` and at most ``most`` of them matching ``contains``."""
+        # prefix positions one by one (best cost per number of matches), the homogeneous tail by arithmetic
+        best = {0: 0}
+        for j in range(i, min(i + k, len(self.contains[0]))):
+            yes, no = self._yes_no(j)
+            nxt: dict[int, int] = {}
+            for y, c in best.items():
+                for alt, dy in ((yes, 1), (no, 0)):
+                    if alt.min_cost is not None and (most is None or y + dy <= most):
+                        v = c + alt.min_cost
+                        if nxt.get(y + dy, v + 1) > v:
+                            nxt[y + dy] = v
+            best = nxt
+        tail = max(0, i + k - max(i, len(self.contains[0])))
+        cy, cn = self.contains[1].min_cost, self.contains[3].min_cost
+        total = None
+        for y, c in best.items():
+            lo_t = max(0, need - y)
+            hi_t = tail if most is None else min(tail, most - y)
+            if cy is None:
+                hi_t = min(hi_t, 0)
+            if cn is None:
+                lo_t = max(lo_t, tail)  # every tail item must match
+            if lo_t > hi_t:
+                continue
+            # cost is linear in the matching tail items: one end of the range is the cheapest
+            options = [lo_t, hi_t] if cy is not None and cn is not None else [lo_t]
+            for yt in options:
+                v = c + (yt * cy if yt else 0) + ((tail - yt) * cn if tail - yt else 0)
+                total = v if total is None or v < total else total
         return total
 
 
@@ -669,6 +760,7 @@ class Compiler:
         min_props, max_props = 0, None
         multiples: list = []  # (divisor, path)
         unique = None  # path of a uniqueItems: true
+        contains = []  # (raw, minContains, maxContains)
         required: set[str] = set()
         deps: dict[str, set[str]] = {}
         for raw in members:
@@ -703,6 +795,10 @@ class Compiler:
                 nfas.append(_complement_nfa(_pattern_nfa(fp, f"{p}/format", "format"), f"{p}/format"))
             if s.get("uniqueItems") is True:
                 unique = unique or p
+            if "contains" in s:
+                lo_c = _nonneg_int(s.get("minContains", 1), "minContains", p)
+                hi_c = _nonneg_int(s["maxContains"], "maxContains", p) if "maxContains" in s else None
+                contains.append((raw, lo_c, hi_c))
             if "multipleOf" in s:
                 d = _number(s["multipleOf"], "multipleOf", p)
                 if d <= 0:
@@ -809,6 +905,8 @@ class Compiler:
             node.arr = self._arr_spec(members, min_items, max_items, path)
             if unique is not None:
                 node.arr.unique, node.arr.path = True, unique
+            if contains:
+                self._add_contains(node.arr, contains, path)
         if OBJ in kinds and evals is None:
             node.obj = self._obj_spec(members, required, min_props, max_props, path, deps)
         if node.null or node.bools or node.num or node.str or node.arr or node.obj:
@@ -868,6 +966,24 @@ class Compiler:
             )
             out.extend(self.merge(rest | {present}))
         return tuple(dict.fromkeys(out))
+
+    def _add_contains(self, arr: ArrSpec, contains: list, path: str) -> None:
+        """Split every position into "matches ``contains``" and "does not" (the complement: negation.py)."""
+        if len(contains) > 1:
+            raise UnsupportedSchemaError("contains", path, "more than one contains on one array")
+        raw, lo_c, hi_c = contains[0]
+        at = f"{raw.path}/contains"
+        sub = self.doc.raw_for(raw.schema["contains"], raw.base, at)
+        neg = self._synthetic({"not": raw.schema["contains"]}, sub)
+        self.negate(sub)  # refuse now, with its path, what cannot be complemented
+
+        def split(alt: Alt) -> tuple[Alt, Alt]:
+            return self.alt(alt.key | {sub}, f"{alt.path}/contains"), self.alt(alt.key | {neg}, f"{alt.path}/contains")
+
+        yes_no = [split(a) for a in arr.prefix]
+        yes_i, no_i = split(arr.items)
+        arr.contains = (tuple(y for y, _ in yes_no), yes_i, tuple(n for _, n in yes_no), no_i)
+        arr.min_contains, arr.max_contains = lo_c, hi_c
 
     def _arr_spec(self, members: list[Raw], min_items: int, max_items, path: str) -> ArrSpec:
         n_prefix = 0
@@ -965,7 +1081,8 @@ class Compiler:
             strings = [x.str for x in self.resolved(self.alt(frozenset(name_raws), f"{path}/propertyNames")).simples]
             strings = [x for x in strings if x is not None]
             if len(strings) > 1:
-                raise UnsupportedSchemaError("propertyNames", path, "a union of several string schemas")
+                at = next(m.path for m in members if "propertyNames" in m.schema)
+                raise UnsupportedSchemaError("propertyNames", at, "a union of several string schemas")
             if strings:
                 names_auto = strings[0]
             else:
@@ -1055,8 +1172,6 @@ class Compiler:
             if is_trivially_true(v):
                 return
             raise UnsupportedSchemaError(kw, p)
-        if kw in ("minContains", "maxContains"):
-            return  # without "contains" they have no effect; "contains" itself is refused
         # unknown keyword: an annotation per the specification
 
     @staticmethod
@@ -1146,9 +1261,12 @@ def _first_chars(s: Simple) -> CharSet:
 
 
 def _check_unique(arr: ArrSpec) -> None:
-    """``uniqueItems`` within what unique.py supports: scalar items, and at most one item needed to close."""
+    """``uniqueItems`` within what unique.py supports: scalar items, and at most one item needed to close (the
+    cheapest set of several *different* items is not costed)."""
     if arr.min_items > 1:
         raise UnsupportedSchemaError("uniqueItems", arr.path, "with minItems above 1")
+    if arr.contains is not None and arr.min_contains > 1:
+        raise UnsupportedSchemaError("uniqueItems", arr.path, "with minContains above 1")
     for alt in (*arr.prefix, arr.items):
         for s in alt.simples:
             if (s.arr is not None and ARR in s.kind_cost) or (s.obj is not None and OBJ in s.kind_cost):

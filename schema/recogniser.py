@@ -210,7 +210,7 @@ class Machine:
                 return [Stack((T_O, s, O_START, frozenset(), None, 0), parent, base)]
         elif c == 0x5B:
             if ARR in kc:
-                return [Stack((T_A, s, A_START, 0, frozenset() if s.arr.unique else None), parent, base)]
+                return [Stack((T_A, s, A_START, 0, frozenset() if s.arr.unique else None, 0), parent, base)]
         elif c in _DIGIT_CPS:
             if "number" in kc:
                 return [Stack((T_N, s, False, _DIGIT_CPS[c], None, None), parent, base)]
@@ -240,26 +240,30 @@ class Machine:
         return self._step(self._number_done(st), c)
 
     def _step_array(self, st: Stack, c: int) -> list[Stack]:
-        _, s, phase, i, taken = st.frame
+        _, s, phase, i, taken, count = st.frame
         arr = s.arr
         if c in WS_CODES:
             return [st]
         if phase == A_AFTER:
             if c == 0x2C:
-                return [Stack((T_A, s, A_COMMA, i, taken), st.parent, st.base)] if self._can_add(s, i, taken) else []
+                ok = self._can_add(s, i, taken, count)
+                return [Stack((T_A, s, A_COMMA, i, taken, count), st.parent, st.base)] if ok else []
             if c == 0x5D:
-                return [st.parent] if i >= arr.min_items else []
+                return [st.parent] if arr.closable(i, count) else []
             return []
         if phase == A_START and c == 0x5D:
-            return [st.parent] if arr.min_items == 0 else []
-        if not self._can_add(s, i, taken):
+            return [st.parent] if arr.closable(0, count) else []
+        if not self._can_add(s, i, taken, count):
             return []
-        after = (T_A, s, A_AFTER, i + 1, taken)
-        pst = Stack(after, st.parent, st.base)
-        base = self.frame_cost(after) + st.base
         out = []
-        for child in self._items(arr.alt_at(i), taken):
-            out.extend(self._start_value(child, c, pst, base))
+        for alt, after_count in arr.branches(i, count):  # contains: a matching and a non-matching run
+            after = (T_A, s, A_AFTER, i + 1, taken, after_count)
+            rest = self.frame_cost(after)
+            if rest is None:
+                continue
+            pst = Stack(after, st.parent, st.base)
+            for child in self._items(alt, taken):
+                out.extend(self._start_value(child, c, pst, rest + st.base))
         return out
 
     # uniqueItems (unique.py): the array frame carries the items written so far -----------------------------
@@ -275,15 +279,22 @@ class Machine:
             self._allowed[key] = r
         return r
 
-    def _can_add(self, s: Simple, i: int, taken: frozenset | None) -> bool:
-        return s.arr.can_add(i) and (taken is None or bool(self._items(s.arr.alt_at(i), taken)))
+    def _can_add(self, s: Simple, i: int, taken: frozenset | None, count: int) -> bool:
+        arr = s.arr
+        if not arr.can_add(i, count):
+            return False
+        if taken is None:
+            return True
+        return any(
+            self._items(alt, taken) and arr.rest_cost(i + 1, False, c) is not None for alt, c in arr.branches(i, count)
+        )
 
     @staticmethod
     def _item_done(parent: Stack, key: tuple) -> Stack:
         """``parent`` once an item finished: a uniqueItems array frame records the item's value."""
         f = parent.frame
         if f[0] == T_A and f[4] is not None:
-            return Stack((T_A, f[1], f[2], f[3], f[4] | {key}), parent.parent, parent.base)
+            return Stack((T_A, f[1], f[2], f[3], f[4] | {key}, f[5]), parent.parent, parent.base)
         return parent
 
     def _number_done(self, st: Stack) -> Stack:
@@ -380,24 +391,27 @@ class Machine:
         if tag == T_L:
             return CharSet.of(f[1][f[2]])
         if tag == T_A:
-            _, s, phase, i, taken = f
+            _, s, phase, i, taken, count = f
             arr = s.arr
             chars = []
             if phase == A_AFTER:
-                if self._can_add(s, i, taken):
+                if self._can_add(s, i, taken, count):
                     chars.append(",")
-                if i >= arr.min_items:
+                if arr.closable(i, count):
                     chars.append("]")
                 return WS | CharSet.of(*chars)
             out = WS
-            if phase == A_START and arr.min_items == 0:
+            if phase == A_START and arr.closable(0, count):
                 out = out | CharSet.of("]")
-            if self._can_add(s, i, taken):
-                if taken is None:
-                    out = out | arr.alt_at(i).first
-                else:
-                    for x in self._items(arr.alt_at(i), taken):
-                        out = out | x.first
+            if self._can_add(s, i, taken, count):
+                for alt, c in arr.branches(i, count):
+                    if arr.rest_cost(i + 1, False, c) is None:
+                        continue
+                    if taken is None:
+                        out = out | alt.first
+                    else:
+                        for x in self._items(alt, taken):
+                            out = out | x.first
             return out
         if tag == T_O:
             _, s, phase, seen, key, esc = f
@@ -471,16 +485,20 @@ class Machine:
         if tag == T_L:
             return len(f[1]) - f[2]
         if tag == T_A:
-            _, s, phase, i, taken = f
+            _, s, phase, i, taken, count = f
             arr = s.arr
             if phase == A_COMMA:
-                if taken is None:
-                    c = arr.alt_at(i).min_cost
-                else:
-                    c = min((x.min_cost for x in self._items(arr.alt_at(i), taken)), default=None)
-                r = arr.rest_cost(i + 1, False)
-                return None if c is None or r is None else c + r
-            return arr.rest_cost(i, phase == A_START)
+                best = None
+                for alt, after_count in arr.branches(i, count):
+                    if taken is None:
+                        c = alt.min_cost
+                    else:
+                        c = min((x.min_cost for x in self._items(alt, taken)), default=None)
+                    r = arr.rest_cost(i + 1, False, after_count)
+                    if c is not None and r is not None and (best is None or c + r < best):
+                        best = c + r
+                return best
+            return arr.rest_cost(i, phase == A_START, count)
         if tag == T_O:
             _, s, phase, seen, key, esc = f
             obj = s.obj

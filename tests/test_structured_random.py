@@ -101,6 +101,12 @@ def random_schema(rng: random.Random, depth: int = 0):
             s["maxItems"] = rng.randint(0, 4)
         if rng.random() < 0.25:
             s["uniqueItems"] = True
+        if rng.random() < 0.25:
+            s["contains"] = random_schema(rng, depth + 1)
+            if rng.random() < 0.5:
+                s["minContains"] = rng.randint(0, 2)
+            if rng.random() < 0.3:
+                s["maxContains"] = rng.randint(1, 3)
         return s
     if kind in ("anyOf", "oneOf", "allOf"):
         return {kind: [random_schema(rng, depth + 1) for _ in range(rng.randint(1, 3))]}

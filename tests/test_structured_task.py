@@ -25,12 +25,21 @@ def scenes(tmp_path_factory) -> Path:
 def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, tmp_path):
     run = tmp_path / "run"
     cli_main(
-        ["fit", "--config", TINY, TASK,
-         "--data.train_manifest", str(scenes / "json_train.jsonl"),
-         "--data.val_manifest", str(scenes / "json_val.jsonl"),
-         "--model.generation.max_new_tokens=120",
-         "--trainer.default_root_dir", str(run),
-         "--trainer.limit_val_batches=1", "--trainer.max_steps=2"]
+        [
+            "fit",
+            "--config",
+            TINY,
+            TASK,
+            "--data.train_manifest",
+            str(scenes / "json_train.jsonl"),
+            "--data.val_manifest",
+            str(scenes / "json_val.jsonl"),
+            "--model.generation.max_new_tokens=120",
+            "--trainer.default_root_dir",
+            str(run),
+            "--trainer.limit_val_batches=1",
+            "--trainer.max_steps=2",
+        ]
     )
     ckpt = next((run / "checkpoints").glob("*.ckpt")) if (run / "checkpoints").exists() else None
     if ckpt is None:  # the default checkpoint callback writes under lightning_logs
@@ -41,23 +50,33 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
     records = [json.loads(x) for x in lines]
     # Per-record schemas: an inline one that differs from the file's, an unsupported keyword, an unsatisfiable one.
     records.append({**records[0], "id": "inline-enum", "schema": {"enum": ["alpha", {"k": [1, 2]}]}})
-    records.append({**records[0], "id": "unsupported", "schema": {"type": "array", "contains": {"const": 1}}})
+    records.append({**records[0], "id": "unsupported", "schema": {"type": "array", "unevaluatedItems": False}})
     records.append({**records[0], "id": "unsatisfiable", "schema": {"type": "integer", "minimum": 3, "maximum": 2}})
     manifest = scenes / "predict.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "pred"
     cli_main(
-        ["predict", "--config", TINY, TASK, "--model.generation.max_new_tokens=120",
-         "--data.predict_manifest", str(manifest),
-         "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter",
-         f"--trainer.callbacks.output_dir={out}", "--trainer.default_root_dir", str(tmp_path),
-         "--ckpt_path", str(ckpt)]
+        [
+            "predict",
+            "--config",
+            TINY,
+            TASK,
+            "--model.generation.max_new_tokens=120",
+            "--data.predict_manifest",
+            str(manifest),
+            "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter",
+            f"--trainer.callbacks.output_dir={out}",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--ckpt_path",
+            str(ckpt),
+        ]
     )
     preds = {p["id"]: p for p in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     errors = {e["id"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(preds) | set(errors) == {r["id"] for r in records} and not set(preds) & set(errors)
     assert set(errors) == {"unsupported", "unsatisfiable"}
-    assert "contains" in errors["unsupported"] and "schema" in errors["unsupported"]
+    assert "unevaluatedItems" in errors["unsupported"] and "schema" in errors["unsupported"]
     for rid, p in preds.items():
         target_schema = {"enum": ["alpha", {"k": [1, 2]}]} if rid == "inline-enum" else schema
         # A 2-step model knows nothing, yet every output parses and validates (checked by jsonschema, not by us).

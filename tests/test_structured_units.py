@@ -31,7 +31,11 @@ def reference_valid(schema, value) -> bool:
         ({"properties": {"a": {"multipleOf": 0.01, "minimum": 1, "maximum": 2}}}, "multipleOf", "#/properties/a"),
         ({"not": {"multipleOf": 2}}, "multipleOf", "#/not"),
         ({"items": {"uniqueItems": True}}, "uniqueItems", "#/items"),
-        ({"$defs": {"x": {"contains": {}}}, "$ref": "#/$defs/x"}, "contains", "#/$defs/x"),
+        (
+            {"$defs": {"x": {"contains": {"items": {"type": "string"}}}}, "$ref": "#/$defs/x"},
+            "items",
+            "#/$defs/x/contains",
+        ),
         ({"type": "string", "format": "uri"}, "format", "#"),
         ({"pattern": "(?=a)b"}, "pattern", "#/pattern"),
         ({"pattern": "\\bword"}, "pattern", "#/pattern"),

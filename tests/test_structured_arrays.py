@@ -1,6 +1,7 @@
-"""``uniqueItems`` (schema/unique.py) against the reference validator: verdicts on arrays with repeats in every
-spelling JSON allows (``1`` / ``1.0``, escaped and raw strings), and random-logit generation that never repeats an
-item, never opens an item no value is left for, and fits every budget."""
+"""``uniqueItems`` (schema/unique.py) and ``contains`` / ``minContains`` / ``maxContains`` against the reference
+validator: verdicts on arrays with repeats in every spelling JSON allows (``1`` / ``1.0``, escaped and raw strings)
+and with too few / too many matching items, and random-logit generation that never repeats an item, never opens an
+item no value is left for, reaches the matches it needs, and fits every budget (the shortest one included)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,41 @@ SCHEMAS = [
     {"type": "array", "items": {"enum": [1, 2, 3]}, "uniqueItems": True},  # at most three items
     {"type": "array", "items": {"type": "string", "pattern": "^[ab]$"}, "uniqueItems": True, "minItems": 1},
     {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 3}, "uniqueItems": True, "maxItems": 3},
-    {"type": "array", "prefixItems": [{"const": "x"}], "items": {"type": "string", "maxLength": 1}, "uniqueItems": True},
-    {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}},
-     "required": ["tags"]},  # fmt: skip
+    {
+        "type": "array",
+        "prefixItems": [{"const": "x"}],
+        "items": {"type": "string", "maxLength": 1},
+        "uniqueItems": True,
+    },
+    {
+        "type": "object",
+        "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}},
+        "required": ["tags"],
+    },  # fmt: skip
+    {"type": "array", "contains": {"type": "integer", "minimum": 2}},
+    {"type": "array", "contains": {"const": 1}, "minContains": 2, "maxContains": 3, "maxItems": 5},
+    {"type": "array", "prefixItems": [{"type": "string"}, {"type": "boolean"}], "contains": {"type": "number"}},
+    {
+        "type": "array",
+        "items": {"type": ["string", "integer"]},
+        "contains": {"type": "string"},
+        "minContains": 0,
+        "maxContains": 1,
+        "uniqueItems": True,
+    },  # fmt: skip
+    {
+        "type": "array",
+        "items": {"type": "string"},
+        "contains": {"enum": ["a", "b"]},
+        "uniqueItems": True,
+        "maxItems": 3,
+    },
 ]
 SCALARS = [None, True, False, 0, 1, 1.0, 2, 3, -1, 2.5, "", "a", "b", "ab", "x", "é"]
 
 
 def random_array(rng: random.Random) -> list:
-    out = [rng.choice(SCALARS) for _ in range(rng.randint(0, 4))]
+    out = [rng.choice(SCALARS) for _ in range(rng.randint(0, 5))]
     if out and rng.random() < 0.5:
         out.append(rng.choice(out))  # a repeat
     return out
@@ -79,6 +106,10 @@ def test_exhausted_items_close_the_array() -> None:
     [
         ({"type": "array", "uniqueItems": True}, "arrays or objects"),
         ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "minItems": 2}, "minItems"),
+        (
+            {"type": "array", "items": {"type": "integer"}, "uniqueItems": True, "contains": {}, "minContains": 2},
+            "minContains",
+        ),
     ],
 )
 def test_what_stays_refused(schema, reason: str) -> None:
