@@ -141,7 +141,7 @@ def test_shortest_instance_is_the_hand_computed_one(schema, shortest) -> None:
     assert len(data) == shortest
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_random_logit_generation_always_validates(seed: int) -> None:
     schemas = [s for s, _ in SCHEMAS]
     for ws_bias, max_new in itertools.product((0.0, 8.0), (48, 160)):
