@@ -1281,6 +1281,8 @@ def _contradictory(flat: frozenset) -> bool:
     forbidden: set = set()
     closed: list[set] = []  # names allowed by members with additionalProperties: false (and no patterns)
     extra_names: list = []  # complements of additionalProperties: some name outside these must exist
+    holds: set = set()  # (name, base, schema text): a value, if the name is present, must satisfy the schema
+    fails: set = set()  # the same, from "properties: {name: {not: schema}}" with the name required
     for raw in flat:
         s = raw.schema
         if not isinstance(s, dict):
@@ -1296,15 +1298,35 @@ def _contradictory(flat: frozenset) -> bool:
         props = s.get("properties")
         if isinstance(props, dict):
             forbidden.update(n for n, v in props.items() if v is False)
+            for n, v in props.items():
+                if isinstance(v, dict) and len(v) == 1 and isinstance(v.get("not"), dict):
+                    if isinstance(req, list) and n in req:
+                        fails.add((n, raw.base, _canonical(v["not"])))
+                elif isinstance(v, dict):
+                    holds.add((n, raw.base, _canonical(v)))
         if s.get("additionalProperties") is False and not s.get("patternProperties"):
             closed.append({n for n, v in (props or {}).items() if v is not False})
         if K_EXTRA_NAME in s and not s[K_EXTRA_NAME][1]:
             extra_names.append(set(s[K_EXTRA_NAME][0]))
     if kinds != frozenset((OBJ,)):
         return False  # the name rules below bind objects only
-    if required & forbidden or any(required - allowed for allowed in closed):
+    if required & forbidden or any(required - allowed for allowed in closed) or holds & fails:
         return True
     return any(allowed <= names for allowed in closed for names in extra_names)
+
+
+def _canonical(schema: dict) -> str:
+    """A schema's text, as a key: two members with the same text under the same base URI mean the same schema."""
+    key = id(schema)
+    hit = _CANONICAL.get(key)
+    if hit is None or hit[0] is not schema:
+        hit = _CANONICAL[key] = (schema, json.dumps(schema, sort_keys=True, default=str))
+        if len(_CANONICAL) > 100_000:
+            _CANONICAL.clear()
+    return hit[1]
+
+
+_CANONICAL: dict[int, tuple] = {}
 
 
 _KINDS_OF_VALUE = {bool: BOOL, int: INT, float: FRAC, str: STR, list: ARR, dict: OBJ, type(None): NULL}

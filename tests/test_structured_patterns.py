@@ -198,14 +198,25 @@ CLOSED_OVERLAP = {  # two closed objects sharing a name: exactly one must match 
          "required": ["image"]},
     ]
 }  # fmt: skip
+NOTIFY = {  # Buildkite's notify: closed objects, each with its own optional name and a shared optional "if"
+    "$defs": {"if": {"type": "string"}},
+    "type": "array",
+    "items": {"oneOf": [
+        {"enum": ["github_check"]},
+        *({"type": "object", "additionalProperties": False,
+           "properties": {name: {"type": "string"}, "if": {"$ref": "#/$defs/if"}}} for name in ("email", "slack", "url")),
+    ]},
+}  # fmt: skip
 ONEOF_INSTANCES = [
     True, "x", 3, {}, {"and": []}, {"and": [True, {"not": 1}]}, {"and": [], "not": 1}, {"not": {"and": [{}]}},
     {"x": 1}, {"and": 1}, {"image": "a"}, {"image": 1}, {"image": "a", "pull": 1}, {"image": 1, "secrets": 2},
     {"image": "a", "pull": 1, "secrets": 2}, {"pull": 1}, {"image": "a", "other": 0},
+    [], ["github_check"], [{}], [{"email": "a"}], [{"email": "a", "if": "b"}], [{"if": "b"}], [{"email": 1}],
+    [{"email": "a", "slack": "b"}], [{"url": "u", "if": 3}],
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("schema", [LOGIC, CLOSED_OVERLAP], ids=["recursive-logic", "closed-overlap"])
+@pytest.mark.parametrize("schema", [LOGIC, CLOSED_OVERLAP, NOTIFY], ids=["recursive-logic", "closed-overlap", "notify"])
 def test_oneof_over_objects_matches_reference_validator(schema) -> None:
     compiled = compile_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
