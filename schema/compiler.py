@@ -123,6 +123,7 @@ ALWAYS_UNSUPPORTED = frozenset(
     }
 )
 MAX_ALTERNATIVES = 512
+MAX_NAME_CLASSES_BITS = 6  # up to 2**6 pattern-match classes built for names outside the generation alphabet
 MAX_NODES = 20_000
 FORMAT_MODES = ("assert", "annotation")
 
@@ -1148,6 +1149,13 @@ class Compiler:
                     where = "patternProperties" if matched else "additionalProperties"
                     alt = keys.final[st] = self.alt(conj_for(sorted(matched), None), f"{path}/{where}")
                     keys.by_class[matched] = alt
+            if len(pats) <= MAX_NAME_CLASSES_BITS:
+                # names outside the alphabet (never generated, judged when fed) may match any set of patterns
+                for bits in range(1 << len(pats)):
+                    matched = frozenset(k for k in range(len(pats)) if bits >> k & 1)
+                    if matched not in keys.by_class:
+                        where = "patternProperties" if matched else "additionalProperties"
+                        keys.by_class[matched] = self.alt(conj_for(sorted(matched), None), f"{path}/{where}")
         return PatternObjSpec(props, frozenset(required), never, min_props, max_props, deps, keys)
 
     # keyword checks -------------------------------------------------------------------------------------
@@ -1267,6 +1275,9 @@ def _check_unique(arr: ArrSpec) -> None:
         raise UnsupportedSchemaError("uniqueItems", arr.path, "with minItems above 1")
     if arr.contains is not None and arr.min_contains > 1:
         raise UnsupportedSchemaError("uniqueItems", arr.path, "with minContains above 1")
+    if arr.contains is not None and arr.prefix:
+        # a match still needed may lie past prefix positions: several different items to cost
+        raise UnsupportedSchemaError("uniqueItems", arr.path, "with contains and prefixItems together")
     for alt in (*arr.prefix, arr.items):
         for s in alt.simples:
             if (s.arr is not None and ARR in s.kind_cost) or (s.obj is not None and OBJ in s.kind_cost):

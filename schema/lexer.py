@@ -77,20 +77,27 @@ def _low_range(hi_sur: int, k: int, acc: int) -> tuple[int, int] | None:
     return base + (lo - LO_LO), base + (hi - LO_LO)
 
 
+def _feedable(m, ms):
+    """Characters ``m`` accepts when fed (``m_feedable``, where a machine judges some text only when fed: names
+    outside a generation alphabet, patternkeys.py), else its allowed set."""
+    f = getattr(m, "m_feedable", None)
+    return m.m_allowed(ms) if f is None else f(ms)
+
+
 def lex_step(m, ms, esc, c: int):
     """Consume raw character ``c``: ``END`` (closing quote), ``(ms, esc)``, or None (rejected)."""
     if esc == 0:
         if c == 0x22:
             return END if m.m_can_end(ms) else None
         if c == 0x5C:
-            return (ms, 1) if m.m_allowed(ms) else None
+            return (ms, 1) if _feedable(m, ms) else None
         if c < 0x20:
             return None
         ms2 = m.m_step(ms, c)
         return None if ms2 is None else (ms2, 0)
     if esc == 1:
         if c == 0x75:  # 'u'
-            return (ms, (2, 0, 0)) if m.m_allowed(ms) else None
+            return (ms, (2, 0, 0)) if _feedable(m, ms) else None
         cp = SIMPLE_ESCAPES.get(c)
         if cp is None:
             return None
@@ -103,9 +110,9 @@ def lex_step(m, ms, esc, c: int):
             return None
         k, acc = esc[1] + 1, esc[2] * 16 + v
         if k < 4:
-            return (ms, (2, k, acc)) if _u_viable(m.m_allowed(ms), k, acc) else None
+            return (ms, (2, k, acc)) if _u_viable(_feedable(m, ms), k, acc) else None
         if HI_LO <= acc <= HI_HI:
-            return (ms, (3, acc)) if m.m_allowed(ms).intersects(*_supp_of_high(acc, acc)) else None
+            return (ms, (3, acc)) if _feedable(m, ms).intersects(*_supp_of_high(acc, acc)) else None
         if LO_LO <= acc <= LO_HI:
             return None
         ms2 = m.m_step(ms, acc)
@@ -120,7 +127,7 @@ def lex_step(m, ms, esc, c: int):
         return None
     k, acc = esc[2] + 1, esc[3] * 16 + v
     rng = _low_range(esc[1], k, acc)
-    if rng is None or not m.m_allowed(ms).intersects(*rng):
+    if rng is None or not _feedable(m, ms).intersects(*rng):
         return None
     if k < 4:
         return (ms, (5, esc[1], k, acc))

@@ -126,8 +126,11 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
                 out.append({"type": "object", K_EXTRA_NAME: (names, patterns, v)})
         elif kw == K_EXTRA_NAME:
             raise UnsupportedSchemaError("additionalProperties", path, "cannot be negated twice")
+        elif kw == "contains":
+            # even "contains: {}" asserts "at least minContains items": refuse rather than drop it
+            raise UnsupportedSchemaError(kw, path, "cannot be negated")
         elif kw in ("patternProperties", "propertyNames", "dependentSchemas",
-                    "unevaluatedItems", "unevaluatedProperties", "contains"):  # fmt: skip
+                    "unevaluatedItems", "unevaluatedProperties"):  # fmt: skip
             if kw == "patternProperties" and isinstance(v, dict) and all(trivially_true(x) for x in v.values()):
                 continue
             if kw != "patternProperties" and trivially_true(v):

@@ -269,7 +269,9 @@ class NumSpec:
     def _mag_cost(self, mags: list[Interval], ip: str, fr: str | None) -> int | None:
         best = None
         for a, b, mode in mags:
-            best = _min(best, _interval_cost(a, b, mode, ip, fr, best, self.modulus or 1))
+            # enum values were checked exactly (accepts_value): the generation modulus is for ranges only
+            modulus = (self.modulus or 1) if self.values is None else 1
+            best = _min(best, _interval_cost(a, b, mode, ip, fr, best, modulus))
         return best
 
 

@@ -307,6 +307,11 @@ class PatternKeyMachine:
     def possible(self) -> bool:
         return self.m_cost("") is not None
 
+    @property
+    def outside_names(self) -> bool:
+        """Whether names outside the generation alphabet exist (they may be fed, and are judged at their end)."""
+        return self.spec.keys.alphabet != UNIVERSE
+
     def _with_prefix(self, names: tuple[str, ...], p: str):
         from bisect import bisect_left
 
@@ -330,7 +335,9 @@ class PatternKeyMachine:
     # string-machine protocol ---------------------------------------------------------------------------------
     def m_step(self, p: str, cp: int) -> str | None:
         p2 = p + chr(cp)
-        if self.m_cost(p2) is not None or self._outside(p2):
+        if self.m_cost(p2) is not None or self.outside_names:
+            # where names outside the alphabet exist, any fed prefix may still become one: judged at its end
+            # (generation never gets here without a cost: the mask only offers characters with one)
             return p2
         return None
 
@@ -397,6 +404,10 @@ class PatternKeyMachine:
             r = cs | CharSet.of(*ok) if ok else cs
             self._allowed[p] = r
         return r
+
+    def m_feedable(self, p: str) -> CharSet:
+        """Allowed characters plus those outside the alphabet: a fed name may leave it (and is then judged whole)."""
+        return self.m_allowed(p) | (UNIVERSE - self.spec.keys.alphabet)
 
     def m_cost_range(self, p: str, lo: int, hi: int) -> int | None:
         best = None

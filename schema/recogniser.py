@@ -118,7 +118,6 @@ class Machine:
     def __init__(self, root: Alt) -> None:
         self.root = root
         self._allowed: dict = {}
-        self._keep: list = []
         root_stack = Stack(ROOT_FRAME, None, 0)
         stacks = (Stack((T_V, root), root_stack, 0),) if root.min_cost is not None else ()
         self.initial = RecState((stacks, b""))
@@ -275,8 +274,7 @@ class Machine:
         r = self._allowed.get(key)
         if r is None:
             r = tuple(x for x in (restricted(s, taken, Simple) for s in alt.simples) if x.min_cost is not None)
-            self._keep.append(alt)  # the id in the key stays this alt's
-            self._allowed[key] = r
+            self._allowed[key] = r  # (alt lives as long as the compiled graph: its id stays its own)
         return r
 
     def _can_add(self, s: Simple, i: int, taken: frozenset | None, count: int) -> bool:
@@ -322,7 +320,7 @@ class Machine:
             pst = Stack(after, st.parent, st.base)
             return [Stack((T_V, obj.value_alt(key)), pst, self.frame_cost(after) + st.base)]
         if c == 0x22:
-            if phase == O_COMMA or (phase != O_AFTER and keymachine(obj, seen).possible()):
+            if phase == O_COMMA or (phase != O_AFTER and _may_feed_key(keymachine(obj, seen))):
                 return [Stack((T_O, s, O_KEY, seen, "", 0), st.parent, st.base)]
             return []
         if phase == O_COMMA:
@@ -332,7 +330,7 @@ class Machine:
         if c == 0x2C and phase == O_AFTER:
             return (
                 [Stack((T_O, s, O_COMMA, seen, None, 0), st.parent, st.base)]
-                if keymachine(obj, seen).possible()
+                if _may_feed_key(keymachine(obj, seen))
                 else []
             )
         return []
@@ -738,6 +736,12 @@ def keymachine(obj, seen: frozenset) -> KeyMachine | PatternKeyMachine:
         cls = PatternKeyMachine if isinstance(obj, PatternObjSpec) else KeyMachine
         km = obj._keym[seen] = cls(obj, seen)
     return km
+
+
+def _may_feed_key(km) -> bool:
+    """Whether a fed key may start: some generable name, or (patternkeys.py) a name outside the generation
+    alphabet, which is judged only when it ends."""
+    return km.possible() or getattr(km, "outside_names", False)
 
 
 def _closable(obj, seen: frozenset) -> bool:

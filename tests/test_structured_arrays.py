@@ -116,3 +116,28 @@ def test_what_stays_refused(schema, reason: str) -> None:
     with pytest.raises(UnsupportedSchemaError, match=reason) as e:
         compile_schema(schema)
     assert e.value.keyword == "uniqueItems"
+
+
+def test_negated_contains_is_refused_not_dropped() -> None:
+    """``contains: {}`` still asserts "at least minContains items": its complement is refused, never ignored."""
+    for schema in ({"not": {"contains": {}}}, {"oneOf": [{"type": "array", "maxItems": 0}, {"contains": {}}]}):
+        with pytest.raises(UnsupportedSchemaError, match="'contains'"):
+            compile_schema(schema)
+
+
+def test_unique_with_contains_past_prefix_positions_is_refused() -> None:
+    """The match still needed may lie past the prefix positions: several different items, not costed: refused."""
+    schema = {"type": "array", "uniqueItems": True, "prefixItems": [{"enum": ["a", "b"]}, {"const": "a"}],
+              "items": {"const": "z"}, "contains": {"const": "z"}}  # fmt: skip
+    with pytest.raises(UnsupportedSchemaError, match="prefixItems"):
+        compile_schema(schema)
+
+
+def test_enum_values_beyond_the_generation_modulus_stay_valid() -> None:
+    """An enum value that is a multiple by the validator's float arithmetic is accepted, not cut by the modulus."""
+    schema = {"enum": [1152921504606846976], "multipleOf": 0.4}
+    compiled = compile_schema(schema)
+    assert compiled.accepts("1152921504606846976") == jsonschema.Draft202012Validator(schema).is_valid(
+        1152921504606846976
+    )
+    assert compiled.accepts("1152921504606846976")

@@ -228,3 +228,22 @@ def test_oneof_over_objects_matches_reference_validator(schema) -> None:
     assert verdicts == {True, False}
     for data in generate([schema] * 6, seed=3, max_new=64):
         check_valid(schema, data)
+
+
+@pytest.mark.parametrize(
+    ("schema", "values"),
+    [
+        # "\d" limits generated names to ASCII; "é" still gets its pattern's schema when fed (escaped or raw)
+        ({"type": "object", "patternProperties": {"é": {"type": "integer"}, "\\d": {}}, "additionalProperties": False},
+         [{"é": 1}, {"é": "x"}, {"1": None}, {"ab": 1}]),
+        # the only names allowed contain a newline: none is generated, every one is judged when fed
+        ({"patternProperties": {"\n": {"type": "integer"}}, "additionalProperties": False},
+         [{"x\ny": 1}, {"x\ny": "s"}, {"a": 1}, {}]),
+    ],
+)  # fmt: skip
+def test_names_outside_the_alphabet_get_their_patterns_schemas(schema, values) -> None:
+    compiled = compile_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for value in values:
+        for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+            assert compiled.accepts(text) == validator.is_valid(value), text
