@@ -21,6 +21,19 @@ from .charset import SUR_HI, SUR_LO, UNIVERSE, CharSet, json_char_cost
 from .compiler import fresh_names
 
 
+def with_prefix(names: tuple[str, ...], p: str):
+    """The names of the sorted tuple ``names`` that start with ``p``."""
+    i = bisect_left(names, p)
+    while i < len(names) and names[i].startswith(p):
+        yield names[i]
+        i += 1
+
+
+def next_chars(names: tuple[str, ...], p: str) -> set[int]:
+    """Code points ``c`` for which ``p + c`` starts one of the sorted ``names``."""
+    return {ord(n[len(p)]) for n in with_prefix(names, p) if len(n) > len(p)}
+
+
 def entry_tail(spec, seen: frozenset, name: str) -> int | None:
     """Closing quote + colon + value + rest of the object, once ``name`` is fully written after ``seen``."""
     v = spec.value_alt(name).min_cost
@@ -54,10 +67,7 @@ class KeyMachine:
         return self.free and self.spec.is_fresh(name, self.seen)
 
     def _with_prefix(self, p: str):
-        i = bisect_left(self.ok, p)
-        while i < len(self.ok) and self.ok[i].startswith(p):
-            yield self.ok[i]
-            i += 1
+        return with_prefix(self.ok, p)
 
     # string-machine protocol ------------------------------------------------------------------------
     def m_step(self, p: str, cp: int) -> str | None:
@@ -110,14 +120,7 @@ class KeyMachine:
 
     def special_next(self, p: str) -> set[int]:
         """Code points ``c`` for which ``p + c`` starts some declared, required or written name."""
-        out = set()
-        i = bisect_left(self._names, p)
-        while i < len(self._names) and self._names[i].startswith(p):
-            n = self._names[i]
-            if len(n) > len(p):
-                out.add(ord(n[len(p)]))
-            i += 1
-        return out
+        return next_chars(self._names, p)
 
     def generic_cost(self, p: str) -> int | None:
         """``m_cost(p + c)`` for any character ``c`` outside :meth:`special_next` (a fresh name), free mode."""

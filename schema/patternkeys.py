@@ -30,7 +30,7 @@ from .automaton import cheapest_strings, cheapest_to_targets, dfa_accepts
 from .charset import UNIVERSE, CharSet, json_char_cost, min_json_cost
 from .compiler import ObjSpec
 from .errors import UnsupportedSchemaError
-from .keys import entry_tail
+from .keys import entry_tail, next_chars, with_prefix
 
 MAX_KEY_STATES = 5000
 # characters a pattern of the supported subset may read differently in ECMA-262 and in Python's re
@@ -312,16 +312,8 @@ class PatternKeyMachine:
         """Whether names outside the generation alphabet exist (they may be fed, and are judged at their end)."""
         return self.spec.keys.alphabet != UNIVERSE
 
-    def _with_prefix(self, names: tuple[str, ...], p: str):
-        from bisect import bisect_left
-
-        i = bisect_left(names, p)
-        while i < len(names) and names[i].startswith(p):
-            yield names[i]
-            i += 1
-
     def _special_next(self, p: str) -> set[int]:
-        return {ord(n[len(p)]) for n in self._with_prefix(self._names, p) if len(n) > len(p)}
+        return next_chars(self._names, p)
 
     def _entry_tail(self, name: str) -> int | None:
         return entry_tail(self.spec, self.seen, name)
@@ -357,7 +349,7 @@ class PatternKeyMachine:
         if p in self._cost:
             return self._cost[p]
         best = None
-        for n in self._with_prefix(self.ok, p):
+        for n in with_prefix(self.ok, p):
             t = self._entry_tail(n)
             if t is not None:
                 c = sum(json_char_cost(ord(ch)) for ch in n[len(p) :]) + t
@@ -411,12 +403,12 @@ class PatternKeyMachine:
 
     def m_cost_range(self, p: str, lo: int, hi: int) -> int | None:
         best = None
-        for c in self._special_next(p):
+        special = self._special_next(p)
+        for c in special:
             if lo <= c <= hi:
                 cost = self.m_cost(p + chr(c))
                 if cost is not None and (best is None or cost < best):
                     best = cost
-        special = self._special_next(p)
         for a, b, _ in self.spec.keys.trans[s] if (s := self.spec.keys.state_of(p)) is not None else ():
             a2, b2 = max(a, lo), min(b, hi)
             rep = a2

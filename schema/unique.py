@@ -14,10 +14,9 @@ cheapest set this engine does not cost) are refused at compile time.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
 from .automaton import cheapest_strings
 from .charset import UNIVERSE, CharSet
+from .keys import next_chars
 
 NULL_KEY = ("null",)
 
@@ -57,13 +56,7 @@ class ExcludingStrings:
         return ((0, 0), "")
 
     def _special_next(self, p: str) -> set[int]:
-        i = bisect_left(self._names, p)
-        out = set()
-        while i < len(self._names) and self._names[i].startswith(p):
-            if len(self._names[i]) > len(p):
-                out.add(ord(self._names[i][len(p)]))
-            i += 1
-        return out
+        return next_chars(self._names, p)
 
     def _transitions(self, qn):
         auto = self.auto

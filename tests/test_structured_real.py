@@ -1,6 +1,6 @@
 """A real-world schema end to end: GitHub workflow files (SchemaStore's 116 KB draft-07 schema, vendored unchanged
-under tests/schemas/real/ with its licence). It needs patternProperties, propertyNames-free name maps, oneOf over
-closed objects and draft-07 rewriting at once.
+under tests/schemas/real/ with its licence). It needs patternProperties (job ids), oneOf over closed objects (steps)
+and draft-07 rewriting at once.
 
 * it compiles as shipped, in both ``format`` modes;
 * random-logit generation always ends, within the token budget, in a document the reference validator of the
