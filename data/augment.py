@@ -5,7 +5,8 @@ What each transform may change, and where it is therefore allowed:
 
 * brightness and contrast (``ColorJitter`` without hue or saturation): never a colour name or a position: every task;
 * hue and saturation: would change colour answers ("what colour is the shape?"): not offered;
-* translation (``RandomAffine``, zero fill): changes where things are, so a caption ("... in the top left") or a JSON
+* translation (whole pixels, zero fill: what ``RandomAffine(translate=...)`` does, as a pad and a crop): changes where
+  things are, so a caption ("... in the top left") or a JSON
   target with a position or a bounding box would be wrong: only for the tasks listed in ``translate_tasks`` (default:
   none; e.g. ``vqa`` where no question asks where), never ``caption`` or ``json``;
 * flips and crops: change position and bbox targets: not offered;
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 NEGATIONS = frozenset({"not", "no", "none", "nothing", "never", "without", "neither", "nor"})
 POSITION_TASKS = ("json", "caption")  # targets that say where things are (bbox, "in the top left"): never moved
@@ -76,10 +78,16 @@ class Augmenter:
         if self.photometric is not None:
             out = self.photometric(out).clamp(0.0, 1.0)
         if self.translate and task in self.config.translate_tasks:
-            h, w = out.shape[-2:]
-            shift = (self.translate / w, self.translate / h)
-            out = v2.RandomAffine(degrees=0.0, translate=shift, fill=0.0)(out)
+            out = self.shift(out, *(int(d) for d in torch.randint(-self.translate, self.translate + 1, (2,))))
         return out
+
+    def shift(self, pixels: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+        """``pixels`` moved ``dx`` pixels right and ``dy`` down, the uncovered border zero: ``TF.affine`` with an
+        integer translation, written as a pad and a crop (~6x cheaper per sample than the affine's sampling grid, and
+        this runs in the training step's process)."""
+        t = self.translate
+        h, w = pixels.shape[-2:]
+        return TF.crop(TF.pad(pixels, [t, t, t, t], fill=0.0), t - dy, t - dx, h, w)
 
     def text(self, text: str, task: str | None = None) -> str:
         cfg = self.config

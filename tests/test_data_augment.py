@@ -54,6 +54,27 @@ def test_translation_only_for_listed_tasks_and_never_for_position_targets():
         AugmentConfig(brightness=1.5)
 
 
+def test_shift_equals_torchvision_affine_translation():
+    """The pad-and-crop shift is torchvision's affine with the same integer translation (zero fill), for every shift
+    the config allows, on a non-square image; and the drawn shifts cover -translate..translate on both axes."""
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(0)
+    img = torch.rand(3, 20, 28)
+    aug = Augmenter(AugmentConfig(translate=3, translate_tasks=["vqa"]))
+    for dx in range(-3, 4):
+        for dy in range(-3, 4):
+            ref = TF.affine(img, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0], fill=0.0)
+            assert torch.equal(aug.shift(img, dx, dy), ref), (dx, dy)
+    seen = set()
+    probe = torch.zeros(1, 15, 15)
+    probe[0, 7, 7] = 1.0  # one lit pixel: where it lands is the drawn shift
+    for _ in range(400):
+        y, x = divmod(int(aug.image(probe, "vqa")[0].flatten().argmax()), 15)
+        seen.add((x - 7, y - 7))
+    assert seen == {(dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)}
+
+
 def test_text_noise_rates():
     """Typos touch letters only, at about the requested rate; word dropout never empties the question nor drops a
     negation; both only for the tasks listed."""
