@@ -27,6 +27,7 @@ import json
 import math
 from fractions import Fraction
 from functools import lru_cache
+from typing import NamedTuple
 
 from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_accepts, dfa_to_nfa
 from .charset import EMPTY, CharSet, json_char_cost
@@ -123,6 +124,8 @@ ALWAYS_UNSUPPORTED = frozenset(
     }
 )
 MAX_ALTERNATIVES = 512
+MAX_EVALUATING_BRANCHES = 6  # anyOf under unevaluated*: 2**6 combinations of branches that evaluate something
+UNEVALUATED = ("unevaluatedProperties", "unevaluatedItems")
 MAX_NAME_CLASSES_BITS = 6  # up to 2**6 pattern-match classes built for names outside the generation alphabet
 MAX_NODES = 20_000
 FORMAT_MODES = ("assert", "annotation")
@@ -168,6 +171,16 @@ def _number(v, kw: str, path: str):
 
 # ---------------------------------------------------------------------------------------------------------
 # graph nodes
+
+
+class Evaluated(NamedTuple):
+    """Annotations of one alternative (:meth:`Compiler._evaluated`); None: every name / item is evaluated."""
+
+    properties: tuple[frozenset, frozenset] | None  # (names, patterns)
+    items: tuple[int, tuple] | None  # (prefix length, contains Raws)
+
+
+NOTHING_EVALUATED = Evaluated((frozenset(), frozenset()), (0, ()))
 
 
 class Alt:
@@ -508,8 +521,10 @@ class Compiler:
         self.alts: dict[frozenset, Alt] = {}
         self.simples: list[Simple] = []
         self._merge_memo: dict[frozenset, tuple[Simple, ...]] = {}
-        self._expand_memo: dict[int, list[frozenset]] = {}
-        self._expanding: set[int] = set()
+        self._expand_memo: dict[tuple[int, bool], list[frozenset]] = {}
+        self._expanding: set[tuple[int, bool]] = set()
+        self._unannotated: set[int] = set()  # ids of synthetic Raws (no annotations)
+        self._uneval_raws: dict = {}
         self._derived: dict[tuple[int, str], Raw] = {}
         self._synth: dict = {}
         self._queue: list[Alt] = []
@@ -574,22 +589,30 @@ class Compiler:
             raise UnsupportedSchemaError(keyword, path, f"expands to more than {MAX_ALTERNATIVES} alternatives")
         return res
 
-    def expand(self, raw: Raw) -> list[frozenset]:
-        """Disjunctive normal form of one schema: a list of flat conjunctions (sets of applicator-free Raws)."""
-        key = id(raw)
+    def expand(self, raw: Raw, exact: bool = False) -> list[frozenset]:
+        """Disjunctive normal form of one schema: a list of flat conjunctions (sets of applicator-free Raws).
+
+        ``exact``: inside the scope of ``unevaluatedProperties`` / ``unevaluatedItems``, where an alternative must
+        also say what its instance has *evaluated* (annotations, :meth:`_evaluated`): ``anyOf`` then also yields
+        the conjunctions of its branches that evaluate something (an instance may meet several, and every branch
+        it meets evaluates). The other applicators are exact as they stand: ``oneOf`` lets one branch hold, ``not``
+        and a failed ``if`` contribute no annotations (their raws are synthetic), ``$ref`` and ``allOf`` are
+        conjunctions.
+        """
+        key = (id(raw), exact)
         if key in self._expand_memo:
             return self._expand_memo[key]
         if key in self._expanding:
             raise UnsupportedSchemaError("$ref", raw.path, "reference cycle that consumes no input")
         self._expanding.add(key)
         try:
-            res = self._expand(raw)
+            res = self._expand(raw, exact)
         finally:
             self._expanding.discard(key)
         self._expand_memo[key] = res
         return res
 
-    def _expand(self, raw: Raw) -> list[frozenset]:
+    def _expand(self, raw: Raw, exact: bool) -> list[frozenset]:
         s = raw.schema
         if s is True:
             return [frozenset()]
@@ -597,14 +620,18 @@ class Compiler:
             return []
         if not isinstance(s, dict):
             raise SchemaError("a schema must be an object or a boolean", raw.path)
-        flat = self._derive(raw, "applicators", APPLICATORS) if any(k in s for k in APPLICATORS) else raw
+        if any(k in s and not is_trivially_true(s[k]) for k in UNEVALUATED) or (
+            exact and any(k in s for k in UNEVALUATED)
+        ):
+            return self._unevaluated(raw)
+        flat = self._derive(raw, "applicators", APPLICATORS + UNEVALUATED) if any(k in s for k in APPLICATORS) else raw
         res = [frozenset([flat])]
         path = raw.path
         if "$ref" in s:
             ref = s["$ref"]
             if not isinstance(ref, str):
                 raise SchemaError("$ref must be a string", path)
-            res = self._cross(res, self.expand(self.doc.resolve(ref, raw)), path, "$ref")
+            res = self._cross(res, self.expand(self.doc.resolve(ref, raw), exact), path, "$ref")
         for kw in ("allOf", "anyOf", "oneOf"):
             if kw not in s:
                 continue
@@ -612,13 +639,15 @@ class Compiler:
             if not isinstance(subs, list) or not subs:
                 raise SchemaError(f"{kw} must be a non-empty array", path)
             raws = [self.doc.raw_for(sub, raw.base, f"{path}/{kw}/{i}") for i, sub in enumerate(subs)]
-            branches = [self.expand(r) for r in raws]
+            branches = [self.expand(r, exact) for r in raws]
             if kw == "allOf":
                 for br in branches:
                     res = self._cross(res, br, path, "allOf")
                 continue
             if kw == "oneOf" and len(branches) > 1 and not self._disjoint(branches):
                 branches = self._exactly_one(raws, branches, f"{path}/oneOf")
+            if kw == "anyOf" and exact:
+                branches = branches + self._evaluating_combinations(branches, f"{path}/anyOf")
             union = list(dict.fromkeys(x for br in branches for x in br))
             res = self._cross(res, union, path, kw)
         if "not" in s:
@@ -634,16 +663,105 @@ class Compiler:
                     continue
                 at = f"{path}/dependentSchemas/{pointer_escape(name)}"
                 has = self.expand(self._synthetic({"type": "object", "required": [name]}, raw))
-                then = self._cross(has, self.expand(self.doc.raw_for(sub, raw.base, at)), at, "dependentSchemas")
+                then = self._cross(has, self.expand(self.doc.raw_for(sub, raw.base, at), exact), at, "dependentSchemas")
                 lacks = self.expand(self._synthetic({"properties": {name: False}}, raw))
                 res = self._cross(res, list(dict.fromkeys(then + lacks)), path, "dependentSchemas")
-        if "if" in s and not (is_trivially_true(s.get("then", True)) and is_trivially_true(s.get("else", True))):
+        if "if" in s and (
+            exact or not (is_trivially_true(s.get("then", True)) and is_trivially_true(s.get("else", True)))
+        ):
             cond = self.doc.raw_for(s["if"], raw.base, f"{path}/if")
-            then = self.expand(self.doc.raw_for(s.get("then", True), raw.base, f"{path}/then"))
-            other = self.expand(self.doc.raw_for(s.get("else", True), raw.base, f"{path}/else"))
-            both = self._cross(self.expand(cond), then, path, "if") + self._cross(self.negate(cond), other, path, "if")
+            then = self.expand(self.doc.raw_for(s.get("then", True), raw.base, f"{path}/then"), exact)
+            other = self.expand(self.doc.raw_for(s.get("else", True), raw.base, f"{path}/else"), exact)
+            both = self._cross(self.expand(cond, exact), then, path, "if") + self._cross(
+                self.negate(cond), other, path, "if"
+            )
             res = self._cross(res, list(dict.fromkeys(both)), path, "if")
         return res
+
+    def _evaluating_combinations(self, branches: list[list[frozenset]], path: str) -> list[list[frozenset]]:
+        """For an ``anyOf`` under ``unevaluated*``: the conjunction of every set of two or more branches that
+        evaluate properties or items (an instance meeting several has the union of their annotations; meeting
+        only a subset is the smaller alternative, whose annotations are fewer, so nothing is wrongly allowed)."""
+        evaluating = [br for br in branches if any(self._evaluated(f) != NOTHING_EVALUATED for f in br)]
+        if len(evaluating) > MAX_EVALUATING_BRANCHES:
+            raise UnsupportedSchemaError(
+                "anyOf", path, f"more than {MAX_EVALUATING_BRANCHES} branches evaluate properties or items under "
+                "unevaluatedProperties / unevaluatedItems"
+            )  # fmt: skip
+        out: list[list[frozenset]] = []
+        for mask in range(1, 1 << len(evaluating)):
+            chosen = [br for i, br in enumerate(evaluating) if mask >> i & 1]
+            if len(chosen) < 2:
+                continue
+            acc = chosen[0]
+            for br in chosen[1:]:
+                acc = self._cross(acc, br, path, "anyOf")
+            out.append(acc)
+        return out
+
+    def _evaluated(self, flat: frozenset) -> Evaluated:
+        """What an instance of the conjunction ``flat`` has evaluated: property names, name patterns, prefix
+        items, ``contains`` schemas, and whether every name / item is covered (``additionalProperties``,
+        ``items``). Synthetic raws (complements, the "name absent" branch of ``dependentSchemas``) carry none."""
+        names: set[str] = set()
+        patterns: set[str] = set()
+        contains: list = []
+        all_names = all_items = False
+        prefix = 0
+        for r in flat:
+            s = r.schema
+            if not isinstance(s, dict) or id(r) in self._unannotated:
+                continue
+            all_names = all_names or "additionalProperties" in s
+            all_items = all_items or "items" in s
+            if isinstance(s.get("properties"), dict):
+                names.update(s["properties"])
+            if isinstance(s.get("patternProperties"), dict):
+                patterns.update(s["patternProperties"])
+            if isinstance(s.get("prefixItems"), list):
+                prefix = max(prefix, len(s["prefixItems"]))
+            if "contains" in s:
+                contains.append(self.doc.raw_for(s["contains"], r.base, f"{r.path}/contains"))
+        return Evaluated(
+            None if all_names else (frozenset(names), frozenset(patterns)),
+            None if all_items else (prefix, tuple(sorted(set(contains), key=lambda c: c.path))),
+        )
+
+    def _unevaluated(self, raw: Raw) -> list[frozenset]:
+        """``unevaluatedProperties`` / ``unevaluatedItems`` of ``raw``: each alternative of the rest of the schema
+        object (expanded exactly, :meth:`expand`) gets one more conjunct saying what its unevaluated names and items
+        must meet: ``{"properties": {evaluated names: true}, "patternProperties": {evaluated patterns: true},
+        "additionalProperties": U}`` and ``{"prefixItems": [true] * evaluated prefix, "items": {"anyOf": [U, the
+        contains schemas]}}`` (an item that matches a ``contains`` was evaluated by it). That conjunct itself
+        evaluates every name and item, as ``unevaluated*`` does for the schemas around it."""
+        s = raw.schema
+        inner = self._derive(raw, "evaluated", UNEVALUATED)
+        out: list[frozenset] = []
+        for flat in self.expand(inner, exact=True):
+            ev = self._evaluated(flat)
+            extra: dict = {}
+            if "unevaluatedProperties" in s and ev.properties is not None:
+                names, patterns = ev.properties
+                extra["properties"] = {n: True for n in sorted(names)}
+                if patterns:
+                    extra["patternProperties"] = {p: True for p in sorted(patterns)}
+                extra["additionalProperties"] = s["unevaluatedProperties"]
+            if "unevaluatedItems" in s and ev.items is not None:
+                prefix, contains = ev.items
+                if prefix:
+                    extra["prefixItems"] = [True] * prefix
+                u = s["unevaluatedItems"]
+                extra["items"] = {"anyOf": [u, *(c.schema for c in contains)]} if contains else u
+            if extra:
+                key = (id(raw), ev)
+                r = self._uneval_raws.get(key)
+                if r is None:
+                    self._keep.append(extra)
+                    at = f"{raw.path}/{'unevaluatedProperties' if 'additionalProperties' in extra else 'unevaluatedItems'}"
+                    r = self._uneval_raws[key] = self.doc.raw_for(extra, raw.base, at)
+                flat = flat | {r}
+            out.append(flat)
+        return list(dict.fromkeys(out))
 
     def _exactly_one(self, raws: list[Raw], branches: list[list[frozenset]], path: str) -> list[list[frozenset]]:
         """``oneOf`` with overlapping branches: branch ``i`` and the complement of every other branch."""
@@ -686,8 +804,12 @@ class Compiler:
         return res
 
     def _synthetic(self, schema: dict, origin: Raw) -> Raw:
+        """A Raw for a schema the compiler made up (a complement, a branch of ``dependentSchemas``): it evaluates
+        nothing (``_evaluated``)."""
         self._keep.append(schema)
-        return self.doc.raw_for(schema, origin.base, origin.path)
+        r = self.doc.raw_for(schema, origin.base, origin.path)
+        self._unannotated.add(id(r))
+        return r
 
     def _disjoint(self, branches: list[list[frozenset]]) -> bool:
         """Whether the ``oneOf`` branches are provably pairwise disjoint (then ``oneOf`` is ``anyOf``)."""
