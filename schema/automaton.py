@@ -19,6 +19,7 @@ from .errors import UnsupportedSchemaError
 from .regex import NFA
 
 MAX_DFA_STATES = 4000
+MAX_LITERAL_DFA_STATES = 100_000  # an enum's strings, total code points
 MAX_COST_TABLE = 2_000_000
 
 
@@ -92,8 +93,12 @@ def _closure(nfa: NFA, states) -> frozenset:
     return frozenset(seen)
 
 
-def build_dfa(nfas: list[NFA], path: str = "#") -> DFA | None:
-    """Determinise the intersection of ``nfas``; None if the intersection is empty."""
+def build_dfa(nfas: list[NFA], path: str = "#", bound: int | None = None) -> DFA | None:
+    """Determinise the intersection of ``nfas``; None if the intersection is empty.
+
+    Refused above ``MAX_DFA_STATES`` states, or above ``bound`` when the caller knows the intersection cannot have
+    more (one of the NFAs is a finite set of strings: one state per prefix), up to ``MAX_LITERAL_DFA_STATES``."""
+    cap = MAX_DFA_STATES if bound is None else max(MAX_DFA_STATES, min(bound, MAX_LITERAL_DFA_STATES))
     start = tuple(_closure(n, [n.start]) for n in nfas)
     index = {start: 0}
     order = [start]
@@ -125,8 +130,8 @@ def build_dfa(nfas: list[NFA], path: str = "#") -> DFA | None:
             if j is None:
                 j = index[key] = len(order)
                 order.append(key)
-                if len(order) > MAX_DFA_STATES:
-                    raise UnsupportedSchemaError("pattern", path, f"automaton larger than {MAX_DFA_STATES} states")
+                if len(order) > cap:
+                    raise UnsupportedSchemaError("pattern", path, f"automaton larger than {cap} states")
             if row and row[-1][2] == j and row[-1][1] == a - 1:
                 row[-1] = (row[-1][0], b - 1, j)
             else:

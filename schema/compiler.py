@@ -36,7 +36,7 @@ from .formats import format_pattern
 from .negation import INTERNAL, K_EXTRA_NAME, K_KINDS, K_NOT_FORMAT, K_NOT_PATTERN, K_NOT_VALUES, negate_keywords
 from .numbers import NumSpec
 from .refs import Document, Raw, pointer_escape
-from .regex import build_nfa, literal_ast, parse_pattern
+from .regex import build_nfa, literal_set_nfa, parse_pattern
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 NULL, BOOL, INT, FRAC, STR, ARR, OBJ = "null", "boolean", "int", "frac", "string", "array", "object"
@@ -1014,12 +1014,17 @@ class Compiler:
             strs = None if evals is None else [v for v in evals if isinstance(v, str)]
             if strs is None or strs:
                 all_nfas = list(nfas)
+                bound = None
                 if strs is not None:
-                    all_nfas.append(_literal_set_nfa(tuple(sorted(set(strs)))))
+                    literals = tuple(sorted(set(strs)))
+                    all_nfas.append(_literal_set_nfa(literals))
+                    # the intersection with a finite set has at most one state per prefix of its strings: a long enum
+                    # (1,772 language names in GitHub's issue forms) may exceed the general cap without any blow-up
+                    bound = 1 + sum(len(x) for x in literals)
                 not_strs = tuple(sorted({v for v in excluded if isinstance(v, str)}))
                 if not_strs:
                     all_nfas.append(_complement_nfa(_literal_set_nfa(not_strs), path))
-                dfa = build_dfa(all_nfas, path) if all_nfas else None
+                dfa = build_dfa(all_nfas, path, bound) if all_nfas else None
                 if not all_nfas or dfa is not None:
                     auto = StringAutomaton(dfa, min_len, max_len, path)
                     if auto.sat:
@@ -1065,9 +1070,9 @@ class Compiler:
             keys = getattr(node.obj, "keys", None)
             others = [f for f in keys.final if f is not None] if keys is not None else [node.obj.additional]
             if any(self.resolved(alt).simples for alt in others):
-                raise UnsupportedSchemaError(
-                    "additionalProperties", at, "cannot be negated where undeclared names are allowed"
-                )
+                # (the complement of an unevaluatedProperties, which Compiler._unevaluated wrote as one: name it)
+                kw = at.rsplit("/", 1)[-1] if at.endswith("/unevaluatedProperties") else "additionalProperties"
+                raise UnsupportedSchemaError(kw, at, "cannot be negated where undeclared names are allowed")
             candidates.update(node.obj.special)
         dfas = [(p, build_dfa([_pattern_nfa(p, f"{at}/patternProperties", "patternProperties")], at)) for p in patterns]
         out: list[Simple] = []
@@ -1534,9 +1539,7 @@ def _complement_nfa(nfa, path: str):
 
 @lru_cache(maxsize=1024)
 def _literal_set_nfa(strings: tuple[str, ...]):
-    if len(strings) == 1:
-        return build_nfa(literal_ast(strings[0]))
-    return build_nfa(("alt", [literal_ast(s) for s in strings]))
+    return literal_set_nfa(strings)
 
 
 def dumps_key(schema) -> str:

@@ -12,14 +12,15 @@ Complements that plain keywords cannot express use internal keywords (tuple keys
 contain): :data:`K_KINDS` (a set of JSON types where numbers are split into integers and non-integers),
 :data:`K_NOT_VALUES` (scalars excluded), :data:`K_NOT_PATTERN` / :data:`K_NOT_FORMAT` (strings outside a
 regular language), :data:`K_EXTRA_NAME` (``additionalProperties``: some other name has a value outside its
-schema, expanded where an object's names are finitely many). Other keywords whose complement is existential over
-items or names (``items``, ``patternProperties``, ...) raise :class:`~.errors.UnsupportedSchemaError`: failing
-closed.
+schema, expanded where an object's names are finitely many). Existential complements over items are ``contains``
+(``items: S`` -> "contains ``not S``"; ``contains`` -> fewer than ``minContains`` or more than ``maxContains``
+matches); other keywords whose complement is existential (``patternProperties``, ``uniqueItems``, ...) raise
+:class:`~.errors.UnsupportedSchemaError`: failing closed.
 """
 
 from __future__ import annotations
 
-from .errors import UnsupportedSchemaError
+from .errors import SchemaError, UnsupportedSchemaError
 
 K_KINDS = ("omnifuse", "kinds")
 K_NOT_VALUES = ("omnifuse", "not-values")
@@ -32,6 +33,12 @@ K_EXTRA_NAME = ("omnifuse", "extra-name")
 INTERNAL = (K_KINDS, K_NOT_VALUES, K_NOT_PATTERN, K_NOT_FORMAT, K_EXTRA_NAME)
 
 KINDS = ("null", "boolean", "int", "frac", "string", "array", "object")
+
+
+def _count(v) -> bool:
+    return (
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 or isinstance(v, float) and v.is_integer() and v >= 0
+    )
 
 
 def _non(*kinds: str) -> dict:
@@ -115,10 +122,24 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
             for i, sub in enumerate(v):
                 out.append({"type": "array", "minItems": i + 1, "prefixItems": [True] * i + [{"not": sub}]})
         elif kw == "items":
+            n_prefix = len(schema.get("prefixItems", []))
             if v is False:
-                out.append({"type": "array", "minItems": len(schema.get("prefixItems", [])) + 1})
+                out.append({"type": "array", "minItems": n_prefix + 1})
             elif not trivially_true(v):
-                raise UnsupportedSchemaError("items", path, "cannot be negated (some item would have to fail)")
+                if n_prefix:  # "some item past the prefix fails": contains cannot skip the prefix positions
+                    raise UnsupportedSchemaError("items", path, "cannot be negated beside prefixItems")
+                out.append({"type": "array", "contains": {"not": v}})  # some item fails
+        elif kw == "contains":
+            # count = items matching v; the keyword holds for arrays with minContains <= count <= maxContains
+            lo, hi = schema.get("minContains", 1), schema.get("maxContains")
+            if not _count(lo) or (hi is not None and not _count(hi)):
+                raise SchemaError("minContains / maxContains must be non-negative integers", path)
+            if lo == 1:
+                out.append({"type": "array", "items": {"not": v}})  # no item matches (even "contains: {}" says >= 1)
+            elif lo > 1:
+                out.append({"type": "array", "contains": v, "minContains": 0, "maxContains": lo - 1})
+            if hi is not None:
+                out.append({"type": "array", "contains": v, "minContains": hi + 1})
         elif kw == "additionalProperties":
             if not trivially_true(v):
                 names = tuple(schema.get("properties") or {})
@@ -126,9 +147,6 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
                 out.append({"type": "object", K_EXTRA_NAME: (names, patterns, v)})
         elif kw == K_EXTRA_NAME:
             raise UnsupportedSchemaError("additionalProperties", path, "cannot be negated twice")
-        elif kw == "contains":
-            # even "contains: {}" asserts "at least minContains items": refuse rather than drop it
-            raise UnsupportedSchemaError(kw, path, "cannot be negated")
         elif kw in ("patternProperties", "propertyNames", "dependentSchemas",
                     "unevaluatedItems", "unevaluatedProperties"):  # fmt: skip
             if kw == "patternProperties" and isinstance(v, dict) and all(trivially_true(x) for x in v.values()):

@@ -302,11 +302,6 @@ def _has_anchor(node) -> bool:
     return False
 
 
-def literal_ast(text: str):
-    """AST for exactly ``text`` (used for ``const``/``enum`` strings and property-name sets)."""
-    return ("cat", [("set", CharSet.of(ch)) for ch in text])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Thompson NFA
 
@@ -326,6 +321,36 @@ class NFA:
         if len(self.edges) > MAX_NFA_STATES:
             raise SchemaError("regular expression too large")
         return len(self.edges) - 1
+
+
+def literal_set_nfa(strings) -> NFA:
+    """Exactly the given strings, as a trie: one state per distinct prefix, each string's end joined to the one
+    accepting state by an epsilon. Its size is the input's (no ``MAX_NFA_STATES`` cap: an enum of thousands of
+    names is a valid schema, not an oversized regular expression)."""
+    nfa = NFA()
+    children: list[dict[str, int]] = []
+
+    def state() -> int:
+        nfa.edges.append([])
+        nfa.eps.append([])
+        children.append({})
+        return len(nfa.edges) - 1
+
+    root = state()
+    ends = set()
+    for text in strings:
+        s = root
+        for ch in text:
+            nxt = children[s].get(ch)
+            if nxt is None:
+                nxt = children[s][ch] = state()
+                nfa.edges[s].append((CharSet.of(ch), nxt))
+            s = nxt
+        ends.add(s)
+    nfa.start, nfa.accept = root, state()
+    for s in sorted(ends):
+        nfa.eps[s].append(nfa.accept)
+    return nfa
 
 
 def build_nfa(ast) -> NFA:

@@ -50,6 +50,13 @@ SCHEMAS = [
         "maxItems": 3,
     },
 ]
+SCHEMAS += [  # complements (negation.py)
+    {"not": {"contains": {"type": "integer", "minimum": 2}}},
+    {"type": "array", "not": {"contains": {"const": 1}, "minContains": 2, "maxContains": 3}},
+    {"type": "array", "not": {"items": {"type": ["string", "null"]}}},
+    {"if": {"contains": {"const": "a"}}, "then": {"maxItems": 2}, "else": {"items": {"type": "integer"}}},
+    {"oneOf": [{"type": "array", "maxItems": 1}, {"contains": {"type": "string"}}]},
+]
 SCALARS = [None, True, False, 0, 1, 1.0, 2, 3, -1, 2.5, "", "a", "b", "ab", "x", "é"]
 
 
@@ -118,11 +125,16 @@ def test_what_stays_refused(schema, reason: str) -> None:
     assert e.value.keyword == "uniqueItems"
 
 
-def test_negated_contains_is_refused_not_dropped() -> None:
-    """``contains: {}`` still asserts "at least minContains items": its complement is refused, never ignored."""
-    for schema in ({"not": {"contains": {}}}, {"oneOf": [{"type": "array", "maxItems": 0}, {"contains": {}}]}):
-        with pytest.raises(UnsupportedSchemaError, match="'contains'"):
-            compile_schema(schema)
+def test_negated_contains_and_items() -> None:
+    """Complements: ``contains`` -> fewer than minContains or more than maxContains matches (``contains: {}`` still
+    asserts one item: its complement is the empty array), ``items: S`` -> some item fails S; non-arrays satisfy
+    both keywords, so their complements hold for arrays only."""
+    empty_only = compile_schema({"not": {"contains": {}}})
+    assert empty_only.accepts("[]") and not empty_only.accepts("[1]") and not empty_only.accepts("5")
+    some_fail = compile_schema({"not": {"items": {"type": "integer"}}})
+    assert some_fail.accepts('[1, "a"]') and not some_fail.accepts("[1, 2]") and not some_fail.accepts('"a"')
+    with pytest.raises(UnsupportedSchemaError, match="'items'"):  # "some item past the prefix fails"
+        compile_schema({"not": {"prefixItems": [True], "items": {"type": "integer"}}})
 
 
 def test_unique_with_contains_past_prefix_positions_is_refused() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 
@@ -32,22 +33,31 @@ def reference_valid(schema, value) -> bool:
         ({"not": {"multipleOf": 2}}, "multipleOf", "#/not"),
         ({"items": {"uniqueItems": True}}, "uniqueItems", "#/items"),
         (
-            {"$defs": {"x": {"contains": {"items": {"type": "string"}}}}, "$ref": "#/$defs/x"},
-            "items",
+            {"$defs": {"x": {"contains": {"uniqueItems": True}}}, "$ref": "#/$defs/x"},
+            "uniqueItems",
             "#/$defs/x/contains",
         ),
         ({"type": "string", "format": "uri"}, "format", "#"),
         ({"pattern": "(?=a)b"}, "pattern", "#/pattern"),
         ({"pattern": "\\bword"}, "pattern", "#/pattern"),
         ({"pattern": "(a)\\1"}, "pattern", "#/pattern"),
-        ({"oneOf": [{"type": "array", "items": {"type": "integer"}}, {"minItems": 2}]}, "oneOf", "#/oneOf"),
+        ({"oneOf": [{"type": "array", "uniqueItems": True}, {"minItems": 2}]}, "oneOf", "#/oneOf"),
         ({"$ref": "https://example.com/other.json"}, "$ref", "#"),
         ({"if": {"additionalProperties": False}, "then": {"minProperties": 2}}, "additionalProperties", "#/if"),
         ({"$schema": "http://json-schema.org/draft-03/schema#"}, "$schema", "#"),  # drafts 4-2020-12 only
-        ({"prefixItems": [{"unevaluatedItems": False}]}, "unevaluatedItems", "#/prefixItems/0"),
+        (
+            {"not": {"properties": {"a": True}, "unevaluatedProperties": False}},
+            "unevaluatedProperties",
+            "#/not/unevaluatedProperties",
+        ),
+        ({"pattern": "^(a|b)*a(a|b){12}$"}, "pattern", "#"),  # 2**13 DFA states: over the cap
         ({"patternProperties": {"(?=x)": {"type": "integer"}}}, "patternProperties", "#/patternProperties/(?=x)"),
         ({"propertyNames": {"anyOf": [{"maxLength": 1}, {"pattern": "^ab"}]}}, "propertyNames", "#"),
-        ({"properties": {"a": {"not": {"items": {"type": "string"}}}}}, "items", "#/properties/a/not"),
+        (
+            {"properties": {"a": {"not": {"prefixItems": [{}], "items": {"type": "string"}}}}},
+            "items",
+            "#/properties/a/not",
+        ),
         ({"$defs": {"a": {"not": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}, "$ref", "#/$defs/a"),
         ({"additionalItems": False}, "additionalItems", "#"),
         ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}, "$ref", "#/$defs/a"),
@@ -59,6 +69,20 @@ def test_unsupported_keyword_is_named_with_its_path(schema, keyword, path) -> No
     assert info.value.keyword == keyword
     assert info.value.path == path
     assert keyword in str(info.value) and path in str(info.value)
+
+
+def test_a_long_enum_compiles_exactly() -> None:
+    """An enum whose strings total far more code points than the general automaton cap (one state per prefix, no
+    blow-up) compiles; members and only members are accepted, also beside a pattern."""
+    names = [f"lang-{i}" for i in range(3000)] + ["C", "C#", "C++"]
+    compiled = compile_schema({"enum": names})
+    rng = random.Random(0)
+    for name in rng.sample(names, 200) + ["C", "C#", "C++"]:
+        assert compiled.accepts(json.dumps(name))
+        assert not compiled.accepts(json.dumps(name + "x")) and not compiled.accepts(json.dumps(name[:-1] + "-"))
+    assert not compiled.accepts('"lang-3000"') and not compiled.accepts('"C+"')
+    with_pattern = compile_schema({"type": "string", "enum": names, "pattern": "^lang-2"})
+    assert with_pattern.accepts('"lang-2999"') and not with_pattern.accepts('"lang-1999"')
 
 
 @pytest.mark.parametrize(
