@@ -362,6 +362,63 @@ def _prune(trans: list[list[tuple[int, int, int]]], accept: list[bool]) -> DFA |
     return DFA([[(lo, hi, remap[t]) for lo, hi, t in trans[q] if t in remap] for q in keep], [accept[q] for q in keep])
 
 
+MAX_UNROLLED_LENGTH = 256  # union_automata writes length bounds into the automaton, one state per length
+
+
+def _length_nfa(lo: int, hi: int | None) -> NFA:
+    """Strings of ``lo <= length <= hi`` code points (``hi`` None: no upper bound)."""
+    nfa = NFA()
+    top = lo if hi is None else hi
+    states = [nfa.new() for _ in range(top + 1)]
+    final = nfa.new()
+    for i, q in enumerate(states):
+        if i < top:
+            nfa.edges[q].append((UNIVERSE, states[i + 1]))
+        if i >= lo:
+            nfa.eps[q].append(final)
+    if hi is None:
+        nfa.edges[states[top]].append((UNIVERSE, states[top]))
+    nfa.start, nfa.accept = states[0], final
+    return nfa
+
+
+def union_automata(autos: list[StringAutomaton], path: str = "#") -> StringAutomaton | None:
+    """One automaton for strings that meet any of ``autos`` (``propertyNames: {anyOf: [...]}``); None: no string.
+
+    The union cannot keep each part's length bounds as a counter beside the DFA (the counter is per automaton), so
+    each part's bounds are written into its DFA first (refused above ``MAX_UNROLLED_LENGTH``)."""
+    parts: list[NFA] = []
+    for a in autos:
+        nfas = [dfa_to_nfa(a.dfa)] if a.dfa is not None else []
+        if a.min_len or a.max_len is not None:
+            if max(a.min_len, a.max_len or 0) > MAX_UNROLLED_LENGTH:
+                raise UnsupportedSchemaError(
+                    "propertyNames", path, f"a union of string schemas with lengths past {MAX_UNROLLED_LENGTH}"
+                )
+            nfas.append(_length_nfa(a.min_len, a.max_len))
+        if not nfas:
+            return StringAutomaton(None, 0, None, path)  # this part allows every string
+        dfa = build_dfa(nfas, path)
+        if dfa is not None:
+            parts.append(dfa_to_nfa(dfa))
+    if not parts:
+        return None
+    union = NFA()
+    union.start = union.new()
+    union.accept = union.new()
+    for part in parts:
+        base = len(union.edges)
+        for _ in part.edges:
+            union.new()
+        for q, (edges, eps) in enumerate(zip(part.edges, part.eps)):
+            union.edges[base + q] = [(cs, base + t) for cs, t in edges]
+            union.eps[base + q] = [base + t for t in eps]
+        union.eps[union.start].append(base + part.start)
+        union.eps[base + part.accept].append(union.accept)
+    dfa = build_dfa([union], path)
+    return None if dfa is None else StringAutomaton(dfa, 0, None, path)
+
+
 def dfa_to_nfa(dfa: DFA) -> NFA:
     """The same language as an :class:`~.regex.NFA` (to intersect it with others in :func:`build_dfa`)."""
     nfa = NFA()

@@ -29,7 +29,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
-from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_accepts, dfa_to_nfa
+from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_accepts, dfa_to_nfa, union_automata
 from .charset import EMPTY, CharSet, json_char_cost
 from .errors import SchemaError, UnsupportedSchemaError
 from .formats import format_pattern
@@ -609,6 +609,10 @@ class Compiler:
             res = self._expand(raw, exact)
         finally:
             self._expanding.discard(key)
+        if id(raw) in self._unannotated:
+            # a synthetic schema's in-place parts are synthetic too (the anyOf of a structural "not const", ...):
+            # none of them evaluates anything
+            self._unannotated.update(id(r) for flat in res for r in flat)
         self._expand_memo[key] = res
         return res
 
@@ -739,26 +743,27 @@ class Compiler:
         out: list[frozenset] = []
         for flat in self.expand(inner, exact=True):
             ev = self._evaluated(flat)
-            extra: dict = {}
+            extras: list[tuple[str, dict]] = []
             if "unevaluatedProperties" in s and ev.properties is not None:
                 names, patterns = ev.properties
-                extra["properties"] = {n: True for n in sorted(names)}
+                extra: dict = {"properties": {n: True for n in sorted(names)}}
                 if patterns:
                     extra["patternProperties"] = {p: True for p in sorted(patterns)}
                 extra["additionalProperties"] = s["unevaluatedProperties"]
+                extras.append(("unevaluatedProperties", extra))
             if "unevaluatedItems" in s and ev.items is not None:
                 prefix, contains = ev.items
+                u = s["unevaluatedItems"]
+                extra = {"items": {"anyOf": [u, *(c.schema for c in contains)]} if contains else u}
                 if prefix:
                     extra["prefixItems"] = [True] * prefix
-                u = s["unevaluatedItems"]
-                extra["items"] = {"anyOf": [u, *(c.schema for c in contains)]} if contains else u
-            if extra:
-                key = (id(raw), ev)
+                extras.append(("unevaluatedItems", extra))
+            for kw, extra in extras:
+                key = (id(raw), kw, ev)
                 r = self._uneval_raws.get(key)
                 if r is None:
                     self._keep.append(extra)
-                    at = f"{raw.path}/{'unevaluatedProperties' if 'additionalProperties' in extra else 'unevaluatedItems'}"
-                    r = self._uneval_raws[key] = self.doc.raw_for(extra, raw.base, at)
+                    r = self._uneval_raws[key] = self.doc.raw_for(extra, raw.base, f"{raw.path}/{kw}")
                 flat = flat | {r}
             out.append(flat)
         return list(dict.fromkeys(out))
@@ -1208,12 +1213,12 @@ class Compiler:
         if name_raws:
             strings = [x.str for x in self.resolved(self.alt(frozenset(name_raws), f"{path}/propertyNames")).simples]
             strings = [x for x in strings if x is not None]
-            if len(strings) > 1:
+            if len(strings) > 1:  # propertyNames: {anyOf: [...]}: one automaton for the union
                 at = next(m.path for m in members if "propertyNames" in m.schema)
-                raise UnsupportedSchemaError("propertyNames", at, "a union of several string schemas")
-            if strings:
+                names_auto = union_automata(strings, f"{at}/propertyNames")
+            elif strings:
                 names_auto = strings[0]
-            else:
+            if names_auto is None:
                 no_names = True  # no string satisfies it: the object must be empty
 
         def named(name: str) -> bool:

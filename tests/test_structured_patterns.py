@@ -102,9 +102,18 @@ SCHEMAS = [
         },
         len('{"n1":0,"n2":0}'),
     ),  # fmt: skip
+    # propertyNames over a union of string schemas with different lengths (as Mergify's schema has)
+    (
+        {
+            "type": "object",
+            "propertyNames": {"anyOf": [{"minLength": 2, "maxLength": 4, "pattern": "^[a-z]"}, {"pattern": "[*?]"}]},
+            "minProperties": 1,
+        },
+        len('{"*":0}'),
+    ),
 ]
 
-NAMES = ["jobs", "runs-on", "_", "build", "9x", "x", "xy", "y", "ab", "abc", "a", "b", "c", "alpha", "beta", "", "n1",
+NAMES = ["*", "a?b", "jobs", "runs-on", "_", "build", "9x", "x", "xy", "y", "ab", "abc", "a", "b", "c", "alpha", "beta", "", "n1",
          "n2", "nope", "long", "x\n", "é", "٣", "日本", "a-b"]  # fmt: skip
 VALUES = [None, True, 0, 5, 7.5, "", "s", "long string", [], [1], {}, {"runs-on": "linux"}, {"runs-on": 1}]
 

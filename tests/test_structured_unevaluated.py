@@ -164,3 +164,28 @@ def test_still_refused_with_keyword_and_path() -> None:
     with pytest.raises(UnsupportedSchemaError) as e:
         compile_schema(many)
     assert e.value.keyword == "anyOf" and e.value.path == "#/anyOf"
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance"),
+    [
+        ({"not": {"const": {"a": 1}}, "unevaluatedProperties": False}, {"a": 2}),
+        ({"not": {"const": [1]}, "unevaluatedItems": False}, [2]),
+        ({"not": {"enum": [{"a": 1}, [1]]}, "unevaluatedProperties": False, "unevaluatedItems": False}, ["s"]),
+        ({"if": {"const": [1]}, "then": {"prefixItems": [True]}, "unevaluatedItems": False}, ["s"]),
+        ({"oneOf": [{"const": {"a": 1}}, {"type": "object"}], "unevaluatedProperties": False}, {"a": 2}),
+        ({"dependentSchemas": {"a": {"not": {"const": {"a": 1}}}}, "unevaluatedProperties": False}, {"a": 2}),
+    ],
+)
+def test_complements_evaluate_nothing(schema, instance) -> None:
+    """The complement of an object or array ``const`` is written with ``properties`` / ``prefixItems`` in nested
+    synthetic schemas (negation.py): none of them may count as evaluating a name or an item (found in review)."""
+    compiled = compile_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    assert compiled.accepts(json.dumps(instance)) == validator.is_valid(instance) is False
+
+
+def test_no_valid_instance_means_unsatisfiable() -> None:
+    """``const`` evaluates nothing, so ``a`` is unevaluated whether the ``if`` passes or not."""
+    schema = {"type": "object", "if": {"const": {"a": 1}}, "unevaluatedProperties": False, "required": ["a"]}
+    assert not compile_schema(schema).satisfiable
