@@ -385,19 +385,23 @@ def _length_nfa(lo: int, hi: int | None) -> NFA:
 def union_automata(autos: list[StringAutomaton], path: str = "#") -> StringAutomaton | None:
     """One automaton for strings that meet any of ``autos`` (``propertyNames: {anyOf: [...]}``); None: no string.
 
-    The union cannot keep each part's length bounds as a counter beside the DFA (the counter is per automaton), so
-    each part's bounds are written into its DFA first (refused above ``MAX_UNROLLED_LENGTH``)."""
+    The union keeps one length counter: the loosest bounds of the parts (every part's strings lie within them).
+    A part's own, tighter bounds are written into its DFA first (refused above ``MAX_UNROLLED_LENGTH``)."""
+    lo = min(a.min_len for a in autos)
+    hi = None if any(a.max_len is None for a in autos) else max(a.max_len for a in autos)
     parts: list[NFA] = []
     for a in autos:
         nfas = [dfa_to_nfa(a.dfa)] if a.dfa is not None else []
-        if a.min_len or a.max_len is not None:
-            if max(a.min_len, a.max_len or 0) > MAX_UNROLLED_LENGTH:
+        own_lo = a.min_len if a.min_len > lo else 0
+        own_hi = a.max_len if a.max_len != hi else None
+        if own_lo or own_hi is not None:
+            if max(own_lo, own_hi or 0) > MAX_UNROLLED_LENGTH:
                 raise UnsupportedSchemaError(
                     "propertyNames", path, f"a union of string schemas with lengths past {MAX_UNROLLED_LENGTH}"
                 )
-            nfas.append(_length_nfa(a.min_len, a.max_len))
+            nfas.append(_length_nfa(own_lo, own_hi))
         if not nfas:
-            return StringAutomaton(None, 0, None, path)  # this part allows every string
+            return StringAutomaton(None, lo, hi, path)  # this part allows every string within the bounds
         dfa = build_dfa(nfas, path)
         if dfa is not None:
             parts.append(dfa_to_nfa(dfa))
@@ -416,7 +420,7 @@ def union_automata(autos: list[StringAutomaton], path: str = "#") -> StringAutom
         union.eps[union.start].append(base + part.start)
         union.eps[base + part.accept].append(union.accept)
     dfa = build_dfa([union], path)
-    return None if dfa is None else StringAutomaton(dfa, 0, None, path)
+    return None if dfa is None else StringAutomaton(dfa, lo, hi, path)
 
 
 def dfa_to_nfa(dfa: DFA) -> NFA:

@@ -525,6 +525,8 @@ class Compiler:
         self._expanding: set[tuple[int, bool]] = set()
         self._unannotated: set[int] = set()  # ids of synthetic Raws (no annotations)
         self._uneval_raws: dict = {}
+        self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
+        self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
         self._derived: dict[tuple[int, str], Raw] = {}
         self._synth: dict = {}
         self._queue: list[Alt] = []
@@ -642,6 +644,11 @@ class Compiler:
             subs = s[kw]
             if not isinstance(subs, list) or not subs:
                 raise SchemaError(f"{kw} must be a non-empty array", path)
+            values = _enum_union(subs, overlap=kw == "anyOf") if kw != "allOf" else None
+            if values is not None:  # anyOf of enums = one enum (Azure Pipelines: 518 task names, each its own branch)
+                union = self._synthetic({"enum": values}, self.doc.raw_for(subs[0], raw.base, f"{path}/{kw}"))
+                res = self._cross(res, self.expand(union), path, kw)
+                continue
             raws = [self.doc.raw_for(sub, raw.base, f"{path}/{kw}/{i}") for i, sub in enumerate(subs)]
             branches = [self.expand(r, exact) for r in raws]
             if kw == "allOf":
@@ -1017,23 +1024,25 @@ class Compiler:
                     node.num = num
         if STR in kinds:
             strs = None if evals is None else [v for v in evals if isinstance(v, str)]
+            not_strs = {v for v in excluded if isinstance(v, str)}
+            if strs is not None:
+                strs = sorted(set(strs) - not_strs)  # a finite set minus a finite set: no complement automaton
             if strs is None or strs:
                 all_nfas = list(nfas)
                 bound = None
                 if strs is not None:
-                    literals = tuple(sorted(set(strs)))
-                    all_nfas.append(_literal_set_nfa(literals))
-                    # the intersection with a finite set has at most one state per prefix of its strings: a long enum
+                    # a finite set meets the patterns in those of its strings that match them all: filter the strings
+                    # (one automaton per pattern, shared) instead of building each product automaton
+                    literals = self._matching(tuple(strs), all_nfas, path)
+                    all_nfas = [_literal_set_nfa(literals)] if literals else []
+                    # the automaton of a finite set has at most one state per prefix of its strings: a long enum
                     # (1,772 language names in GitHub's issue forms) may exceed the general cap without any blow-up
                     bound = 1 + sum(len(x) for x in literals)
-                not_strs = tuple(sorted({v for v in excluded if isinstance(v, str)}))
-                if not_strs:
-                    all_nfas.append(_complement_nfa(_literal_set_nfa(not_strs), path))
-                dfa = build_dfa(all_nfas, path, bound) if all_nfas else None
-                if not all_nfas or dfa is not None:
-                    auto = StringAutomaton(dfa, min_len, max_len, path)
-                    if auto.sat:
-                        node.str = auto
+                elif not_strs:
+                    all_nfas.append(_complement_nfa(_literal_set_nfa(tuple(sorted(not_strs))), path))
+                auto = self._string_automaton(all_nfas, bound, min_len, max_len, path) if all_nfas or not strs else None
+                if auto is not None and auto.sat:
+                    node.str = auto
         if ARR in kinds and evals is None:
             node.arr = self._arr_spec(members, min_items, max_items, path)
             if unique is not None:
@@ -1054,6 +1063,36 @@ class Compiler:
                     for flat2 in self._cross([stripped], self.expand(synth), path, "enum"):
                         out.extend(self.merge(flat2))
         return tuple(dict.fromkeys(out))
+
+    def _matching(self, strings: tuple[str, ...], nfas: list, path: str) -> tuple[str, ...]:
+        """The strings that every NFA accepts (each NFA determinised once per compile; one that is too large alone is
+        intersected with the strings instead, where the finite set bounds the product)."""
+        out = strings
+        for nfa in nfas:
+            key = id(nfa)
+            if key not in self._alone:
+                try:
+                    self._alone[key] = (nfa, build_dfa([nfa], path))
+                except UnsupportedSchemaError:
+                    self._alone[key] = (nfa, False)
+            dfa = self._alone[key][1]
+            if dfa is False:
+                bound = 1 + sum(len(x) for x in out)
+                dfa = build_dfa([nfa, _literal_set_nfa(out)], path, bound) if out else None
+            out = tuple(x for x in out if dfa_accepts(dfa, x)) if dfa is not None else ()
+        return out
+
+    def _string_automaton(self, nfas: list, bound, min_len: int, max_len, path: str) -> StringAutomaton | None:
+        """The automaton of the intersection of ``nfas`` with the length bounds (None: no string), shared by every
+        node that asks for the same one: a schema like Azure Pipelines' merges the same enum tens of thousands of
+        times (one ``oneOf`` branch per task, each with the others' complements)."""
+        key = (tuple(id(n) for n in nfas), bound, min_len, max_len)
+        hit = self._automata.get(key)
+        if hit is None:
+            dfa = build_dfa(nfas, path, bound) if nfas else None
+            auto = StringAutomaton(dfa, min_len, max_len, path) if not nfas or dfa is not None else None
+            hit = self._automata[key] = (list(nfas), auto)  # the NFAs kept alive: their ids stay theirs
+        return hit[1]
 
     def _merge_extra_name(self, flat: frozenset, marker: Raw) -> tuple[Simple, ...]:
         """``flat`` with the complement of an ``additionalProperties`` (:data:`~.negation.K_EXTRA_NAME`): "an object
@@ -1456,6 +1495,33 @@ def _contradictory(flat: frozenset) -> bool:
     if required & forbidden or any(required - allowed for allowed in closed) or holds & fails:
         return True
     return any(allowed <= names for allowed in closed for names in extra_names)
+
+
+_CONSTRAINING = (
+    HANDLED | set(APPLICATORS) | ALWAYS_UNSUPPORTED | set(UNEVALUATED) | {"patternProperties", "propertyNames"}
+)
+
+
+def _enum_union(subs: list, overlap: bool):
+    """The values of an ``anyOf`` / ``oneOf`` whose branches only list values (``enum`` / ``const``, besides
+    annotations), as one list (JSON equality, first occurrence kept); None if some branch constrains otherwise, or
+    (``oneOf``) if a value is in two branches, where "exactly one" would exclude it."""
+    out: dict = {}
+    for sub in subs:
+        if not isinstance(sub, dict) or not ("enum" in sub or "const" in sub):
+            return None
+        if any(k in _CONSTRAINING and k not in ("enum", "const") for k in sub):
+            return None
+        vals = sub.get("enum", [sub["const"]] if "const" in sub else None)
+        if not isinstance(vals, list):
+            return None
+        if "enum" in sub and "const" in sub:
+            vals = [v for v in vals if json_key(v) == json_key(sub["const"])]
+        keys = {json_key(v): v for v in vals}
+        if not overlap and any(k in out for k in keys):
+            return None  # overlapping branches: for oneOf the value is excluded; leave it to the general path
+        out.update(keys)
+    return list(out.values())
 
 
 def _canonical(schema: dict) -> str:

@@ -111,6 +111,15 @@ SCHEMAS = [
         },
         len('{"*":0}'),
     ),
+    # the same under a common maxLength (Mergify's has one beside its anyOf): one length counter for the union
+    (
+        {
+            "type": "object",
+            "propertyNames": {"maxLength": 3, "anyOf": [{"minLength": 2, "pattern": "^[a-z]"}, {"pattern": "[*?]"}]},
+            "minProperties": 1,
+        },
+        len('{"*":0}'),
+    ),
 ]
 
 NAMES = ["*", "a?b", "jobs", "runs-on", "_", "build", "9x", "x", "xy", "y", "ab", "abc", "a", "b", "c", "alpha", "beta", "", "n1",

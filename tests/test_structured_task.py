@@ -50,7 +50,7 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
     records = [json.loads(x) for x in lines]
     # Per-record schemas: an inline one that differs from the file's, an unsupported keyword, an unsatisfiable one.
     records.append({**records[0], "id": "inline-enum", "schema": {"enum": ["alpha", {"k": [1, 2]}]}})
-    records.append({**records[0], "id": "unsupported", "schema": {"type": "array", "unevaluatedItems": False}})
+    records.append({**records[0], "id": "unsupported", "schema": {"type": "array", "items": {"type": "object"}, "uniqueItems": True}})
     records.append({**records[0], "id": "unsatisfiable", "schema": {"type": "integer", "minimum": 3, "maximum": 2}})
     manifest = scenes / "predict.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -76,7 +76,7 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
     errors = {e["id"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(preds) | set(errors) == {r["id"] for r in records} and not set(preds) & set(errors)
     assert set(errors) == {"unsupported", "unsatisfiable"}
-    assert "unevaluatedItems" in errors["unsupported"] and "schema" in errors["unsupported"]
+    assert "uniqueItems" in errors["unsupported"] and "schema" in errors["unsupported"]
     for rid, p in preds.items():
         target_schema = {"enum": ["alpha", {"k": [1, 2]}]} if rid == "inline-enum" else schema
         # A 2-step model knows nothing, yet every output parses and validates (checked by jsonschema, not by us).
