@@ -1025,6 +1025,10 @@ class Compiler:
         if STR in kinds:
             strs = None if evals is None else [v for v in evals if isinstance(v, str)]
             not_strs = {v for v in excluded if isinstance(v, str)}
+            for v in (*(strs or ()), *not_strs):
+                if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+                    # a lone surrogate is a JSON string ("\ud800") that no UTF-8 output can hold: fail closed
+                    raise UnsupportedSchemaError("enum", path, f"the string {v!r} holds a lone surrogate")
             if strs is not None:
                 strs = sorted(set(strs) - not_strs)  # a finite set minus a finite set: no complement automaton
             if strs is None or strs:

@@ -134,6 +134,7 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
             lo, hi = schema.get("minContains", 1), schema.get("maxContains")
             if not _count(lo) or (hi is not None and not _count(hi)):
                 raise SchemaError("minContains / maxContains must be non-negative integers", path)
+            lo, hi = int(lo), None if hi is None else int(hi)  # 1e300 - 1 is 1e300 as a float
             if lo == 1:
                 out.append({"type": "array", "items": {"not": v}})  # no item matches (even "contains: {}" says >= 1)
             elif lo > 1:

@@ -133,6 +133,10 @@ def test_negated_contains_and_items() -> None:
     assert empty_only.accepts("[]") and not empty_only.accepts("[1]") and not empty_only.accepts("5")
     some_fail = compile_schema({"not": {"items": {"type": "integer"}}})
     assert some_fail.accepts('[1, "a"]') and not some_fail.accepts("[1, 2]") and not some_fail.accepts('"a"')
+    huge = compile_schema({"type": "array", "not": {"contains": {"const": 1}, "minContains": 0, "maxContains": 1e300}})
+    assert (
+        huge.min_chars == 2 * int(1e300) + 3
+    )  # int(1e300) + 1 matching items, counted exactly (as floats, +1 is lost)
     with pytest.raises(UnsupportedSchemaError, match="'items'"):  # "some item past the prefix fails"
         compile_schema({"not": {"prefixItems": [True], "items": {"type": "integer"}}})
 

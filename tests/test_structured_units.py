@@ -51,6 +51,8 @@ def reference_valid(schema, value) -> bool:
             "#/not/unevaluatedProperties",
         ),
         ({"pattern": "^(a|b)*a(a|b){12}$"}, "pattern", "#"),  # 2**13 DFA states: over the cap
+        ({"enum": ["\ud800", "a"]}, "enum", "#"),  # a lone surrogate: no UTF-8 output holds it
+        ({"not": {"const": "x\udfff"}}, "enum", "#"),
         ({"patternProperties": {"(?=x)": {"type": "integer"}}}, "patternProperties", "#/patternProperties/(?=x)"),
         ({"propertyNames": {"anyOf": [{"maxLength": 300}, {"pattern": "^ab"}]}}, "propertyNames", "#/propertyNames"),
         (
