@@ -100,11 +100,11 @@ def test_draft_detection_and_refusals():
             {
                 "$schema": D7,
                 "dependencies": {
-                    "c": {"required": ["d"], "propertyNames": {"anyOf": [{"maxLength": 1}, {"pattern": "^a"}]}}
+                    "c": {"required": ["d"], "propertyNames": {"anyOf": [{"maxLength": 300}, {"pattern": "^a"}]}}
                 },
             }
         )
-    assert (e.value.keyword, e.value.path) == ("propertyNames", "#/dependencies/c")
+    assert (e.value.keyword, e.value.path) == ("propertyNames", "#/dependencies/c/propertyNames")
     compiled = compile_schema({"$schema": D7, "dependencies": {"c": {"required": ["d"]}}})
     assert compiled.accepts('{"c": 1, "d": 2}') and not compiled.accepts('{"c": 1}') and compiled.accepts('{"d": 0}')
     nested = {"$schema": D4, "items": [{"type": "integer"}, {"properties": {"a": {"uniqueItems": True}}}]}
