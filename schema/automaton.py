@@ -93,13 +93,46 @@ def _closure(nfa: NFA, states) -> frozenset:
     return frozenset(seen)
 
 
+_SINKS: dict[int, tuple[NFA, frozenset, frozenset | None]] = {}
+
+
+def _accept_all(nfa: NFA) -> tuple[frozenset, frozenset | None]:
+    """``(core, canonical)``: states ``t`` from which every string is accepted, found as the loop of an implicit or
+    written ``.*`` (an edge on every character from ``x`` to ``t``, with ``x`` and the accepting state both in the
+    closure of ``t``), and the closure of one of them. Any state set that holds one of them accepts everything from
+    there on, so subset construction may replace it by ``canonical``: an unanchored pattern's counters
+    (``\\$\\w{1,255}`` in GitLab's schema) then stop multiplying states once the pattern has matched."""
+    hit = _SINKS.get(id(nfa))
+    if hit is not None and hit[0] is nfa:
+        return hit[1], hit[2]
+    core = set()
+    for x, edges in enumerate(nfa.edges):
+        for cs, t in edges:
+            if cs == UNIVERSE and t not in core:
+                c = _closure(nfa, [t])
+                if x in c and nfa.accept in c:
+                    core.add(t)
+    core_f = frozenset(core)
+    canonical = _closure(nfa, [min(core)]) if core else None
+    if len(_SINKS) > 4096:
+        _SINKS.clear()
+    _SINKS[id(nfa)] = (nfa, core_f, canonical)
+    return core_f, canonical
+
+
 def build_dfa(nfas: list[NFA], path: str = "#", bound: int | None = None) -> DFA | None:
     """Determinise the intersection of ``nfas``; None if the intersection is empty.
 
     Refused above ``MAX_DFA_STATES`` states, or above ``bound`` when the caller knows the intersection cannot have
     more (one of the NFAs is a finite set of strings: one state per prefix), up to ``MAX_LITERAL_DFA_STATES``."""
     cap = MAX_DFA_STATES if bound is None else max(MAX_DFA_STATES, min(bound, MAX_LITERAL_DFA_STATES))
-    start = tuple(_closure(n, [n.start]) for n in nfas)
+    sinks = [_accept_all(n) for n in nfas]
+
+    def canon(k: int, states: frozenset) -> frozenset:
+        core, canonical = sinks[k]
+        return canonical if canonical is not None and not states.isdisjoint(core) else states
+
+    start = tuple(canon(k, _closure(n, [n.start])) for k, n in enumerate(nfas))
     index = {start: 0}
     order = [start]
     trans: list[list[tuple[int, int, int]]] = []
@@ -125,7 +158,7 @@ def build_dfa(nfas: list[NFA], path: str = "#", bound: int | None = None) -> DFA
                     nxt[k].add(t)
             if not all(nxt):
                 continue
-            key = tuple(_closure(nfa, ns) for nfa, ns in zip(nfas, nxt))
+            key = tuple(canon(k, _closure(nfa, ns)) for k, (nfa, ns) in enumerate(zip(nfas, nxt)))
             j = index.get(key)
             if j is None:
                 j = index[key] = len(order)

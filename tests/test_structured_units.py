@@ -322,7 +322,17 @@ PATTERNS = [
     "[\\s-]",
     "^$",
     "",
+    "pull-push|pull|x\\w{1,200}",  # unanchored counters: states stop multiplying once it matched (GitLab's form)
+    "^a.*",
 ]
+
+
+def test_an_unanchored_counter_does_not_blow_up() -> None:
+    """GitLab CI's cache policy pattern: 255 counter positions behind an implicit ``.*``; once ``$`` and one word
+    character are seen every continuation matches, so the automaton stays small instead of passing the cap."""
+    compiled = compile_schema({"type": "string", "pattern": "pull-push|pull|push|\\$\\w{1,255}"})
+    for text, ok in [("pull", True), ("$x", True), ("a $b c", True), ("$", False), ("pul", False), ("pus h", False)]:
+        assert compiled.accepts(json.dumps(text)) == ok == bool(re.search(r"pull-push|pull|push|\$\w{1,255}", text))
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
