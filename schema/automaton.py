@@ -93,18 +93,14 @@ def _closure(nfa: NFA, states) -> frozenset:
     return frozenset(seen)
 
 
-_SINKS: dict[int, tuple[NFA, frozenset, frozenset | None]] = {}
-
-
 def _accept_all(nfa: NFA) -> tuple[frozenset, frozenset | None]:
     """``(core, canonical)``: states ``t`` from which every string is accepted, found as the loop of an implicit or
     written ``.*`` (an edge on every character from ``x`` to ``t``, with ``x`` and the accepting state both in the
     closure of ``t``), and the closure of one of them. Any state set that holds one of them accepts everything from
     there on, so subset construction may replace it by ``canonical``: an unanchored pattern's counters
     (``\\$\\w{1,255}`` in GitLab's schema) then stop multiplying states once the pattern has matched."""
-    hit = _SINKS.get(id(nfa))
-    if hit is not None and hit[0] is nfa:
-        return hit[1], hit[2]
+    if nfa.accept_all is not None:
+        return nfa.accept_all
     core = set()
     for x, edges in enumerate(nfa.edges):
         for cs, t in edges:
@@ -114,10 +110,8 @@ def _accept_all(nfa: NFA) -> tuple[frozenset, frozenset | None]:
                     core.add(t)
     core_f = frozenset(core)
     canonical = _closure(nfa, [min(core)]) if core else None
-    if len(_SINKS) > 4096:
-        _SINKS.clear()
-    _SINKS[id(nfa)] = (nfa, core_f, canonical)
-    return core_f, canonical
+    nfa.accept_all = (core_f, canonical)  # kept on the NFA: it lives as long as the NFA, computed once
+    return nfa.accept_all
 
 
 def build_dfa(nfas: list[NFA], path: str = "#", bound: int | None = None) -> DFA | None:

@@ -314,6 +314,7 @@ class NFA:
     eps: list = field(default_factory=list)
     start: int = 0
     accept: int = 0
+    accept_all: tuple | None = field(default=None, repr=False)  # automaton._accept_all, once the NFA is complete
 
     def new(self) -> int:
         self.edges.append([])
