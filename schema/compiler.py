@@ -1041,7 +1041,7 @@ class Compiler:
                     all_nfas = [_literal_set_nfa(literals)] if literals else []
                     # the automaton of a finite set has at most one state per prefix of its strings: a long enum
                     # (1,772 language names in GitHub's issue forms) may exceed the general cap without any blow-up
-                    bound = 1 + sum(len(x) for x in literals)
+                    bound = _literal_states(literals)
                 elif not_strs:
                     all_nfas.append(_complement_nfa(_literal_set_nfa(tuple(sorted(not_strs))), path))
                 auto = self._string_automaton(all_nfas, bound, min_len, max_len, path) if all_nfas or not strs else None
@@ -1081,8 +1081,7 @@ class Compiler:
                     self._alone[key] = (nfa, False)
             dfa = self._alone[key][1]
             if dfa is False:
-                bound = 1 + sum(len(x) for x in out)
-                dfa = build_dfa([nfa, _literal_set_nfa(out)], path, bound) if out else None
+                dfa = build_dfa([nfa, _literal_set_nfa(out)], path, _literal_states(out)) if out else None
             out = tuple(x for x in out if dfa_accepts(dfa, x)) if dfa is not None else ()
         return out
 
@@ -1610,6 +1609,11 @@ def _complement_nfa(nfa, path: str):
         empty.start, empty.accept = empty.new(), empty.new()
         return empty
     return dfa_to_nfa(comp)
+
+
+def _literal_states(strings) -> int:
+    """The most states an intersection with a finite set of strings can have: one per prefix (the trie's nodes)."""
+    return 1 + sum(len(x) for x in strings)
 
 
 @lru_cache(maxsize=1024)
