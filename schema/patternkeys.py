@@ -35,7 +35,7 @@ from .keys import entry_tail, next_chars, with_prefix
 MAX_KEY_STATES = 5000
 # characters a pattern of the supported subset may read differently in ECMA-262 and in Python's re
 _LINE_AND_SEPARATORS = CharSet([(0x0A, 0x0A), (0x0D, 0x0D), (0x1C, 0x1F), (0x2028, 0x2029)])
-_SHORTHAND = re.compile(r"\\[dwsDWS]")
+_SHORTHAND = re.compile(r"\\[dwsDWSpP]")  # \p{..}: Python cannot judge a non-ASCII name (no \p in re)
 
 
 def key_alphabet(patterns: list[str]) -> CharSet:

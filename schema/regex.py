@@ -17,12 +17,14 @@ literals, ``\\.`` ``\\/`` ...  themselves (any escaped punctuation is the litera
 ``\\d \\w \\s``                ASCII only: ``[0-9]``, ``[A-Za-z0-9_]``, ``[\\t\\n\\v\\f\\r ]``
 ``\\D \\W \\S``                ASCII complements (``[\\x00-\\x7f]`` minus the class)
 ``\\t \\n \\r \\f \\v \\0``       control characters; ``\\xhh`` and ``\\uhhhh`` code points
+``\\p{..} \\P{..}``          Unicode general categories as ECMA-262's ``u`` flag reads them (Python's ``re`` has
+                            none): :mod:`.categories`; ``\\P`` and negated classes holding ``\\p`` are ASCII only
 ``( )`` ``(?: )`` ``|``     groups (capturing or not) and alternation
 ``* + ? {n} {n,} {n,m}``    greedy or lazy (``*?`` ...) repetition; bounds up to 1000
 ``^`` ``$``                 only at the start / end of a top-level alternative
 ==========================  ================================================================================
 
-Not supported (raises): backreferences, lookaround, ``\\b``/``\\B``, ``\\p{..}``, ``\\c``, named groups, inline
+Not supported (raises): backreferences, lookaround, ``\\b``/``\\B``, ``\\p{Script=..}``, ``\\c``, named groups, inline
 flags, possessive quantifiers, anchors inside groups or in the middle of an alternative.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .categories import category_set
 from .charset import EMPTY, UNIVERSE, CharSet
 from .errors import SchemaError, UnsupportedSchemaError
 
@@ -203,11 +206,27 @@ class _Parser:
             return CharSet.of(self.hex(4))
         if c == "b" and in_class:
             return CharSet.of("\b")
+        if c in "pP":
+            return self.property(negate=c == "P")
         if c.isdigit():
             raise self.unsupported("backreference or octal escape")
         if c.isascii() and c.isalnum():
             raise self.unsupported(f"escape \\{c}")
         return CharSet.of(c)
+
+    def property(self, negate: bool) -> CharSet:
+        """``\\p{Name}`` / ``\\P{Name}`` (the cursor after the letter): a Unicode general category, read as an
+        ECMA-262 engine with the ``u`` flag reads it (Python's ``re`` has none). The complement is kept to ASCII, as
+        for ``\\D``: categories outside ASCII move between Unicode versions (:mod:`.categories`)."""
+        end = self.p.find("}", self.i)
+        if self.peek() != "{" or end < 0:
+            raise self.error("\\p and \\P need a {name}")
+        name = self.p[self.i + 1 : end]
+        chars = category_set(name)
+        if chars is None:
+            raise self.unsupported(f"Unicode property {name!r} (general categories only)")
+        self.i = end + 1
+        return (ASCII - chars) if negate else chars
 
     def hex(self, n: int) -> int:
         h = self.p[self.i : self.i + n]
@@ -230,7 +249,7 @@ class _Parser:
         if self.peek() == "[" and self.p.startswith("[:", self.i):
             raise self.unsupported("POSIX class")
         acc = EMPTY
-        shorthand = False  # \d \w \s are Unicode-aware in Python: complements are then kept to ASCII
+        shorthand = False  # \d \w \s are Unicode-aware in Python, \p{..} moves: complements are then kept to ASCII
         while True:
             c = self.peek()
             if c is None:
@@ -238,7 +257,7 @@ class _Parser:
             if c == "]":
                 self.i += 1
                 break
-            shorthand |= self.p.startswith(("\\d", "\\D", "\\w", "\\W", "\\s", "\\S"), self.i)
+            shorthand |= self.p.startswith(("\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\p", "\\P"), self.i)
             lo = self.class_atom()
             if self.peek() == "-" and self.i + 1 < len(self.p) and self.p[self.i + 1] != "]":
                 self.i += 1
