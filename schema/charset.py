@@ -270,6 +270,8 @@ COST_BREAKS = [  # (lo, hi, cost) in increasing cp order
 
 def min_json_cost(lo: int, hi: int) -> tuple[int, int] | None:
     """Cheapest code point in ``[lo, hi]`` to write inside a JSON string: ``(cost, cp)``, or None if empty."""
+    if lo == hi and 0x20 <= lo <= 0x7F and lo != 0x22 and lo != 0x5C:  # one plain ASCII character (an enum's edge)
+        return (1, lo)
     best = None
     for a, b, c in COST_BREAKS:
         if b < lo or a > hi:

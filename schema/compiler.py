@@ -25,11 +25,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
-from .automaton import StringAutomaton, build_dfa, complement_dfa, dfa_accepts, dfa_to_nfa, union_automata
+from .automaton import (
+    StringAutomaton,
+    build_dfa,
+    complement_dfa,
+    dfa_accepts,
+    dfa_to_nfa,
+    literal_set_dfa,
+    union_automata,
+)
 from .charset import EMPTY, CharSet, json_char_cost
 from .errors import SchemaError, UnsupportedSchemaError
 from .formats import format_pattern
@@ -527,6 +536,8 @@ class Compiler:
         self._uneval_raws: dict = {}
         self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
         self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
+        self._literal_nfas: dict[tuple[str, ...], object] = {}  # one NFA per finite set: the caches above key on ids
+        self._literal_sets: dict[int, tuple[str, ...]] = {}  # and back: id of such an NFA -> its strings
         self._derived: dict[tuple[int, str], Raw] = {}
         self._synth: dict = {}
         self._queue: list[Alt] = []
@@ -1026,7 +1037,7 @@ class Compiler:
             strs = None if evals is None else [v for v in evals if isinstance(v, str)]
             not_strs = {v for v in excluded if isinstance(v, str)}
             for v in (*(strs or ()), *not_strs):
-                if any(0xD800 <= ord(c) <= 0xDFFF for c in v):
+                if _SURROGATE.search(v):
                     # a lone surrogate is a JSON string ("\ud800") that no UTF-8 output can hold: fail closed
                     raise UnsupportedSchemaError("enum", path, f"the string {v!r} holds a lone surrogate")
             if strs is not None:
@@ -1038,12 +1049,12 @@ class Compiler:
                     # a finite set meets the patterns in those of its strings that match them all: filter the strings
                     # (one automaton per pattern, shared) instead of building each product automaton
                     literals = self._matching(tuple(strs), all_nfas, path)
-                    all_nfas = [_literal_set_nfa(literals)] if literals else []
+                    all_nfas = [self._literal_set_nfa(literals)] if literals else []
                     # the automaton of a finite set has at most one state per prefix of its strings: a long enum
                     # (1,772 language names in GitHub's issue forms) may exceed the general cap without any blow-up
                     bound = _literal_states(literals)
                 elif not_strs:
-                    all_nfas.append(_complement_nfa(_literal_set_nfa(tuple(sorted(not_strs))), path))
+                    all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
                 auto = self._string_automaton(all_nfas, bound, min_len, max_len, path) if all_nfas or not strs else None
                 if auto is not None and auto.sat:
                     node.str = auto
@@ -1081,9 +1092,19 @@ class Compiler:
                     self._alone[key] = (nfa, False)
             dfa = self._alone[key][1]
             if dfa is False:
-                dfa = build_dfa([nfa, _literal_set_nfa(out)], path, _literal_states(out)) if out else None
+                dfa = build_dfa([nfa, self._literal_set_nfa(out)], path, _literal_states(out)) if out else None
             out = tuple(x for x in out if dfa_accepts(dfa, x)) if dfa is not None else ()
         return out
+
+    def _literal_set_nfa(self, strings: tuple[str, ...]):
+        """The NFA of a finite set of strings, one object per set and compile, so that the automata built from it
+        are shared (``_string_automaton`` and ``_alone`` key on NFA ids): Azure Pipelines asks for the same enum's
+        automaton thousands of times."""
+        nfa = self._literal_nfas.get(strings)
+        if nfa is None:
+            nfa = self._literal_nfas[strings] = literal_set_nfa(strings)
+            self._literal_sets[id(nfa)] = strings
+        return nfa
 
     def _string_automaton(self, nfas: list, bound, min_len: int, max_len, path: str) -> StringAutomaton | None:
         """The automaton of the intersection of ``nfas`` with the length bounds (None: no string), shared by every
@@ -1092,7 +1113,10 @@ class Compiler:
         key = (tuple(id(n) for n in nfas), bound, min_len, max_len)
         hit = self._automata.get(key)
         if hit is None:
-            dfa = build_dfa(nfas, path, bound) if nfas else None
+            if len(nfas) == 1 and id(nfas[0]) in self._literal_sets:  # an enum alone: its trie is its DFA
+                dfa = literal_set_dfa(self._literal_sets[id(nfas[0])], path)
+            else:
+                dfa = build_dfa(nfas, path, bound) if nfas else None
             auto = StringAutomaton(dfa, min_len, max_len, path) if not nfas or dfa is not None else None
             hit = self._automata[key] = (list(nfas), auto)  # the NFAs kept alive: their ids stay theirs
         return hit[1]
@@ -1458,41 +1482,76 @@ def _check_unique(arr: ArrSpec) -> None:
                 raise UnsupportedSchemaError("uniqueItems", arr.path, "items that may be arrays or objects")
 
 
+class _Facts(NamedTuple):
+    """What :func:`_contradictory` reads of one member (computed once per Raw: a large schema tests the same members
+    in thousands of conjunctions)."""
+
+    kinds: frozenset | None  # the kinds it allows (None: no limit)
+    required: frozenset
+    forbidden: frozenset  # properties: {name: false}
+    holds: frozenset  # (name, base, schema text): the value, if the name is present, satisfies the schema
+    fails: frozenset  # the same from "properties: {name: {not: schema}}" with the name required
+    closed: frozenset | None  # names allowed under additionalProperties: false (and no patterns)
+    extra: frozenset | None  # complement of additionalProperties: some name outside these must exist
+
+
+_NO_FACTS = _Facts(None, frozenset(), frozenset(), frozenset(), frozenset(), None, None)
+
+
+def _facts(raw) -> _Facts:
+    f = raw.facts
+    if f is not None:
+        return f
+    s = raw.schema
+    if not isinstance(s, dict):
+        raw.facts = _NO_FACTS
+        return _NO_FACTS
+    req = s.get("required")
+    required = frozenset(x for x in req if isinstance(x, str)) if isinstance(req, list) else frozenset()
+    props = s.get("properties")
+    forbidden, holds, fails = set(), set(), set()
+    if isinstance(props, dict):
+        forbidden.update(n for n, v in props.items() if v is False)
+        for n, v in props.items():
+            if isinstance(v, dict) and len(v) == 1 and isinstance(v.get("not"), dict):
+                if isinstance(req, list) and n in req:
+                    fails.add((n, raw.base, _canonical(v["not"])))
+            elif isinstance(v, dict):
+                holds.add((n, raw.base, _canonical(v)))
+    closed = None
+    if s.get("additionalProperties") is False and not s.get("patternProperties"):
+        closed = frozenset(n for n, v in (props or {}).items() if v is not False)
+    extra = frozenset(s[K_EXTRA_NAME][0]) if K_EXTRA_NAME in s and not s[K_EXTRA_NAME][1] else None
+    f = raw.facts = _Facts(
+        _raw_kinds(raw), required, frozenset(forbidden), frozenset(holds), frozenset(fails), closed, extra
+    )
+    return f
+
+
 def _contradictory(flat: frozenset) -> bool:
     """A quick, sound test that a flat conjunction admits nothing: the types its members allow have no common
     kind, or a name is required by one member and forbidden (``properties: {name: false}``) by another."""
     kinds = ALL_KINDS
     required: set = set()
     forbidden: set = set()
-    closed: list[set] = []  # names allowed by members with additionalProperties: false (and no patterns)
+    closed: list = []  # names allowed by members with additionalProperties: false (and no patterns)
     extra_names: list = []  # complements of additionalProperties: some name outside these must exist
-    holds: set = set()  # (name, base, schema text): a value, if the name is present, must satisfy the schema
-    fails: set = set()  # the same, from "properties: {name: {not: schema}}" with the name required
+    holds: set = set()
+    fails: set = set()
     for raw in flat:
-        s = raw.schema
-        if not isinstance(s, dict):
-            continue
-        k = _raw_kinds(raw)
-        if k is not None:
-            kinds = kinds & k
+        f = _facts(raw)
+        if f.kinds is not None:
+            kinds = kinds & f.kinds
             if not kinds:
                 return True
-        req = s.get("required")
-        if isinstance(req, list):
-            required.update(x for x in req if isinstance(x, str))
-        props = s.get("properties")
-        if isinstance(props, dict):
-            forbidden.update(n for n, v in props.items() if v is False)
-            for n, v in props.items():
-                if isinstance(v, dict) and len(v) == 1 and isinstance(v.get("not"), dict):
-                    if isinstance(req, list) and n in req:
-                        fails.add((n, raw.base, _canonical(v["not"])))
-                elif isinstance(v, dict):
-                    holds.add((n, raw.base, _canonical(v)))
-        if s.get("additionalProperties") is False and not s.get("patternProperties"):
-            closed.append({n for n, v in (props or {}).items() if v is not False})
-        if K_EXTRA_NAME in s and not s[K_EXTRA_NAME][1]:
-            extra_names.append(set(s[K_EXTRA_NAME][0]))
+        required |= f.required
+        forbidden |= f.forbidden
+        holds |= f.holds
+        fails |= f.fails
+        if f.closed is not None:
+            closed.append(f.closed)
+        if f.extra is not None:
+            extra_names.append(f.extra)
     if kinds != frozenset((OBJ,)):
         return False  # the name rules below bind objects only
     if required & forbidden or any(required - allowed for allowed in closed) or holds & fails:
@@ -1616,9 +1675,7 @@ def _literal_states(strings) -> int:
     return 1 + sum(len(x) for x in strings)
 
 
-@lru_cache(maxsize=1024)
-def _literal_set_nfa(strings: tuple[str, ...]):
-    return literal_set_nfa(strings)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def dumps_key(schema) -> str:

@@ -118,12 +118,13 @@ def pointer_escape(token: str) -> str:
 class Raw:
     """One schema object of the document together with its base URI and JSON Pointer path (for errors)."""
 
-    __slots__ = ("schema", "base", "path", "__weakref__")
+    __slots__ = ("schema", "base", "path", "facts", "__weakref__")
 
     def __init__(self, schema, base: str, path: str) -> None:
         self.schema = schema
         self.base = base
         self.path = path
+        self.facts = None  # the compiler's summary of it for quick contradiction tests, made on first use
 
     def __repr__(self) -> str:
         return f"Raw({self.path})"

@@ -364,7 +364,7 @@ def literal_set_nfa(strings) -> NFA:
             nxt = children[s].get(ch)
             if nxt is None:
                 nxt = children[s][ch] = state()
-                nfa.edges[s].append((CharSet.of(ch), nxt))
+                nfa.edges[s].append((CharSet._normalized(((ord(ch), ord(ch)),)), nxt))
             s = nxt
         ends.add(s)
     nfa.start, nfa.accept = root, state()

@@ -383,6 +383,28 @@ def test_unicode_properties_other_than_categories_are_refused(pattern: str) -> N
         compile_schema({"type": "string", "pattern": "\\pL"})
 
 
+def test_an_enum_trie_is_the_subset_construction_dfa() -> None:
+    """``literal_set_dfa`` (an enum's trie taken as its DFA) equals what the subset construction builds from the
+    trie's NFA, state for state, on random sets (empty string, shared prefixes, non-ASCII and astral included)."""
+    from omnifuse.schema.automaton import build_dfa, literal_set_dfa
+    from omnifuse.schema.regex import literal_set_nfa
+
+    rng = random.Random(7)
+    for _ in range(200):
+        strings = tuple(
+            sorted(
+                {
+                    "".join(rng.choice("ab\u00e9\U0001f600") for _ in range(rng.randint(0, 5)))
+                    for _ in range(rng.randint(1, 12))
+                }
+            )
+        )
+        expected = build_dfa([literal_set_nfa(strings)], "#", 10_000)
+        got = literal_set_dfa(strings)
+        assert (got.trans, got.accept) == (expected.trans, expected.accept), strings
+    assert literal_set_dfa(()) is None
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 @FAST
 @given(text=st.text(st.sampled_from("abcxr.1 -\n_é"), max_size=7))
