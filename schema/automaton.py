@@ -31,17 +31,25 @@ class DFA:
         self.accept = accept
         self.n = len(trans)
         self._starts = [[lo for lo, _, _ in tr] for tr in trans]
-        self.labels: list[list[tuple[CharSet, int]]] = []
+        self._labels: list[list[tuple[CharSet, int]] | None] = [None] * self.n  # made per state on first use
         self.weights: list[list[tuple[int, int]]] = []  # (cheapest byte cost, target)
         for tr in trans:
-            by_t: dict[int, list[tuple[int, int]]] = {}
+            best: dict[int, int] = {}
             for lo, hi, t in tr:
+                w = min_json_cost(lo, hi)[0]
+                if w < best.get(t, w + 1):
+                    best[t] = w
+            self.weights.append([(w, t) for t, w in best.items()])
+
+    def labels(self, q: int) -> list[tuple[CharSet, int]]:
+        """``(characters, target)`` per target of state ``q`` (only the states a mask visits ever need them)."""
+        row = self._labels[q]
+        if row is None:
+            by_t: dict[int, list[tuple[int, int]]] = {}
+            for lo, hi, t in self.trans[q]:
                 by_t.setdefault(t, []).append((lo, hi))
-            # one range (every edge of an enum's trie) needs no normalising
-            self.labels.append(
-                [(CharSet._normalized((rs[0],)) if len(rs) == 1 else CharSet(rs), t) for t, rs in by_t.items()]
-            )
-            self.weights.append([(min(min_json_cost(lo, hi)[0] for lo, hi in rs), t) for t, rs in by_t.items()])
+            row = self._labels[q] = [(CharSet(rs), t) for t, rs in by_t.items()]
+        return row
 
     def step(self, q: int, cp: int) -> int | None:
         i = bisect_right(self._starts[q], cp) - 1
@@ -297,7 +305,7 @@ class StringAutomaton:
                 r = UNIVERSE if self.live(0, n1) else CharSet()
             else:
                 acc = CharSet()
-                for cs, t in self.dfa.labels[q]:
+                for cs, t in self.dfa.labels(q):
                     if self.live(t, n1):
                         acc = acc | cs
                 r = acc

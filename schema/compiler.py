@@ -537,7 +537,6 @@ class Compiler:
         self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
         self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
         self._literal_nfas: dict[tuple[str, ...], object] = {}  # one NFA per finite set: the caches above key on ids
-        self._literal_sets: dict[int, tuple[str, ...]] = {}  # and back: id of such an NFA -> its strings
         self._derived: dict[tuple[int, str], Raw] = {}
         self._synth: dict = {}
         self._queue: list[Alt] = []
@@ -1043,19 +1042,16 @@ class Compiler:
             if strs is not None:
                 strs = sorted(set(strs) - not_strs)  # a finite set minus a finite set: no complement automaton
             if strs is None or strs:
-                all_nfas = list(nfas)
-                bound = None
                 if strs is not None:
                     # a finite set meets the patterns in those of its strings that match them all: filter the strings
                     # (one automaton per pattern, shared) instead of building each product automaton
-                    literals = self._matching(tuple(strs), all_nfas, path)
-                    all_nfas = [self._literal_set_nfa(literals)] if literals else []
-                    # the automaton of a finite set has at most one state per prefix of its strings: a long enum
-                    # (1,772 language names in GitHub's issue forms) may exceed the general cap without any blow-up
-                    bound = _literal_states(literals)
-                elif not_strs:
-                    all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
-                auto = self._string_automaton(all_nfas, bound, min_len, max_len, path) if all_nfas or not strs else None
+                    literals = self._matching(tuple(strs), list(nfas), path)
+                    auto = self._literal_automaton(literals, min_len, max_len, path) if literals else None
+                else:
+                    all_nfas = list(nfas)
+                    if not_strs:
+                        all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
+                    auto = self._string_automaton(all_nfas, min_len, max_len, path)
                 if auto is not None and auto.sat:
                     node.str = auto
         if ARR in kinds and evals is None:
@@ -1103,22 +1099,27 @@ class Compiler:
         nfa = self._literal_nfas.get(strings)
         if nfa is None:
             nfa = self._literal_nfas[strings] = literal_set_nfa(strings)
-            self._literal_sets[id(nfa)] = strings
         return nfa
 
-    def _string_automaton(self, nfas: list, bound, min_len: int, max_len, path: str) -> StringAutomaton | None:
+    def _string_automaton(self, nfas: list, min_len: int, max_len, path: str) -> StringAutomaton | None:
         """The automaton of the intersection of ``nfas`` with the length bounds (None: no string), shared by every
         node that asks for the same one: a schema like Azure Pipelines' merges the same enum tens of thousands of
         times (one ``oneOf`` branch per task, each with the others' complements)."""
-        key = (tuple(id(n) for n in nfas), bound, min_len, max_len)
+        key = (tuple(id(n) for n in nfas), min_len, max_len)
         hit = self._automata.get(key)
         if hit is None:
-            if len(nfas) == 1 and id(nfas[0]) in self._literal_sets:  # an enum alone: its trie is its DFA
-                dfa = literal_set_dfa(self._literal_sets[id(nfas[0])], path)
-            else:
-                dfa = build_dfa(nfas, path, bound) if nfas else None
+            dfa = build_dfa(nfas, path) if nfas else None
             auto = StringAutomaton(dfa, min_len, max_len, path) if not nfas or dfa is not None else None
             hit = self._automata[key] = (list(nfas), auto)  # the NFAs kept alive: their ids stay theirs
+        return hit[1]
+
+    def _literal_automaton(self, strings: tuple[str, ...], min_len: int, max_len, path: str) -> StringAutomaton:
+        """The automaton of a finite set of strings with the length bounds: its trie is its DFA (no subset
+        construction, and no cap but the size of the set itself: 1,772 language names in GitHub's issue forms)."""
+        key = ("literal", strings, min_len, max_len)
+        hit = self._automata.get(key)
+        if hit is None:
+            hit = self._automata[key] = (None, StringAutomaton(literal_set_dfa(strings, path), min_len, max_len, path))
         return hit[1]
 
     def _merge_extra_name(self, flat: frozenset, marker: Raw) -> tuple[Simple, ...]:
