@@ -536,6 +536,7 @@ class Compiler:
         self._uneval_raws: dict = {}
         self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
         self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
+        self._matched: dict[tuple, tuple[str, ...]] = {}  # (strings, NFA ids) -> those strings every NFA accepts
         self._literal_nfas: dict[tuple[str, ...], object] = {}  # one NFA per finite set: the caches above key on ids
         self._derived: dict[tuple[int, str], Raw] = {}
         self._synth: dict = {}
@@ -1078,6 +1079,12 @@ class Compiler:
     def _matching(self, strings: tuple[str, ...], nfas: list, path: str) -> tuple[str, ...]:
         """The strings that every NFA accepts (each NFA determinised once per compile; one that is too large alone is
         intersected with the strings instead, where the finite set bounds the product)."""
+        if not nfas:
+            return strings
+        memo = (strings, tuple(id(n) for n in nfas))  # the NFAs are alive in _alone: their ids stay theirs
+        hit = self._matched.get(memo)
+        if hit is not None:
+            return hit
         out = strings
         for nfa in nfas:
             key = id(nfa)
@@ -1090,6 +1097,7 @@ class Compiler:
             if dfa is False:
                 dfa = build_dfa([nfa, self._literal_set_nfa(out)], path, _literal_states(out)) if out else None
             out = tuple(x for x in out if dfa_accepts(dfa, x)) if dfa is not None else ()
+        self._matched[memo] = out
         return out
 
     def _literal_set_nfa(self, strings: tuple[str, ...]):
@@ -1539,12 +1547,15 @@ def _contradictory(flat: frozenset) -> bool:
     extra_names: list = []  # complements of additionalProperties: some name outside these must exist
     holds: set = set()
     fails: set = set()
-    for raw in flat:
-        f = _facts(raw)
+    facts = [_facts(raw) for raw in flat]
+    for f in facts:
         if f.kinds is not None:
             kinds = kinds & f.kinds
             if not kinds:
                 return True
+    if kinds != frozenset((OBJ,)):
+        return False  # the name rules below bind objects only
+    for f in facts:
         required |= f.required
         forbidden |= f.forbidden
         holds |= f.holds
@@ -1553,8 +1564,6 @@ def _contradictory(flat: frozenset) -> bool:
             closed.append(f.closed)
         if f.extra is not None:
             extra_names.append(f.extra)
-    if kinds != frozenset((OBJ,)):
-        return False  # the name rules below bind objects only
     if required & forbidden or any(required - allowed for allowed in closed) or holds & fails:
         return True
     return any(allowed <= names for allowed in closed for names in extra_names)

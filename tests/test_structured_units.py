@@ -383,6 +383,25 @@ def test_unicode_properties_other_than_categories_are_refused(pattern: str) -> N
         compile_schema({"type": "string", "pattern": "\\pL"})
 
 
+def test_compiling_leaves_the_cyclic_collector_as_it_found_it() -> None:
+    """The collector is paused while a schema compiles: it is back on afterwards, after a refusal or an error too,
+    and stays off for a caller who had turned it off."""
+    import gc
+
+    for schema in [{"type": "integer"}, {"pattern": "(?=x)"}, {"type": "foo"}, {"$schema": 7}]:
+        try:
+            compile_schema(schema)
+        except SchemaError:
+            pass
+        assert gc.isenabled(), schema
+    gc.disable()
+    try:
+        compile_schema({"type": "string", "maxLength": 3})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_an_enum_trie_is_the_subset_construction_dfa() -> None:
     """``literal_set_dfa`` (an enum's trie taken as its DFA) equals what the subset construction builds from the
     trie's NFA, state for state, on random sets (empty string, shared prefixes, non-ASCII and astral included)."""
