@@ -133,10 +133,17 @@ class OmniCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path is not None and Path(ckpt_path).is_file():  # not "last"/"best"/"hpc": a file to be read
             scan_checkpoint(ckpt_path)
+        # Lightning lays the checkpoint's hyper-parameters over the whole model config, so `--model.generation.*`
+        # on the command line (and a recipe's generation block) would be silently replaced by what the model was
+        # trained with. How to decode is the caller's choice, not the architecture's: it is put back afterwards.
+        key = f"{subcommand}.model.init_args.generation"
+        generation = self.config.get(key) if subcommand else None
         try:
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as error:  # a legacy-format file the scan cannot read, refused by the load
             raise UnsafeCheckpointError(ckpt_path, unpickling_reason(error)) from None
+        if generation is not None and self.config.get(key) is not None:
+            self.config[key] = generation
 
     def _run_subcommand(self, subcommand: str) -> None:
         threads.configure(

@@ -15,11 +15,12 @@ from __future__ import annotations
 import copy as _copy
 import gc
 from collections import OrderedDict
+from collections.abc import Mapping
 from threading import Lock
 
 from .charset import CharSet, allowed_bytes
 from .compiler import Compiler, dumps_key
-from .drafts import original_location, upgrade
+from .drafts import detect_draft, original_location, upgrade
 from .errors import SchemaError, UnsupportedSchemaError
 from .recogniser import Machine, RecState
 
@@ -31,9 +32,10 @@ _LOCK = Lock()
 class CompiledSchema:
     """A compiled JSON Schema. Cheap to share: all per-state caches live inside it."""
 
-    def __init__(self, schema, formats: str = "assert") -> None:
+    def __init__(self, schema, formats: str = "assert", resources: Mapping | None = None) -> None:
         self.schema = schema
         self.formats = formats
+        self.resources = dict(resources or {})
         # Compiling builds hundreds of thousands of small objects that live as long as the result: the cyclic
         # collector would walk them again and again for nothing (~20 % of Azure Pipelines' compile time). It is off
         # while this thread compiles and back on after; cycles left behind are collected then.
@@ -41,7 +43,10 @@ class CompiledSchema:
         gc.disable()
         try:
             upgraded, renamed = upgrade(schema)  # an older draft's schema: its 2020-12 equivalent
-            compiler = Compiler(upgraded, formats)
+            draft = detect_draft(schema)
+            compiler = Compiler(
+                upgraded, formats, self.resources, lambda doc: upgrade(doc, _declared_draft(doc, draft))[0]
+            )
             try:
                 self.root = compiler.compile()
             except UnsupportedSchemaError as e:
@@ -136,24 +141,35 @@ class CompiledSchema:
         return self._slack
 
 
-def compile_schema(schema, formats: str = "assert") -> CompiledSchema:
+def _declared_draft(document, default: str) -> str:
+    """The draft a resource document declares, else the referring schema's (as ``jsonschema`` reads it)."""
+    return detect_draft(document) if isinstance(document, dict) and "$schema" in document else default
+
+
+def compile_schema(schema, formats: str = "assert", resources: Mapping | None = None) -> CompiledSchema:
     """Compile a JSON Schema (``dict`` or ``bool``) for recognition and constrained decoding: draft 2020-12, or the
     draft 4, 6, 7 or 2019-09 its root ``$schema`` declares (rewritten to 2020-12 first, :mod:`.drafts`).
 
     Raises :class:`~.errors.UnsupportedSchemaError` naming the keyword and its JSON Pointer when the schema uses
     something the compiler does not implement, and :class:`~.errors.SchemaError` for malformed schemas.
     ``formats="assert"`` (default) enforces the supported ``format`` subset and refuses other formats;
-    ``"annotation"`` ignores ``format`` as the specification's default vocabulary does. Results are cached.
+    ``"annotation"`` ignores ``format`` as the specification's default vocabulary does. ``resources``: other schema
+    documents by absolute URI (``{"https://example.com/defs.json": {...}}``) that a ``$ref`` may point into; each is
+    read in the draft its own ``$schema`` declares, else the schema's. Nothing is fetched: a ``$ref`` to a URI that
+    is neither in the schema nor in ``resources`` is refused. Results are cached.
     """
     if not isinstance(schema, (dict, bool)):
         raise SchemaError(f"a schema must be an object or a boolean, got {type(schema).__name__}", "#")
-    key = (dumps_key(schema), formats)
+    for uri, document in (resources or {}).items():
+        if not isinstance(uri, str) or not isinstance(document, (dict, bool)):
+            raise SchemaError(f"resources map URIs to schemas, got {uri!r}: {type(document).__name__}", "#")
+    key = (dumps_key(schema), formats, dumps_key(resources) if resources else None)
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             return hit
-    compiled = CompiledSchema(_copy.deepcopy(schema), formats)
+    compiled = CompiledSchema(_copy.deepcopy(schema), formats, _copy.deepcopy(dict(resources or {})))
     with _LOCK:
         _CACHE[key] = compiled
         while len(_CACHE) > _CACHE_SIZE:

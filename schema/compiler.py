@@ -522,11 +522,11 @@ class Simple:
 class Compiler:
     """Builds the node graph for one schema document (see the module docstring)."""
 
-    def __init__(self, schema, formats: str = "assert") -> None:
+    def __init__(self, schema, formats: str = "assert", resources=None, prepare=None) -> None:
         if formats not in FORMAT_MODES:
             raise ValueError(f"formats must be one of {FORMAT_MODES}")
         self.formats = formats
-        self.doc = Document(schema)
+        self.doc = Document(schema, resources, prepare)  # resources: other documents by URI (refs.Document)
         self.alts: dict[frozenset, Alt] = {}
         self.simples: list[Simple] = []
         self._merge_memo: dict[frozenset, tuple[Simple, ...]] = {}

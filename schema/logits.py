@@ -23,7 +23,7 @@ Called by the decoder once per step with ``seqs`` (prompt + generated tokens, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -61,6 +61,7 @@ class JsonSchemaLogitsProcessor:
         max_consecutive_whitespace: cap on consecutive structural whitespace bytes.
         pad_id: optional pad id, allowed (besides EOS) once a row has finished.
         formats: ``"assert"`` or ``"annotation"`` (see :func:`~.compiled.compile_schema`).
+        resources: schema documents by URI that the schemas' ``$ref`` may point into (see ``compile_schema``).
     """
 
     def __init__(
@@ -75,13 +76,14 @@ class JsonSchemaLogitsProcessor:
         max_consecutive_whitespace: int = 2,
         pad_id: int | None = None,
         formats: str = "assert",
+        resources: Mapping | None = None,
     ) -> None:
         self.compiled: list[CompiledSchema | None] = []
         for i, s in enumerate(schemas):
             if s is None:
                 self.compiled.append(None)
                 continue
-            c = compile_schema(s, formats)
+            c = compile_schema(s, formats, resources)
             try:
                 c.check_generation(max_new_tokens)
             except SchemaError as e:

@@ -1,13 +1,15 @@
-"""Schema documents: base URIs (``$id``), anchors and ``$ref`` resolution inside one schema document.
+"""Schema documents: base URIs (``$id``), anchors and ``$ref`` resolution.
 
-Only references that resolve *within* the compiled document are supported (JSON Pointers, ``$anchor`` and
-embedded ``$id`` resources, including URNs); anything else (remote documents, the meta-schema) raises
+References resolve within the compiled document (JSON Pointers, ``$anchor`` and embedded ``$id`` resources,
+including URNs) and into the other documents the caller hands over, by URI (``resources``: what a schema store or
+``referencing.Registry`` holds; nothing is ever fetched). Anything else (an unknown URI, the meta-schema) raises
 :class:`~.errors.UnsupportedSchemaError` for ``$ref``. URI reference resolution follows RFC 3986 section 5.2.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote
 
 from .errors import SchemaError, UnsupportedSchemaError
@@ -133,16 +135,41 @@ class Raw:
 class Document:
     """Index of one schema document: every subschema location, its base URI, resources and anchors."""
 
-    def __init__(self, root) -> None:
+    def __init__(self, root, documents: Mapping | None = None, prepare: Callable | None = None) -> None:
+        """``documents``: other schema documents by absolute URI (fragment-free keys) that ``$ref`` may reach. One is
+        read (through ``prepare``, e.g. an older draft's rewrite) and indexed like the root (its own ``$id``, anchors
+        and embedded resources) the first time a reference points into it; errors inside it name it
+        (``http://example.com/tree.json#/properties/...``)."""
         self.root = root
         self.raws: dict[int, Raw] = {}
         self.resources: dict[str, Raw] = {}
         self.anchors: dict[tuple[str, str], Raw] = {}
         self._keep: list = []  # keep walked objects alive so their id() stays unique
         self._bools: dict[tuple, Raw] = {}
+        self._pending: dict = {}
+        self._prepare = prepare
+        for uri in documents or {}:
+            base, fragment = split_fragment(uri)
+            if fragment or _split(base)[0] is None:
+                raise SchemaError(f"a resource needs an absolute URI without a fragment, got {uri!r}", "#")
+            self._pending[base] = documents[uri]
         root_base = DEFAULT_BASE
         self.root_raw = self._walk(root, root_base, "#")
         self.resources.setdefault(root_base, self.root_raw)
+
+    def _load(self, uri: str, raw: Raw) -> Raw | None:
+        """The resource at ``uri``: indexed already, or read now from the documents handed over (None: neither)."""
+        if uri in self.resources or uri not in self._pending:
+            return self.resources.get(uri)
+        document = self._pending.pop(uri)
+        if self._prepare is not None:
+            try:
+                document = self._prepare(document)
+            except UnsupportedSchemaError as e:  # an unknown draft, typically
+                what = f"{e.keyword!r}" + (f": {e.detail}" if e.detail else "")
+                raise UnsupportedSchemaError("$ref", raw.path, f"resource {uri!r} has unsupported {what}") from e
+        self.resources.setdefault(uri, self._walk(document, uri, f"{uri}#"))
+        return self.resources[uri]
 
     def _walk(self, obj, base: str, path: str) -> Raw:
         if isinstance(obj, bool):
@@ -193,9 +220,9 @@ class Document:
         """Resolve ``$ref`` found in ``raw``; fail closed for anything outside this document."""
         uri = resolve_uri(raw.base, ref)
         doc, frag = split_fragment(uri)
-        res = self.resources.get(doc)
+        res = self._load(doc, raw)
         if res is None:
-            raise UnsupportedSchemaError("$ref", raw.path, f"reference {ref!r} leaves the schema document")
+            raise UnsupportedSchemaError("$ref", raw.path, f"reference {ref!r} is outside the schema and its resources")
         if frag == "":
             return res
         if frag.startswith("/"):

@@ -47,3 +47,7 @@ class GenerationConfig:
     # Batch inference: also write each record's teacher-forced loss on its target (``loss``, mean over the target's
     # tokens; records without a target get none), e.g. a reference model's difficulty scores for data.curriculum.
     with_loss: bool = False
+    # JSON records: other schema documents their schemas may ``$ref``, as {absolute URI: local file}, e.g.
+    # {"https://example.com/defs.json": "schemas/defs.json"} (a schema store; nothing is ever fetched). Read once;
+    # decoding, the up-front schema check and the validity metric all see them.
+    schema_resources: dict[str, str] = field(default_factory=dict)

@@ -6,7 +6,9 @@ predict``) and ``omnifuse.app.predictor.Predictor`` (Python) both call it.
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +20,24 @@ from omnifuse.fusion.embedding import TooManyTokensError
 from omnifuse.moe_core.attention import SequenceTooLongError
 from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.model import OmniModel
+
+
+@functools.cache
+def _read_resources(files: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    out = {}
+    for uri, path in files:
+        try:
+            out[uri] = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"generation.schema_resources[{uri!r}]: file not found: {path}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"generation.schema_resources[{uri!r}]: {path} is not a JSON document ({e})") from None
+    return out
+
+
+def schema_resources(config: GenerationConfig) -> dict[str, Any]:
+    """The schema documents of ``config.schema_resources``, read once per set of files: {URI: document}."""
+    return _read_resources(tuple(sorted(config.schema_resources.items()))) if config.schema_resources else {}
 
 
 def generation_kwargs(config: GenerationConfig, batch: MultimodalBatch, tokenizer: ByteTokenizer) -> dict[str, Any]:
@@ -39,11 +59,14 @@ def generation_kwargs(config: GenerationConfig, batch: MultimodalBatch, tokenize
             prompt_len=None,  # taken from the prompt width on the first call
             num_beams=config.num_beams if config.strategy == "beam" else 1,
             pad_id=tokenizer.pad_id,
+            resources=schema_resources(config),
         )
     return kwargs
 
 
-def drop_unusable_schemas(batch: MultimodalBatch, max_new_tokens: int) -> tuple[MultimodalBatch, list[dict]]:
+def drop_unusable_schemas(
+    batch: MultimodalBatch, max_new_tokens: int, resources: dict | None = None
+) -> tuple[MultimodalBatch, list[dict]]:
     """Rows whose schema cannot be enforced become errors, not crashes: an unsupported keyword, an invalid schema, a
     schema no instance satisfies, or one whose shortest instance does not fit in ``max_new_tokens``."""
     if not any(schema is not None for schema in batch.schemas):
@@ -54,7 +77,7 @@ def drop_unusable_schemas(batch: MultimodalBatch, max_new_tokens: int) -> tuple[
     for row, schema in enumerate(batch.schemas):
         try:
             if schema is not None:
-                compile_schema(schema).check_generation(max_new_tokens)
+                compile_schema(schema, resources=resources).check_generation(max_new_tokens)
             keep.append(row)
         except SchemaError as err:
             errors.append({"id": batch.ids[row], "error": f"record {batch.ids[row]!r}: field 'schema': {err}"})
@@ -137,7 +160,7 @@ def predict_batch(model: OmniModel, batch: MultimodalBatch, config: GenerationCo
     errors = [{"id": rid, "error": reason} for rid, reason in batch.failed]
     batch, unreadable = drop_unreadable_rows(model, batch)
     errors += unreadable
-    batch, schema_errors = drop_unusable_schemas(batch, config.max_new_tokens)
+    batch, schema_errors = drop_unusable_schemas(batch, config.max_new_tokens, schema_resources(config))
     errors += schema_errors
     predictions: list[dict] = []
     if len(batch) == 0:

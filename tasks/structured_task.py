@@ -5,17 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.jsonschema
 
 from omnifuse.data.batch import MultimodalBatch
+from omnifuse.tasks.inference import schema_resources
 from omnifuse.tasks.metrics import json_scores
 from omnifuse.tasks.module import OmniTask
 
 
-def validate_with_jsonschema(instance: Any, schema: dict) -> bool:
+def validate_with_jsonschema(instance: Any, schema: dict, resources: dict | None = None) -> bool:
     """An independent validator for the metric: the ``jsonschema`` library, not our own recogniser; the validator of
-    the draft the schema declares (2020-12 when it declares none)."""
+    the draft the schema declares (2020-12 when it declares none), with ``resources`` (URI -> schema document, read in
+    that draft unless they declare their own) in its ``referencing`` registry."""
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return validator(schema).is_valid(instance)
+    if not resources:
+        return validator(schema).is_valid(instance)
+    spec = referencing.jsonschema.specification_with(validator.META_SCHEMA["$schema"])
+    registry = referencing.Registry().with_resources(
+        (uri, referencing.Resource.from_contents(doc, default_specification=spec)) for uri, doc in resources.items()
+    )
+    return validator(schema, registry=registry).is_valid(instance)
 
 
 class StructuredTask(OmniTask):
@@ -42,6 +52,13 @@ class StructuredTask(OmniTask):
     def compute_metrics(self) -> dict[str, float]:
         if not self._predictions:
             return {}
-        scores = json_scores(self._predictions, self._targets, self._schemas, validate=validate_with_jsonschema)
-        return {k: float(v) for k, v in scores.items() if k in ("validity", "exact_match", "field_accuracy", "bbox_iou")
-                and v is not None}
+        resources = schema_resources(self.generation_config)
+        scores = json_scores(
+            self._predictions, self._targets, self._schemas,
+            validate=lambda instance, schema: validate_with_jsonschema(instance, schema, resources),
+        )  # fmt: skip
+        return {
+            k: float(v)
+            for k, v in scores.items()
+            if k in ("validity", "exact_match", "field_accuracy", "bbox_iou") and v is not None
+        }

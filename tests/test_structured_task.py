@@ -50,8 +50,21 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
     records = [json.loads(x) for x in lines]
     # Per-record schemas: an inline one that differs from the file's, an unsupported keyword, an unsatisfiable one.
     records.append({**records[0], "id": "inline-enum", "schema": {"enum": ["alpha", {"k": [1, 2]}]}})
-    records.append({**records[0], "id": "unsupported", "schema": {"type": "array", "items": {"type": "object"}, "uniqueItems": True}})
+    records.append(
+        {
+            **records[0],
+            "id": "unsupported",
+            "schema": {"type": "array", "items": {"type": "object"}, "uniqueItems": True},
+        }
+    )
     records.append({**records[0], "id": "unsatisfiable", "schema": {"type": "integer", "minimum": 3, "maximum": 2}})
+    # $ref into a document of generation.schema_resources (a local schema store), and into one that is not there
+    sizes = {"$defs": {"size": {"type": "object", "properties": {"size": {"enum": ["small", "large"]}},
+                                "required": ["size"], "additionalProperties": False}}}  # fmt: skip
+    store = tmp_path / "sizes.json"
+    store.write_text(json.dumps(sizes))
+    records.append({**records[0], "id": "store-ref", "schema": {"$ref": "https://example.com/sizes.json#/$defs/size"}})
+    records.append({**records[0], "id": "unknown-ref", "schema": {"$ref": "https://example.com/none.json"}})
     manifest = scenes / "predict.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "pred"
@@ -62,6 +75,7 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
             TINY,
             TASK,
             "--model.generation.max_new_tokens=120",
+            f"--model.generation.schema_resources={json.dumps({'https://example.com/sizes.json': str(store)})}",
             "--data.predict_manifest",
             str(manifest),
             "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter",
@@ -75,9 +89,12 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
     preds = {p["id"]: p for p in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
     errors = {e["id"]: e["error"] for e in map(json.loads, (out / "errors.jsonl").read_text().splitlines())}
     assert set(preds) | set(errors) == {r["id"] for r in records} and not set(preds) & set(errors)
-    assert set(errors) == {"unsupported", "unsatisfiable"}
+    assert set(errors) == {"unsupported", "unsatisfiable", "unknown-ref"}, errors
     assert "uniqueItems" in errors["unsupported"] and "schema" in errors["unsupported"]
+    assert "$ref" in errors["unknown-ref"] and "none.json" in errors["unknown-ref"]
     for rid, p in preds.items():
         target_schema = {"enum": ["alpha", {"k": [1, 2]}]} if rid == "inline-enum" else schema
+        if rid == "store-ref":
+            target_schema = sizes["$defs"]["size"]
         # A 2-step model knows nothing, yet every output parses and validates (checked by jsonschema, not by us).
         jsonschema.Draft202012Validator(target_schema).validate(p["prediction"])
