@@ -145,31 +145,56 @@ def build_dfa(nfas: list[NFA], path: str = "#", bound: int | None = None) -> DFA
     while i < len(order):
         cur = order[i]
         i += 1
-        edges = []  # (charset, component, target)
-        bounds = set()
+        # A sweep over the edges' range ends: between two consecutive ends the same edges are active, so each
+        # interval's successor comes from the active set (no membership test per interval and edge: a \\p{L}
+        # class has hundreds of ranges), and a repeated active set reuses its successor.
+        edges = []  # (component, target)
+        events = []  # (code point, +1 an edge's range starts / -1 it ended before this point, edge index)
         for k, (nfa, sset) in enumerate(zip(nfas, cur)):
             for s in sset:
                 for cs, t in nfa.edges[s]:
-                    edges.append((cs, k, t))
+                    e = len(edges)
+                    edges.append((k, t))
                     for lo, hi in cs.ranges:
-                        bounds.add(lo)
-                        bounds.add(hi + 1)
-        pts = sorted(bounds)
+                        events.append((lo, 1, e))
+                        events.append((hi + 1, -1, e))
+        events.sort()
+        active: set[int] = set()
+        seen: dict[frozenset, int | None] = {}
         row: list[tuple[int, int, int]] = []
-        for a, b in zip(pts, pts[1:]):
-            nxt: list[set] = [set() for _ in nfas]
-            for cs, k, t in edges:
-                if a in cs:
-                    nxt[k].add(t)
-            if not all(nxt):
+        n_events = len(events)
+        e_i = 0
+        while e_i < n_events:
+            a = events[e_i][0]
+            while e_i < n_events and events[e_i][0] == a:
+                _, kind, e = events[e_i]
+                if kind > 0:
+                    active.add(e)
+                else:
+                    active.discard(e)
+                e_i += 1
+            if e_i >= n_events or not active:
                 continue
-            key = tuple(canon(k, _closure(nfa, ns)) for k, (nfa, ns) in enumerate(zip(nfas, nxt)))
-            j = index.get(key)
+            b = events[e_i][0]  # the interval [a, b) has exactly the active edges
+            targets = frozenset(edges[e] for e in active)
+            if targets in seen:
+                j = seen[targets]
+            else:
+                nxt: list[set] = [set() for _ in nfas]
+                for k, t in targets:
+                    nxt[k].add(t)
+                j = None
+                if all(nxt):
+                    key = tuple(canon(k, _closure(nfa, ns)) for k, (nfa, ns) in enumerate(zip(nfas, nxt)))
+                    j = index.get(key)
+                    if j is None:
+                        j = index[key] = len(order)
+                        order.append(key)
+                        if len(order) > cap:
+                            raise UnsupportedSchemaError("pattern", path, f"automaton larger than {cap} states")
+                seen[targets] = j
             if j is None:
-                j = index[key] = len(order)
-                order.append(key)
-                if len(order) > cap:
-                    raise UnsupportedSchemaError("pattern", path, f"automaton larger than {cap} states")
+                continue
             if row and row[-1][2] == j and row[-1][1] == a - 1:
                 row[-1] = (row[-1][0], b - 1, j)
             else:

@@ -1,13 +1,13 @@
 """Unicode general categories for ``\\p{..}`` / ``\\P{..}`` in patterns (ECMA-262 with the ``u`` flag).
 
-Python's :mod:`re` has no ``\\p``; an ECMA-262 engine reads ``\\p{Cc}`` as "any code point of general category Cc"
-under the Unicode version it was built with. Categories move between versions (U+0295 was ``Ll`` in Unicode 14 and
-is ``Lo`` since 16; unassigned ``Cn`` code points become letters, marks ...), so a set taken from one database could
-accept a character an engine on another version rejects. To stay inside every reader's language (the rule of
-:mod:`.regex`: never a superset), a code point belongs to ``\\p{X}`` here only when **both** Python's
-:mod:`unicodedata` and the ``regex`` module (a dependency of open_clip; its tables follow newer Unicode versions)
-put it in X; ``Cn`` (unassigned) is never in a positive class. Complements (``\\P{X}``, ``[^..\\p{X}..]``) are kept
-to ASCII by the parser, like ``\\D``: ASCII categories have never changed.
+Python's :mod:`re` has no ``\\p``; an ECMA-262 engine reads ``\\p{Cc}`` as "any code point of general category
+Cc" under the Unicode version it was built with. Categories move between versions (U+0295 was ``Ll`` in Unicode 14
+and is ``Lo`` since 16; unassigned ``Cn`` code points become letters, marks ...). So each category has two sets
+(:func:`category_bounds`): the *lower* one holds a code point only when both Python's :mod:`unicodedata` and the
+``regex`` module (a dependency of open_clip; its tables follow newer Unicode versions) put it in the category, never
+``Cn``; the *upper* one holds the category's ASCII characters and every non-ASCII code point. A pattern is
+built on the lower sets where it must match and on the upper ones where it must not (:mod:`.regex`), so whatever
+version an engine has, its verdict agrees with ours wherever ours accepts.
 
 Accepted names: every general category, short or long (``L``, ``Letter``, ``Lu``, ``Uppercase_Letter``, ``LC``,
 ``Cased_Letter`` ...), alone or as ``gc=..`` / ``General_Category=..``, plus ``Any``, ``ASCII`` and ``Assigned``.
@@ -36,32 +36,44 @@ _GROUPS = {"L": "Lu Ll Lt Lm Lo", "LC": "Lu Ll Lt", "M": "Mn Mc Me", "N": "Nd Nl
            "S": "Sm Sc Sk So", "Z": "Zs Zl Zp", "C": "Cc Cf Cs Co Cn"}  # fmt: skip
 LEAVES = tuple(sorted({leaf for group in _GROUPS.values() for leaf in group.split()}))
 ASCII = CharSet.span(0, 0x7F)
+LATIN_1 = CharSet.span(0, 0xFF)
+NON_ASCII = UNIVERSE - ASCII
 
 
-def category_set(name: str) -> CharSet | None:
-    """The code points of ``\\p{name}`` (a subset of what any engine accepts; see the module doc), or None when
-    ``name`` is not a general category (or ``Any`` / ``ASCII`` / ``Assigned``)."""
+def category_bounds(name: str) -> tuple[CharSet, CharSet] | None:
+    """``(lower, upper)`` for ``\\p{name}``: ``lower`` holds only code points every reader puts in the category
+    (used where the pattern must match), ``upper`` every code point some reader might (its complement is used where
+    the pattern must *not* match: ``not``, the other branches of a ``oneOf``, a failed ``if``). ``upper`` is exact on
+    ASCII, whose categories never changed, and holds every other code point: a superset is all soundness needs, and a
+    few ranges keep the automata small. None when ``name`` is not a general category (or ``Any`` / ``ASCII`` /
+    ``Assigned``)."""
     for prefix in ("General_Category=", "gc="):
         if name.startswith(prefix):
             name = name[len(prefix) :]
             break
     else:
         if name == "Any":
-            return UNIVERSE
+            return UNIVERSE, UNIVERSE
         if name == "ASCII":
-            return ASCII
+            return ASCII, ASCII
         if name == "Assigned":
-            return _union(leaf for leaf in LEAVES if leaf != "Cn")
+            return _with_upper(_lower(leaf for leaf in LEAVES if leaf != "Cn"))
     short = _LONG.get(name, name)
     if short in _GROUPS:
-        return _union(_GROUPS[short].split())
-    return _leaf(short) if short in LEAVES else None
+        return _with_upper(_lower(_GROUPS[short].split()))
+    return _with_upper(_lower([short])) if short in LEAVES else None
 
 
-def _union(leaves) -> CharSet:
+def _with_upper(lower: CharSet) -> tuple[CharSet, CharSet]:
+    return lower, (lower & ASCII) | NON_ASCII
+
+
+def _lower(leaves) -> CharSet:
+    """Code points that Python's table and the regex module's both put in one of ``leaves`` (never Cn)."""
     out = EMPTY
     for leaf in leaves:
-        out = out | _leaf(leaf)
+        if leaf != "Cn":
+            out = out | _leaf(leaf)
     return out
 
 
@@ -69,14 +81,24 @@ def _union(leaves) -> CharSet:
 def _leaf(category: str) -> CharSet:
     if category == "Cn":  # the unassigned: the next Unicode version assigns some of them
         return EMPTY
+    theirs = _regex_sets()
     mine = _unicodedata_sets()[category]
+    return mine & LATIN_1 if theirs is None else mine & theirs[category]
+
+
+@functools.cache
+def _regex_sets() -> dict[str, CharSet] | None:
+    """Every leaf category's code points per the ``regex`` module (None without it)."""
     try:
         import regex
     except ImportError:  # open_clip depends on it; without it, Latin-1 only (stable since Unicode 1.1)
-        return mine & CharSet.span(0, 0xFF)
-    found = regex.finditer(rf"\p{{{category}}}+", _every_char())
-    theirs = CharSet((_code_point(m.start()), _code_point(m.end() - 1)) for m in found)
-    return mine & theirs  # a run across the surrogate gap spans it here; ``mine`` has no surrogates
+        return None
+    out = {}
+    for leaf in LEAVES:
+        found = regex.finditer(rf"\p{{{leaf}}}+", _every_char())
+        # a run across the surrogate gap spans it here: cut it out
+        out[leaf] = CharSet((_code_point(m.start()), _code_point(m.end() - 1)) for m in found) & UNIVERSE
+    return out
 
 
 @functools.cache

@@ -45,7 +45,7 @@ from .formats import format_pattern
 from .negation import INTERNAL, K_EXTRA_NAME, K_KINDS, K_NOT_FORMAT, K_NOT_PATTERN, K_NOT_VALUES, negate_keywords
 from .numbers import NumSpec
 from .refs import Document, Raw, pointer_escape
-from .regex import build_nfa, literal_set_nfa, parse_pattern
+from .regex import build_nfa, literal_set_nfa, pattern_readings
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 NULL, BOOL, INT, FRAC, STR, ARR, OBJ = "null", "boolean", "int", "frac", "string", "array", "object"
@@ -497,7 +497,20 @@ def _names_of_length(n: int):
 class Simple:
     """One alternative: the intersection of a flat conjunction of schemas, split by JSON type."""
 
-    __slots__ = ("id", "path", "null", "bools", "num", "str", "arr", "obj", "min_cost", "kind_cost", "first")
+    __slots__ = (
+        "id",
+        "path",
+        "null",
+        "bools",
+        "num",
+        "str",
+        "str_widest",
+        "arr",
+        "obj",
+        "min_cost",
+        "kind_cost",
+        "first",
+    )
 
     def __init__(self, path: str) -> None:
         self.id = 0
@@ -506,6 +519,7 @@ class Simple:
         self.bools: frozenset = frozenset()
         self.num: NumSpec | None = None
         self.str: StringAutomaton | None = None
+        self.str_widest: tuple | None = None  # what Compiler.widest_strings needs, where patterns read differently
         self.arr: ArrSpec | None = None
         self.obj: ObjSpec | None = None
         self.min_cost: int | None = None
@@ -901,7 +915,8 @@ class Compiler:
         excluded: list = []
         lo = hi = None  # (value, exclusive)
         min_len, max_len = 0, None
-        nfas = []
+        nfas = []  # the string's automata where it must match (lower readings)
+        nfas_up = []  # the same, read widest: what the disjointness proofs must assume (regex.py)
         min_items, max_items = 0, None
         min_props, max_props = 0, None
         multiples: list = []  # (divisor, path)
@@ -931,14 +946,20 @@ class Compiler:
             if K_NOT_VALUES in s:
                 excluded.extend(s[K_NOT_VALUES])
             if K_NOT_PATTERN in s:
-                nfas.append(_complement_nfa(_pattern_nfa(s[K_NOT_PATTERN], f"{p}/pattern", "pattern"), f"{p}/pattern"))
+                # what neither engine matches: the complement of the upper reading (and, for the disjointness
+                # proofs, the widest such set: the complement of the lower one)
+                lower, upper = _pattern_nfas(s[K_NOT_PATTERN], f"{p}/pattern", "pattern")
+                nfas.append(_complement_nfa(upper, f"{p}/pattern"))
+                nfas_up.append(_complement_nfa(lower, f"{p}/pattern"))
             if K_NOT_FORMAT in s:
                 fp = format_pattern(s[K_NOT_FORMAT]) if isinstance(s[K_NOT_FORMAT], str) else None
                 if fp is None:
                     raise UnsupportedSchemaError(
                         "format", p, f"format {s[K_NOT_FORMAT]!r} is not in the supported subset"
                     )
-                nfas.append(_complement_nfa(_pattern_nfa(fp, f"{p}/format", "format"), f"{p}/format"))
+                lower, upper = _pattern_nfas(fp, f"{p}/format", "format")
+                nfas.append(_complement_nfa(upper, f"{p}/format"))
+                nfas_up.append(_complement_nfa(lower, f"{p}/format"))
             if s.get("uniqueItems") is True:
                 unique = unique or p
             if "contains" in s:
@@ -967,13 +988,17 @@ class Compiler:
                 pat = s["pattern"]
                 if not isinstance(pat, str):
                     raise SchemaError("pattern must be a string", p)
-                nfas.append(_pattern_nfa(pat, f"{p}/pattern", "pattern"))
+                lower, upper = _pattern_nfas(pat, f"{p}/pattern", "pattern")
+                nfas.append(lower)
+                nfas_up.append(upper)
             if "format" in s and self.formats == "assert":
                 fmt = s["format"]
                 fp = format_pattern(fmt) if isinstance(fmt, str) else None
                 if fp is None:
                     raise UnsupportedSchemaError("format", p, f"format {fmt!r} is not in the supported subset")
-                nfas.append(_pattern_nfa(fp, f"{p}/format", "format"))
+                lower, upper = _pattern_nfas(fp, f"{p}/format", "format")
+                nfas.append(lower)
+                nfas_up.append(upper)
             if "minItems" in s:
                 min_items = max(min_items, _nonneg_int(s["minItems"], "minItems", p))
             if "maxItems" in s:
@@ -1042,6 +1067,11 @@ class Compiler:
                     raise UnsupportedSchemaError("enum", path, f"the string {v!r} holds a lone surrogate")
             if strs is not None:
                 strs = sorted(set(strs) - not_strs)  # a finite set minus a finite set: no complement automaton
+            if any(a is not b for a, b in zip(nfas, nfas_up)):
+                # read differently by the two engines: a proof that this node and another admit no common string
+                # must use the widest reading (Compiler.widest_strings)
+                node.str_widest = (tuple(nfas_up), None if strs is None else tuple(strs), frozenset(not_strs),
+                                   min_len, max_len, path)  # fmt: skip
             if strs is None or strs:
                 if strs is not None:
                     # a finite set meets the patterns in those of its strings that match them all: filter the strings
@@ -1119,6 +1149,26 @@ class Compiler:
             dfa = build_dfa(nfas, path) if nfas else None
             auto = StringAutomaton(dfa, min_len, max_len, path) if not nfas or dfa is not None else None
             hit = self._automata[key] = (list(nfas), auto)  # the NFAs kept alive: their ids stay theirs
+        return hit[1]
+
+    def widest_strings(self, node: Simple) -> StringAutomaton | None:
+        """The strings ``node`` admits under the widest reading of its patterns (either engine's): ``node.str``
+        itself unless some pattern reads differently; None where no string is admitted even so."""
+        if node.str_widest is None:
+            return node.str
+        key = ("widest", id(node))
+        hit = self._automata.get(key)
+        if hit is None:
+            nfas, strs, not_strs, min_len, max_len, path = node.str_widest
+            if strs is not None:
+                literals = self._matching(strs, list(nfas), path)
+                auto = self._literal_automaton(literals, min_len, max_len, path) if literals else None
+            else:
+                all_nfas = list(nfas)
+                if not_strs:
+                    all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
+                auto = self._string_automaton(all_nfas, min_len, max_len, path)
+            hit = self._automata[key] = (node, auto if auto is not None and auto.sat else None)
         return hit[1]
 
     def _literal_automaton(self, strings: tuple[str, ...], min_len: int, max_len, path: str) -> StringAutomaton:
@@ -1663,8 +1713,16 @@ def _tighter_hi(cur, new):
 
 
 @lru_cache(maxsize=1024)
+def _pattern_nfas(pattern: str, path: str, keyword: str):
+    """(NFA of the lower reading, NFA of the upper one): the same object where the two engines read the pattern
+    alike (regex.py: the lower reading where a pattern must match, the upper one under a complement)."""
+    lower, upper = pattern_readings(pattern, path, keyword)
+    nfa = build_nfa(lower)
+    return nfa, (nfa if upper is None else build_nfa(upper))
+
+
 def _pattern_nfa(pattern: str, path: str, keyword: str):
-    return build_nfa(parse_pattern(pattern, path, keyword))
+    return _pattern_nfas(pattern, path, keyword)[0]
 
 
 @lru_cache(maxsize=1024)

@@ -6,7 +6,8 @@ instance satisfies two branches. :func:`simples_disjoint` returns True only when
 * no JSON type in common (``integer`` counts as a ``number``), or for every common type:
 * numbers: disjoint ranges, no common integer when one side is integer-only, or finite value sets that the
   other side rejects;
-* strings: disjoint length ranges, or an empty intersection of the two automata under the common lengths;
+* strings: disjoint length ranges, or an empty intersection of the two automata under the common lengths, each
+  pattern read as widely as either regex engine reads it (``Compiler.widest_strings``);
 * booleans / null: no common value;
 * arrays: disjoint item-count ranges, or disjoint item schemas at a position both sides require;
 * objects: disjoint property-count ranges, or a name required by one side whose value schemas are disjoint
@@ -36,7 +37,8 @@ def simples_disjoint(a, b, compiler, depth: int = 0) -> bool:
         return False
     if a.num is not None and b.num is not None and not _nums_disjoint(a.num, b.num):
         return False
-    if a.str is not None and b.str is not None and not _strs_disjoint(a.str, b.str):
+    a_str, b_str = compiler.widest_strings(a), compiler.widest_strings(b)  # what either engine reads the patterns as
+    if a_str is not None and b_str is not None and not _strs_disjoint(a_str, b_str):
         return False
     if a.arr is not None and b.arr is not None and not _arrs_disjoint(a.arr, b.arr, compiler, depth):
         return False

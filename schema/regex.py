@@ -1,9 +1,11 @@
 """A small regular-expression compiler for JSON Schema ``pattern`` (and the regex-backed ``format`` values).
 
 JSON Schema patterns are ECMA-262 regexes matched with *search* semantics (not anchored). The reference validator
-(``jsonschema``) runs them with Python's :mod:`re`. This module accepts the subset on which both dialects agree,
-and where they differ it picks the *intersection* of the two languages, so whatever the recogniser accepts also
-matches under either engine. Everything else raises :class:`~.errors.UnsupportedSchemaError` (fail closed).
+(``jsonschema``) runs them with Python's :mod:`re`. This module accepts the subset on which both dialects agree, and
+where they differ it builds two readings: the *lower* one, the intersection of the two languages, where a pattern
+must match (whatever the recogniser accepts then matches under either engine), and the *upper* one, a superset of
+their union, whose complement is used where a pattern must not match (:func:`pattern_readings`). Everything else
+raises :class:`~.errors.UnsupportedSchemaError` (fail closed).
 
 Supported subset of ``pattern``:
 
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .categories import category_set
+from .categories import category_bounds
 from .charset import EMPTY, UNIVERSE, CharSet
 from .errors import SchemaError, UnsupportedSchemaError
 
@@ -45,25 +47,43 @@ SPACE = CharSet.of("\t", "\n", "\x0b", "\x0c", "\r", " ")
 ASCII = CharSet.span(0, 0x7F)
 DOT = UNIVERSE - CharSet.of("\n", "\r", 0x2028, 0x2029)
 
-_SHORTHAND = {
-    "d": DIGIT,
-    "w": WORD,
-    "s": SPACE,
-    "D": ASCII - DIGIT,
-    "W": ASCII - WORD,
-    "S": ASCII - SPACE,
-}
+
+# The two readings of a character class: ``lower`` holds what both ECMA-262 (the u flag's ASCII \\d \\w \\s) and
+# Python's re (Unicode-aware) match, ``upper`` (a superset of) what either may match. A pattern is built on the lower sets where it
+# must match and on the upper ones where it must not (its complement: ``not``, a failed ``if``, the other branches
+# of a ``oneOf``, the disjointness proofs), so neither use accepts a string either engine judges otherwise.
+def _shorthand(c: str) -> tuple[CharSet, CharSet]:
+    if c in "DWS":
+        lo, hi = _shorthand(c.lower())
+        return ASCII - hi, UNIVERSE - lo  # \\D \\W \\S: the lower one kept to ASCII
+    lower = {"d": DIGIT, "w": WORD, "s": SPACE}[c]
+    # upper: exact on ASCII (Python's \\s also takes \\x1c-\\x1f there), every non-ASCII code point beside it (a
+    # superset is all soundness needs; Python's Unicode classes would cost thousands of ranges per automaton)
+    ascii_part = lower | CharSet.span(0x1C, 0x1F) if c == "s" else lower
+    return lower, ascii_part | (UNIVERSE - ASCII)
+
+
+_SHORTHANDS = "dwsDWS"
 _CONTROL = {"t": "\t", "n": "\n", "r": "\r", "f": "\x0c", "v": "\x0b", "0": "\x00"}
 
 # AST: ("set", CharSet) | ("cat", [ast]) | ("alt", [ast]) | ("rep", ast, lo, hi|None) | ("bol",) | ("eol",)
 
 
 class _Parser:
-    def __init__(self, pattern: str, path: str, keyword: str) -> None:
+    def __init__(self, pattern: str, path: str, keyword: str, upper: bool = False) -> None:
         self.p = pattern
         self.i = 0
         self.path = path
         self.keyword = keyword
+        self.upper = upper  # build the upper reading (see _shorthand) instead of the lower one
+        self.narrowed = False  # some part of the pattern reads differently in the two engines
+        # \p needs ECMA-262's u flag, under which identity escapes of non-syntax characters and lone braces are errors
+        self.u_mode = "\\p" in pattern or "\\P" in pattern
+
+    def pick(self, lo: CharSet, hi: CharSet) -> CharSet:
+        if lo != hi:
+            self.narrowed = True
+        return hi if self.upper else lo
 
     def unsupported(self, what: str) -> UnsupportedSchemaError:
         return UnsupportedSchemaError(self.keyword, self.path, f"{what} in pattern {self.p!r}")
@@ -129,6 +149,11 @@ class _Parser:
         """Parse ``{n}``, ``{n,}``, ``{n,m}`` at the cursor; None (cursor unmoved) if it is a literal brace."""
         j = self.i + 1
         p = self.p
+        k = j + 1
+        while k < len(p) and p[k].isdigit() and p[k].isascii():
+            k += 1
+        if p.startswith(",", j) and k > j + 1 and p.startswith("}", k):
+            raise self.unsupported("repetition {,n} (Python reads it as {0,n}, ECMA-262 as text)")
         k = j
         while k < len(p) and p[k].isdigit() and p[k].isascii():
             k += 1
@@ -167,10 +192,10 @@ class _Parser:
             self.i += 1
             return node
         if c == "[":
-            return ("set", self.char_class())
+            return ("set", self.pick(*self.char_class()))
         if c == ".":
             self.i += 1
-            return ("set", DOT)
+            return ("set", self.pick(DOT, UNIVERSE - CharSet.of("\n")))  # Python's "." also takes CR, LS, PS
         if c == "^":
             self.i += 1
             return ("bol",)
@@ -178,22 +203,31 @@ class _Parser:
             self.i += 1
             return ("eol",)
         if c == "\\":
-            return ("set", self.escape(in_class=False))
+            return ("set", self.pick(*self.escape(in_class=False)))
         if c in "*+?":
             raise self.error("nothing to repeat")
         if c == "{" and self.braces(probe=True) is not None:
             raise self.error("nothing to repeat")
+        if c in "{}]" and self.u_mode:
+            raise self.error(f"lone {c!r} (an error under the u flag that \\p needs)")
         self.i += 1
         return ("set", CharSet.of(c))
 
-    def escape(self, in_class: bool) -> CharSet:
+    def escape(self, in_class: bool) -> tuple[CharSet, CharSet]:
+        """The escape at the cursor, as its (lower, upper) readings (equal but for shorthands and \\p)."""
         self.i += 1
         if self.i >= len(self.p):
             raise self.error("trailing backslash")
         c = self.p[self.i]
         self.i += 1
-        if c in _SHORTHAND:
-            return _SHORTHAND[c]
+        if c in _SHORTHANDS:
+            return _shorthand(c)
+        if c in "pP":
+            return self.property(negate=c == "P")
+        one = self.single_escape(c, in_class)
+        return one, one
+
+    def single_escape(self, c: str, in_class: bool) -> CharSet:
         if c in _CONTROL:
             if c == "0" and self.peek() is not None and self.peek().isdigit():
                 raise self.unsupported("octal escape")
@@ -206,27 +240,28 @@ class _Parser:
             return CharSet.of(self.hex(4))
         if c == "b" and in_class:
             return CharSet.of("\b")
-        if c in "pP":
-            return self.property(negate=c == "P")
         if c.isdigit():
             raise self.unsupported("backreference or octal escape")
         if c.isascii() and c.isalnum():
             raise self.unsupported(f"escape \\{c}")
+        if self.u_mode and c not in "^$\\.*+?()[]{}|/" and not (in_class and c == "-"):
+            raise self.error(f"escape \\{c} (an error under the u flag that \\p needs)")
         return CharSet.of(c)
 
-    def property(self, negate: bool) -> CharSet:
+    def property(self, negate: bool) -> tuple[CharSet, CharSet]:
         """``\\p{Name}`` / ``\\P{Name}`` (the cursor after the letter): a Unicode general category, read as an
-        ECMA-262 engine with the ``u`` flag reads it (Python's ``re`` has none). The complement is kept to ASCII, as
-        for ``\\D``: categories outside ASCII move between Unicode versions (:mod:`.categories`)."""
+        ECMA-262 engine with the ``u`` flag reads it (Python's ``re`` has none), as its (lower, upper) readings over
+        Unicode versions (:mod:`.categories`); the lower reading of ``\\P`` is kept to ASCII, as for ``\\D``."""
         end = self.p.find("}", self.i)
         if self.peek() != "{" or end < 0:
             raise self.error("\\p and \\P need a {name}")
         name = self.p[self.i + 1 : end]
-        chars = category_set(name)
-        if chars is None:
+        bounds = category_bounds(name)
+        if bounds is None:
             raise self.unsupported(f"Unicode property {name!r} (general categories only)")
         self.i = end + 1
-        return (ASCII - chars) if negate else chars
+        lo, hi = bounds
+        return (ASCII - hi, UNIVERSE - lo) if negate else (lo, hi)
 
     def hex(self, n: int) -> int:
         h = self.p[self.i : self.i + n]
@@ -238,7 +273,9 @@ class _Parser:
             raise self.unsupported("surrogate escape")
         return cp
 
-    def char_class(self) -> CharSet:
+    def char_class(self) -> tuple[CharSet, CharSet]:
+        """The class at the cursor as its (lower, upper) readings. A negated class is the complement of the other
+        reading; its lower one is kept to ASCII where it holds a shorthand or ``\\p`` (the readings differ there)."""
         self.i += 1
         negate = False
         if self.peek() == "^":
@@ -248,8 +285,8 @@ class _Parser:
             raise self.unsupported("class starting with ']'")
         if self.peek() == "[" and self.p.startswith("[:", self.i):
             raise self.unsupported("POSIX class")
-        acc = EMPTY
-        shorthand = False  # \d \w \s are Unicode-aware in Python, \p{..} moves: complements are then kept to ASCII
+        lo_acc = hi_acc = EMPTY
+        shorthand = False
         while True:
             c = self.peek()
             if c is None:
@@ -257,36 +294,54 @@ class _Parser:
             if c == "]":
                 self.i += 1
                 break
-            shorthand |= self.p.startswith(("\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\p", "\\P"), self.i)
-            lo = self.class_atom()
+            (lo, hi), is_class = self.class_atom()
+            shorthand |= is_class
             if self.peek() == "-" and self.i + 1 < len(self.p) and self.p[self.i + 1] != "]":
                 self.i += 1
-                hi = self.class_atom()
-                if lo.size() != 1 or hi.size() != 1:
-                    raise self.unsupported("class range with a shorthand end")
-                a, b = lo.min(), hi.min()
+                (lo2, _), is_class2 = self.class_atom()
+                if is_class or is_class2 or lo.size() != 1 or lo2.size() != 1:
+                    raise self.unsupported("class range with a shorthand or \\p end")
+                a, b = lo.min(), lo2.min()
                 if a > b:
                     raise self.error("bad class range")
-                acc = acc | (CharSet.span(a, b) & UNIVERSE)
+                span = CharSet.span(a, b) & UNIVERSE
+                lo_acc, hi_acc = lo_acc | span, hi_acc | span
             else:
-                acc = acc | lo
+                lo_acc, hi_acc = lo_acc | lo, hi_acc | hi
         if negate:
-            return acc.complement() & ASCII if shorthand else acc.complement()
-        return acc
+            lower = hi_acc.complement()
+            return (lower & ASCII if shorthand else lower), lo_acc.complement()
+        return lo_acc, hi_acc
 
-    def class_atom(self) -> CharSet:
+    def class_atom(self) -> tuple[tuple[CharSet, CharSet], bool]:
+        """((lower, upper), whether it is a class escape: a shorthand or \\p) of the class item at the cursor."""
         c = self.p[self.i]
         if c == "\\":
-            return self.escape(in_class=True)
+            is_class = self.i + 1 < len(self.p) and self.p[self.i + 1] in _SHORTHANDS + "pP"
+            return self.escape(in_class=True), is_class
         if c == "[" and self.p.startswith(("[:", "[=", "[."), self.i):
             raise self.unsupported("POSIX class")
         self.i += 1
-        return CharSet.of(c)
+        one = CharSet.of(c)
+        return (one, one), False
 
 
-def parse_pattern(pattern: str, path: str = "#", keyword: str = "pattern"):
-    """Parse ``pattern`` to an AST wrapped for *search* semantics (implicit ``.*`` where not anchored)."""
-    ast = _Parser(pattern, path, keyword).parse()
+def parse_pattern(pattern: str, path: str = "#", keyword: str = "pattern", upper: bool = False):
+    """Parse ``pattern`` to an AST wrapped for *search* semantics (implicit ``.*`` where not anchored): its lower
+    reading (what both engines match), or with ``upper`` what either may match (Python's ``$`` also matches before a
+    final newline)."""
+    return _parse(pattern, path, keyword, upper)[0]
+
+
+def pattern_readings(pattern: str, path: str = "#", keyword: str = "pattern"):
+    """``(lower AST, upper AST or None)``: None when both engines read the pattern alike."""
+    lower, narrowed = _parse(pattern, path, keyword, False)
+    return lower, (_parse(pattern, path, keyword, True)[0] if narrowed else None)
+
+
+def _parse(pattern: str, path: str, keyword: str, upper: bool):
+    parser = _Parser(pattern, path, keyword, upper)
+    ast = parser.parse()
     branches = ast[1] if ast[0] == "alt" else [ast]
     out = []
     any_star = ("rep", ("set", UNIVERSE), 0, None)
@@ -305,9 +360,11 @@ def parse_pattern(pattern: str, path: str = "#", keyword: str = "pattern"):
             items = items[:-1]
         if _has_anchor(("cat", items)):
             raise UnsupportedSchemaError(keyword, path, f"anchor inside a group or alternative in {pattern!r}")
-        seq = ([] if anchored_start else [any_star]) + items + ([] if anchored_end else [any_star])
-        out.append(("cat", seq))
-    return out[0] if len(out) == 1 else ("alt", out)
+        tail = [any_star] if not anchored_end else [("rep", ("set", CharSet.of("\n")), 0, 1)] if upper else []
+        if anchored_end:
+            parser.narrowed = True  # Python's "$" also matches before a final newline
+        out.append(("cat", ([] if anchored_start else [any_star]) + items + tail))
+    return (out[0] if len(out) == 1 else ("alt", out)), parser.narrowed
 
 
 def _has_anchor(node) -> bool:
