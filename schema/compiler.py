@@ -1073,16 +1073,7 @@ class Compiler:
                 node.str_widest = (tuple(nfas_up), None if strs is None else tuple(strs), frozenset(not_strs),
                                    min_len, max_len, path)  # fmt: skip
             if strs is None or strs:
-                if strs is not None:
-                    # a finite set meets the patterns in those of its strings that match them all: filter the strings
-                    # (one automaton per pattern, shared) instead of building each product automaton
-                    literals = self._matching(tuple(strs), list(nfas), path)
-                    auto = self._literal_automaton(literals, min_len, max_len, path) if literals else None
-                else:
-                    all_nfas = list(nfas)
-                    if not_strs:
-                        all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
-                    auto = self._string_automaton(all_nfas, min_len, max_len, path)
+                auto = self._strings(nfas, None if strs is None else tuple(strs), not_strs, min_len, max_len, path)
                 if auto is not None and auto.sat:
                     node.str = auto
         if ARR in kinds and evals is None:
@@ -1159,17 +1150,22 @@ class Compiler:
         key = ("widest", id(node))
         hit = self._automata.get(key)
         if hit is None:
-            nfas, strs, not_strs, min_len, max_len, path = node.str_widest
-            if strs is not None:
-                literals = self._matching(strs, list(nfas), path)
-                auto = self._literal_automaton(literals, min_len, max_len, path) if literals else None
-            else:
-                all_nfas = list(nfas)
-                if not_strs:
-                    all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
-                auto = self._string_automaton(all_nfas, min_len, max_len, path)
+            auto = self._strings(*node.str_widest)
             hit = self._automata[key] = (node, auto if auto is not None and auto.sat else None)
         return hit[1]
+
+    def _strings(self, nfas, strs, not_strs, min_len: int, max_len, path: str) -> StringAutomaton | None:
+        """The string automaton of a node: its patterns' ``nfas``, its finite set ``strs`` (None: no such limit) or
+        the values ``not_strs`` it excludes, and its length bounds."""
+        if strs is not None:
+            # a finite set meets the patterns in those of its strings that match them all: filter the strings (one
+            # automaton per pattern, shared) instead of building each product automaton
+            literals = self._matching(strs, list(nfas), path)
+            return self._literal_automaton(literals, min_len, max_len, path) if literals else None
+        all_nfas = list(nfas)
+        if not_strs:
+            all_nfas.append(_complement_nfa(self._literal_set_nfa(tuple(sorted(not_strs))), path))
+        return self._string_automaton(all_nfas, min_len, max_len, path)
 
     def _literal_automaton(self, strings: tuple[str, ...], min_len: int, max_len, path: str) -> StringAutomaton:
         """The automaton of a finite set of strings with the length bounds: its trie is its DFA (no subset
