@@ -22,6 +22,11 @@ from omnifuse.tasks.config import GenerationConfig
 from omnifuse.tasks.model import OmniModel
 
 
+def read_schema_resources(files: dict[str, str]) -> dict[str, Any]:
+    """{URI: local file} -> {URI: schema document}, each set of files read once (``generation.schema_resources``)."""
+    return _read_resources(tuple(sorted(files.items()))) if files else {}
+
+
 @functools.cache
 def _read_resources(files: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     out = {}
@@ -37,7 +42,7 @@ def _read_resources(files: tuple[tuple[str, str], ...]) -> dict[str, Any]:
 
 def schema_resources(config: GenerationConfig) -> dict[str, Any]:
     """The schema documents of ``config.schema_resources``, read once per set of files: {URI: document}."""
-    return _read_resources(tuple(sorted(config.schema_resources.items()))) if config.schema_resources else {}
+    return read_schema_resources(config.schema_resources)
 
 
 def generation_kwargs(config: GenerationConfig, batch: MultimodalBatch, tokenizer: ByteTokenizer) -> dict[str, Any]:

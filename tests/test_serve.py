@@ -131,6 +131,18 @@ def test_a_valid_schema_and_audio_pass():
         form_fields({"task": "json", "schema": "{not json"})
 
 
+def test_a_schema_may_ref_the_models_schema_resources(tmp_path):
+    """A request's schema may $ref the documents of the model's generation.schema_resources; any other URI is a 422
+    naming the field, as a record's would be in omnifuse predict."""
+    store = tmp_path / "shapes.json"
+    store.write_text(json.dumps({"$defs": {"shape": {"enum": ["circle", "square"]}}}))
+    settings = ServeSettings(image_size=32, schema_resources=(("https://example.com/shapes.json", str(store)),))
+    schema = {"type": "object", "properties": {"shape": {"$ref": "https://example.com/shapes.json#/$defs/shape"}}}
+    assert check_request({"task": "json", "text": "q", "schema": schema}, settings)["schema"] == schema
+    error = _error({"task": "json", "text": "q", "schema": schema})  # a model without that document
+    assert (error.field, error.status) == ("schema", 422) and "$ref" in error.reason
+
+
 def test_strings_that_utf8_cannot_spell_and_wrapped_base64():
     assert _error({"task": "vqa", "text": "what \ud800 shape?"}).field == "text"
     assert _error({"task": "vqa", "id": "q\udfff", "text": "hi"}).field == "id"

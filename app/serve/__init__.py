@@ -46,10 +46,11 @@ def model_settings(model_path: str | Path) -> dict:
     checkpoint = load_checkpoint(model_path)
     settings.update(input_settings(checkpoint))  # what Predictor.from_pretrained applies in the worker
     generation = (checkpoint.get("hyper_parameters") or {}).get("generation")
-    if isinstance(generation, dict) and "max_new_tokens" in generation:
-        settings["max_new_tokens"] = generation["max_new_tokens"]
-    elif generation is not None and hasattr(generation, "max_new_tokens"):
-        settings["max_new_tokens"] = generation.max_new_tokens
+    for key in ("max_new_tokens", "schema_resources"):
+        if isinstance(generation, dict) and key in generation:
+            settings[key] = generation[key]
+        elif generation is not None and hasattr(generation, key):
+            settings[key] = getattr(generation, key)
     return settings
 
 
@@ -108,6 +109,7 @@ def build_server(
         sample_rate=found["sample_rate"],
         max_new_tokens=found["max_new_tokens"],
         limits=limits or ServeLimits(),
+        schema_resources=tuple(sorted((found.get("schema_resources") or {}).items())),
     )
     api = OmnifuseAPI(
         str(model_path),

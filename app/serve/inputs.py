@@ -54,6 +54,8 @@ class ServeSettings:
     sample_rate: int = 16000
     max_new_tokens: int = 32  # a schema whose shortest instance needs more cannot be enforced
     limits: ServeLimits = ServeLimits()
+    # the model's generation.schema_resources ({URI: local file}): documents a request's schema may $ref
+    schema_resources: tuple[tuple[str, str], ...] = ()
 
 
 class RequestError(Exception):
@@ -190,9 +192,11 @@ def check_request(fields: Mapping[str, Any], settings: ServeSettings) -> dict:
         if len(encoded) > limits.max_schema_bytes:
             raise RequestError("schema", f"too large (the limit is {limits.max_schema_bytes:,} bytes)", 413)
         from omnifuse.schema import SchemaError, compile_schema
+        from omnifuse.tasks.inference import read_schema_resources
 
         try:  # compiled schemas are cached, so a burst of requests with one schema compiles it once
-            compile_schema(schema).check_generation(settings.max_new_tokens)
+            resources = read_schema_resources(dict(settings.schema_resources))
+            compile_schema(schema, resources=resources).check_generation(settings.max_new_tokens)
         except SchemaError as e:
             raise RequestError("schema", f"cannot be enforced: {e}", 422) from None
         except RecursionError:
