@@ -142,7 +142,7 @@ class OmniCLI(LightningCLI):
             super()._parse_ckpt_path()
         except pickle.UnpicklingError as error:  # a legacy-format file the scan cannot read, refused by the load
             raise UnsafeCheckpointError(ckpt_path, unpickling_reason(error)) from None
-        if generation is not None and self.config.get(key) is not None:
+        if generation is not None and key in self.config:  # (a task without generation settings has no such key)
             self.config[key] = generation
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -20,7 +20,7 @@ from threading import Lock
 
 from .charset import CharSet, allowed_bytes
 from .compiler import Compiler, dumps_key
-from .drafts import detect_draft, original_location, upgrade
+from .drafts import DRAFT4, DRAFT6, DRAFT7, detect_draft, original_location, upgrade
 from .errors import SchemaError, UnsupportedSchemaError
 from .recogniser import Machine, RecState
 
@@ -43,10 +43,7 @@ class CompiledSchema:
         gc.disable()
         try:
             upgraded, renamed = upgrade(schema)  # an older draft's schema: its 2020-12 equivalent
-            draft = detect_draft(schema)
-            compiler = Compiler(
-                upgraded, formats, self.resources, lambda doc: upgrade(doc, _declared_draft(doc, draft))[0]
-            )
+            compiler = Compiler(upgraded, formats, self.resources, _prepare_resource, detect_draft(schema))
             try:
                 self.root = compiler.compile()
             except UnsupportedSchemaError as e:
@@ -141,9 +138,18 @@ class CompiledSchema:
         return self._slack
 
 
-def _declared_draft(document, default: str) -> str:
-    """The draft a resource document declares, else the referring schema's (as ``jsonschema`` reads it)."""
-    return detect_draft(document) if isinstance(document, dict) and "$schema" in document else default
+def _prepare_resource(document, referring: str) -> tuple[object, str]:
+    """A resource document as 2020-12, and its draft: the one it declares, else the referring document's (as
+    ``jsonschema`` reads it). Drafts 4-7 ignore the siblings of a ``$ref``, but ``jsonschema`` applies them when the
+    ``$ref`` is a referenced document's root: such a document is refused rather than judged differently."""
+    draft = detect_draft(document) if isinstance(document, dict) and "$schema" in document else referring
+    if isinstance(document, dict) and "$ref" in document and draft in (DRAFT4, DRAFT6, DRAFT7):
+        ignored = set(document) - {"$ref", "definitions", "$schema", "$id", "id", "$comment", "title", "description"}
+        if ignored:
+            raise UnsupportedSchemaError(
+                "$ref", "#", f"a {draft} document whose root has $ref beside {sorted(ignored)}"
+            )
+    return upgrade(document, draft)[0], draft
 
 
 def compile_schema(schema, formats: str = "assert", resources: Mapping | None = None) -> CompiledSchema:

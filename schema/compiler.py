@@ -195,12 +195,15 @@ NOTHING_EVALUATED = Evaluated((frozenset(), frozenset()), (0, ()))
 class Alt:
     """A conjunction of schemas, resolved to its alternatives (``simples``); ``min_cost`` None = unsatisfiable."""
 
-    __slots__ = ("key", "simples", "min_cost", "first", "path")
+    __slots__ = ("key", "simples", "min_cost", "first", "path", "hidden")
 
     def __init__(self, key: frozenset, path: str) -> None:
         self.key = key
         self.path = path
         self.simples: tuple[Simple, ...] = ()
+        # some alternative admits strings only under a wider reading of its patterns (regex.py): empty here, but not
+        # provably empty to the disjointness proofs
+        self.hidden = False
         self.min_cost: int | None = None
         self.first: CharSet = EMPTY
 
@@ -536,11 +539,11 @@ class Simple:
 class Compiler:
     """Builds the node graph for one schema document (see the module docstring)."""
 
-    def __init__(self, schema, formats: str = "assert", resources=None, prepare=None) -> None:
+    def __init__(self, schema, formats: str = "assert", resources=None, prepare=None, draft=None) -> None:
         if formats not in FORMAT_MODES:
             raise ValueError(f"formats must be one of {FORMAT_MODES}")
         self.formats = formats
-        self.doc = Document(schema, resources, prepare)  # resources: other documents by URI (refs.Document)
+        self.doc = Document(schema, resources, prepare, draft)  # resources: other documents by URI (refs.Document)
         self.alts: dict[frozenset, Alt] = {}
         self.simples: list[Simple] = []
         self._merge_memo: dict[frozenset, tuple[Simple, ...]] = {}
@@ -550,6 +553,7 @@ class Compiler:
         self._uneval_raws: dict = {}
         self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
         self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
+        self._hidden: set[frozenset] = set()  # flats whose strings only a wider pattern reading admits
         self._matched: dict[tuple, tuple[str, ...]] = {}  # (strings, NFA ids) -> those strings every NFA accepts
         self._literal_nfas: dict[tuple[str, ...], object] = {}  # one NFA per finite set: the caches above key on ids
         self._derived: dict[tuple[int, str], Raw] = {}
@@ -597,6 +601,7 @@ class Compiler:
         for flat in self.dnf(alt.key):
             for s in self.merge(flat):
                 seen.setdefault(id(s), s)
+            alt.hidden = alt.hidden or flat in self._hidden
         alt.simples = tuple(seen.values())
 
     def dnf(self, conj: frozenset) -> list[frozenset]:
@@ -857,6 +862,8 @@ class Compiler:
             simples: list[Simple] = []
             for flat in br:
                 simples.extend(self.merge(flat))
+                if flat in self._hidden:
+                    return False  # strings that another reading of a pattern admits: nothing is proved
             nodes.append(simples)
         for i in range(len(nodes)):
             for j in range(i + 1, len(nodes)):
@@ -1084,6 +1091,8 @@ class Compiler:
                 self._add_contains(node.arr, contains, path)
         if OBJ in kinds and evals is None:
             node.obj = self._obj_spec(members, required, min_props, max_props, path, deps)
+        if node.str is None and node.str_widest is not None and self.widest_strings(node) is not None:
+            self._hidden.add(flat)  # its strings are empty in the lower reading only (Alt.hidden)
         if node.null or node.bools or node.num or node.str or node.arr or node.obj:
             node.id = len(self.simples)
             self.simples.append(node)

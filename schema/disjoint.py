@@ -58,9 +58,10 @@ def _simples(alt, compiler):
     """The alternatives of ``alt``, or None when they cannot be built yet (a reference back into the ``oneOf``
     being expanded): then nothing is proved, and the compiler builds that node later as usual."""
     try:
-        return compiler.resolved(alt).simples
+        resolved = compiler.resolved(alt)
     except UnsupportedSchemaError:
         return None
+    return None if resolved.hidden else resolved.simples  # hidden: not provably empty (Alt.hidden)
 
 
 def _nums_disjoint(a, b) -> bool:
@@ -191,7 +192,10 @@ def _objs_disjoint(a, b, compiler, depth: int) -> bool:
 def _only_names(obj, compiler):
     """The names an object may have when it allows no undeclared name at all; None if it may have others."""
     keys = getattr(obj, "keys", None)  # patternProperties / propertyNames: schema/patternkeys.py
-    others = [f for f in keys.final if f is not None] if keys is not None else [obj.additional]
-    if any(compiler.resolved(alt).simples for alt in others):
+    # every class of undeclared names: those the key automaton generates, and those only a fed name reaches
+    others = (
+        [f for f in (*keys.final, *keys.by_class.values()) if f is not None] if keys is not None else [obj.additional]
+    )
+    if any(compiler.resolved(alt).simples or compiler.resolved(alt).hidden for alt in others):
         return None
     return obj.special

@@ -23,13 +23,14 @@ disagree is refused at compile time: which schema a name gets never depends on t
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_right
 
 from .automaton import cheapest_strings, cheapest_to_targets, dfa_accepts
 from .charset import UNIVERSE, CharSet, json_char_cost, min_json_cost
 from .compiler import ObjSpec
-from .errors import UnsupportedSchemaError
+from .errors import SchemaError, UnsupportedSchemaError
 from .keys import entry_tail, next_chars, with_prefix
 
 MAX_KEY_STATES = 5000
@@ -210,10 +211,37 @@ def _dfa_step(dfa, q: int, cp: int) -> int:
 
 
 def python_regex_agrees(pattern: str, name: str, ours: bool) -> bool:
-    """Whether Python's :mod:`re` (the reference validator's engine) says the same as ``ours`` for ``name``."""
+    """Whether both engines say what ``ours`` (the pattern's lower reading, regex.py) says of ``name``: Python's
+    :mod:`re` (the reference validator's) and every ECMA-262 reading, which lies within the upper reading. A "no"
+    that the upper reading would turn into a "yes" is not settled."""
     try:
-        return bool(re.search(pattern, name)) == ours
+        if bool(re.search(pattern, name)) != ours:
+            return False
     except re.error:
+        return False
+    # ECMA-262 reads \\d \\w "." "$" as the lower reading does; where it may match more (\\s, the complements, \\p,
+    # a negated class that the lower reading keeps to ASCII) a "no" must also hold in the upper reading
+    return ours or not _ECMA_WIDER.search(pattern) or not _upper_matches(pattern, name)
+
+
+_ECMA_WIDER = re.compile(r"\\[DWSspP]|\[\^[^\]]*\\")
+
+
+def _upper_matches(pattern: str, name: str) -> bool:
+    dfa = _upper_dfa(pattern)
+    return True if dfa is False else dfa_accepts(dfa, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _upper_dfa(pattern: str):
+    """The DFA of the pattern's upper reading (None: matches nothing; False: could not be built, so unsettled)."""
+    from .automaton import build_dfa
+    from .regex import build_nfa, pattern_readings
+
+    try:
+        lower, upper = pattern_readings(pattern)
+        return build_dfa([build_nfa(upper if upper is not None else lower)])
+    except SchemaError:
         return False
 
 

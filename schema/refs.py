@@ -135,11 +135,14 @@ class Raw:
 class Document:
     """Index of one schema document: every subschema location, its base URI, resources and anchors."""
 
-    def __init__(self, root, documents: Mapping | None = None, prepare: Callable | None = None) -> None:
+    def __init__(
+        self, root, documents: Mapping | None = None, prepare: Callable | None = None, draft: str | None = None
+    ) -> None:
         """``documents``: other schema documents by absolute URI (fragment-free keys) that ``$ref`` may reach. One is
-        read (through ``prepare``, e.g. an older draft's rewrite) and indexed like the root (its own ``$id``, anchors
-        and embedded resources) the first time a reference points into it; errors inside it name it
-        (``http://example.com/tree.json#/properties/...``)."""
+        read (through ``prepare(document, draft of the referring document) -> (document, its draft)``, e.g. an older
+        draft's rewrite) and indexed like the root (its own ``$id``, anchors and embedded resources) the first time a
+        reference points into it; errors inside it name it (``http://example.com/tree.json#/properties/...``).
+        ``draft``: the root's."""
         self.root = root
         self.raws: dict[int, Raw] = {}
         self.resources: dict[str, Raw] = {}
@@ -148,6 +151,8 @@ class Document:
         self._bools: dict[tuple, Raw] = {}
         self._pending: dict = {}
         self._prepare = prepare
+        self._draft = draft  # of the document being walked
+        self._draft_of_base: dict[str, str | None] = {}  # base URI -> draft of the document it lies in
         for uri in documents or {}:
             base, fragment = split_fragment(uri)
             if fragment or _split(base)[0] is None:
@@ -162,13 +167,25 @@ class Document:
         if uri in self.resources or uri not in self._pending:
             return self.resources.get(uri)
         document = self._pending.pop(uri)
+        draft = self._draft
         if self._prepare is not None:
             try:
-                document = self._prepare(document)
+                document, draft = self._prepare(document, self._draft_of_base.get(raw.base, self._draft))
             except UnsupportedSchemaError as e:  # an unknown draft, typically
                 what = f"{e.keyword!r}" + (f": {e.detail}" if e.detail else "")
                 raise UnsupportedSchemaError("$ref", raw.path, f"resource {uri!r} has unsupported {what}") from e
-        self.resources.setdefault(uri, self._walk(document, uri, f"{uri}#"))
+        own = document.get("$id") if isinstance(document, dict) else None
+        if isinstance(own, str) and split_fragment(resolve_uri(uri, own))[0] != uri and _leaves_document(document):
+            # jsonschema resolves the document's relative references against the URI it is registered under, the
+            # specification against its $id: fail closed rather than judge differently
+            raise UnsupportedSchemaError(
+                "$ref", raw.path, f"resource {uri!r} declares another $id, {own!r}, and refers to relative URIs"
+            )
+        outer, self._draft = self._draft, draft
+        try:
+            self.resources.setdefault(uri, self._walk(document, uri, f"{uri}#"))
+        finally:
+            self._draft = outer
         return self.resources[uri]
 
     def _walk(self, obj, base: str, path: str) -> Raw:
@@ -187,6 +204,7 @@ class Document:
             base = split_fragment(resolve_uri(base, sid))[0]
         raw = Raw(obj, base, path)
         self.raws[id(obj)] = raw
+        self._draft_of_base.setdefault(base, self._draft)
         self._keep.append(obj)
         if isinstance(sid, str):
             self.resources.setdefault(base, raw)
@@ -247,3 +265,15 @@ class Document:
         if target is None:
             raise SchemaError(f"unresolvable $ref {ref!r} (no such anchor)", raw.path)
         return target
+
+
+def _leaves_document(node) -> bool:
+    """Whether some ``$ref`` in ``node`` is a relative URI other than a fragment (``other.json``, ``../x#/a``)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#") and _split(ref)[0] is None:
+            return True
+        return any(_leaves_document(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_leaves_document(v) for v in node)
+    return False

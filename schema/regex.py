@@ -152,8 +152,8 @@ class _Parser:
         k = j + 1
         while k < len(p) and p[k].isdigit() and p[k].isascii():
             k += 1
-        if p.startswith(",", j) and k > j + 1 and p.startswith("}", k):
-            raise self.unsupported("repetition {,n} (Python reads it as {0,n}, ECMA-262 as text)")
+        if p.startswith(",", j) and p.startswith("}", k):
+            raise self.unsupported("repetition {,n} or {,} (Python reads them as {0,n} and *, ECMA-262 as text)")
         k = j
         while k < len(p) and p[k].isdigit() and p[k].isascii():
             k += 1

@@ -52,7 +52,8 @@ class StructuredTask(OmniTask):
     def compute_metrics(self) -> dict[str, float]:
         if not self._predictions:
             return {}
-        resources = schema_resources(self.generation_config)
+        generation = getattr(self, "generation_config", None)  # (the metric alone, as omnifuse score uses it: none)
+        resources = schema_resources(generation) if generation is not None else {}
         scores = json_scores(
             self._predictions, self._targets, self._schemas,
             validate=lambda instance, schema: validate_with_jsonschema(instance, schema, resources),

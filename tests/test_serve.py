@@ -143,6 +143,23 @@ def test_a_schema_may_ref_the_models_schema_resources(tmp_path):
     assert (error.field, error.status) == ("schema", 422) and "$ref" in error.reason
 
 
+def test_a_model_whose_schema_resources_are_missing_does_not_start(tmp_path):
+    """The files of generation.schema_resources are read when the server starts: a missing one is a one-line
+    refusal naming it, not an error on every later request with a schema."""
+    import torch
+
+    from omnifuse.app.serve import ServeError, model_settings
+
+    ckpt = tmp_path / "model.ckpt"
+    missing = str(tmp_path / "gone.json")
+    torch.save({"hyper_parameters": {"generation": {"max_new_tokens": 40,
+                                                    "schema_resources": {"https://example.com/a.json": missing}}}}, ckpt)  # fmt: skip
+    with pytest.raises(ServeError, match="gone.json"):
+        model_settings(ckpt)
+    (tmp_path / "gone.json").write_text("{}")
+    assert model_settings(ckpt)["schema_resources"] == {"https://example.com/a.json": missing}
+
+
 def test_strings_that_utf8_cannot_spell_and_wrapped_base64():
     assert _error({"task": "vqa", "text": "what \ud800 shape?"}).field == "text"
     assert _error({"task": "vqa", "id": "q\udfff", "text": "hi"}).field == "id"

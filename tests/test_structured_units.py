@@ -582,6 +582,36 @@ def test_resources_are_read_only_when_a_reference_reaches_them() -> None:
         compile_schema(True, resources={"https://example.com/x.json": [1]})
 
 
+def test_a_resource_without_a_draft_is_read_in_the_draft_of_the_document_that_refers_to_it() -> None:
+    """Draft 7 root -> a 2020-12 document -> one that declares none: the last is read as 2020-12 (prefixItems apply),
+    as jsonschema reads it."""
+    d7, d2020 = "http://json-schema.org/draft-07/schema#", "https://json-schema.org/draft/2020-12/schema"
+    resources = {
+        "https://e.com/a.json": {"$schema": d2020, "properties": {"x": {"$ref": "b.json"}}},
+        "https://e.com/b.json": {"type": "array", "prefixItems": [{"type": "string"}], "items": {"type": "integer"}},
+    }
+    schema = {"$schema": d7, "$ref": "https://e.com/a.json"}
+    compiled, reference = compile_schema(schema, resources=resources), _reference(schema, resources)
+    for value in [{"x": [1, 2]}, {"x": ["a", 2]}, {"x": ["a", "b"]}, {"x": []}]:
+        assert compiled.accepts(json.dumps(value)) == reference.is_valid(value), value
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        # another $id and a relative reference: jsonschema resolves it against the key, the specification against $id
+        {"https://example.com/a.json": {"$id": "https://other.org/b.json", "$ref": "c.json"},
+         "https://other.org/c.json": {"type": "integer"}, "https://example.com/c.json": {"type": "string"}},
+        # a draft 7 document whose root has $ref and siblings: draft 7 ignores them, jsonschema applies them
+        {"https://example.com/a.json": {"$schema": "http://json-schema.org/draft-07/schema#", "type": "string",
+                                        "definitions": {"i": {"type": "integer"}}, "$ref": "#/definitions/i"}},
+    ],
+)  # fmt: skip
+def test_resources_the_reference_validator_reads_otherwise_are_refused(resources) -> None:
+    with pytest.raises(UnsupportedSchemaError, match="a.json"):
+        compile_schema({"$ref": "https://example.com/a.json"}, resources=resources)
+
+
 def test_the_compile_cache_tells_resources_apart() -> None:
     schema = {"$ref": "https://example.com/n.json"}
     small = compile_schema(schema, resources={"https://example.com/n.json": {"maximum": 5}})

@@ -51,6 +51,13 @@ def model_settings(model_path: str | Path) -> dict:
             settings[key] = generation[key]
         elif generation is not None and hasattr(generation, key):
             settings[key] = getattr(generation, key)
+    if settings.get("schema_resources"):
+        from omnifuse.tasks.inference import read_schema_resources
+
+        try:  # read once here (then cached): a missing file stops the start, not every request with a schema
+            read_schema_resources(dict(settings["schema_resources"]))
+        except ValueError as e:
+            raise ServeError(f"{model_path}: {e}") from None
     return settings
 
 

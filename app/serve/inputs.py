@@ -195,7 +195,7 @@ def check_request(fields: Mapping[str, Any], settings: ServeSettings) -> dict:
         from omnifuse.tasks.inference import read_schema_resources
 
         try:  # compiled schemas are cached, so a burst of requests with one schema compiles it once
-            resources = read_schema_resources(dict(settings.schema_resources))
+            resources = read_schema_resources(dict(settings.schema_resources))  # read (and checked) at start
             compile_schema(schema, resources=resources).check_generation(settings.max_new_tokens)
         except SchemaError as e:
             raise RequestError("schema", f"cannot be enforced: {e}", 422) from None
