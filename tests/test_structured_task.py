@@ -98,3 +98,21 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
             target_schema = sizes["$defs"]["size"]
         # A 2-step model knows nothing, yet every output parses and validates (checked by jsonschema, not by us).
         jsonschema.Draft202012Validator(target_schema).validate(p["prediction"])
+
+    # The command line's generation settings win over a checkpoint's, also one that saved none (Lightning lays the
+    # checkpoint's hyper-parameters over the config): a 1-token budget makes every record an error naming it.
+    import torch
+
+    bare = tmp_path / "bare.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["hyper_parameters"]["generation"] = None
+    torch.save(state, bare)
+    out1 = tmp_path / "pred1"
+    cli_main(
+        ["predict", "--config", TINY, TASK, "--model.generation.max_new_tokens=1",
+         "--data.predict_manifest", str(scenes / "json_test.jsonl"),
+         "--trainer.callbacks+=omnifuse.app.writer.JsonlPredictionWriter", f"--trainer.callbacks.output_dir={out1}",
+         "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(bare)]
+    )  # fmt: skip
+    errors = [json.loads(line)["error"] for line in (out1 / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == len(lines) and all("max_new_tokens=1" in e for e in errors)
