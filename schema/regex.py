@@ -326,15 +326,10 @@ class _Parser:
         return (one, one), False
 
 
-def parse_pattern(pattern: str, path: str = "#", keyword: str = "pattern", upper: bool = False):
-    """Parse ``pattern`` to an AST wrapped for *search* semantics (implicit ``.*`` where not anchored): its lower
-    reading (what both engines match), or with ``upper`` what either may match (Python's ``$`` also matches before a
-    final newline)."""
-    return _parse(pattern, path, keyword, upper)[0]
-
-
 def pattern_readings(pattern: str, path: str = "#", keyword: str = "pattern"):
-    """``(lower AST, upper AST or None)``: None when both engines read the pattern alike."""
+    """``pattern`` parsed to ASTs wrapped for *search* semantics (implicit ``.*`` where not anchored): ``(lower,
+    upper or None)``, the upper reading (Python's ``$`` also matches before a final newline, ...) None when both
+    engines read the pattern alike."""
     lower, narrowed = _parse(pattern, path, keyword, False)
     return lower, (_parse(pattern, path, keyword, True)[0] if narrowed else None)
 
@@ -484,4 +479,4 @@ def _build(nfa: NFA, node) -> tuple[int, int]:
             nfa.eps[cur].append(end)
             cur = end
         return s, cur
-    raise AssertionError(kind)  # anchors were removed by parse_pattern
+    raise AssertionError(kind)  # anchors were removed by _parse
