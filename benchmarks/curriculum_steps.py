@@ -20,6 +20,7 @@ share the machine.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe_seeds import omnifuse_command, read_metrics, seed_config  # noqa: E402
+from recipe_seeds import omnifuse_command, seed_config  # noqa: E402
 
 ARMS = ("plain", "curriculum")
 
@@ -64,18 +65,32 @@ def run_config(config: Path, run_dir: Path, *, val_every: int, target: float | N
     return path
 
 
-def fit(command: str, config: Path, run_dir: Path, seed: int, extra: list[str]) -> tuple[int, float]:
+def fit(
+    command: str, config: Path, run_dir: Path, seed: int, extra: list[str], resume: bool = False
+) -> tuple[int, float]:
+    """``omnifuse fit`` of ``config`` in ``run_dir``; ``resume``: from the newest run's last.ckpt there, if any (a run
+    cut short goes on from its last checkpoint instead of starting again)."""
     cmd = [command, "fit", "--config", str(config), "--seed_everything", str(seed), *extra]
+    resume = resume and (run_dir / "latest" / "checkpoints" / "last.ckpt").is_file()
+    if resume:
+        cmd += ["--ckpt_path", "last"]
     print(" ".join(cmd), flush=True)
     start = time.perf_counter()
-    with (run_dir / "fit.log").open("w") as log:
+    with (run_dir / "fit.log").open("a" if resume else "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     return rc, time.perf_counter() - start
 
 
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, val/vqa_accuracy) of every validation the run logged, in order."""
-    return [(int(r["step"]), float(r["val/vqa_accuracy"])) for r in read_metrics(run_dir) if r.get("val/vqa_accuracy")]
+    """(step, val/vqa_accuracy) of every validation the run logged, in step order, over all its metrics files (a
+    resumed run logs into a new one; a step logged twice keeps its newest value)."""
+    by_step: dict[int, float] = {}
+    for path in sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime):
+        with path.open(newline="") as f:
+            by_step.update(
+                (int(r["step"]), float(r["val/vqa_accuracy"])) for r in csv.DictReader(f) if r.get("val/vqa_accuracy")
+            )
+    return sorted(by_step.items())
 
 
 def first_step(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -130,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="curriculum: epochs until every record is in")
     parser.add_argument("--schedule", default="sqrt", choices=("linear", "sqrt"))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument(
+        "--resume", action="store_true", help="a run folder with a last.ckpt goes on from it (a run that was cut short)"
+    )
     parser.add_argument("--omnifuse", default=None, help="the omnifuse command (default: next to this Python)")
     parser.add_argument("extra", nargs="*", help="after --: passed to every measured omnifuse fit")
     args = parser.parse_args(argv)
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 config, run_dir, val_every=args.val_every, target=args.target,
                 curriculum=curriculum if arm == "curriculum" else None,
             )  # fmt: skip
-            rc, wall = fit(command, recipe, run_dir, seed, args.extra)
+            rc, wall = fit(command, recipe, run_dir, seed, args.extra, resume=args.resume)
             curve = validation_curve(run_dir)
             rows.append({"seed": seed, "arm": arm, "rc": rc, "wall": wall, "curve": curve,
                          "step": first_step(curve, args.target)})  # fmt: skip
