@@ -1531,8 +1531,8 @@ def _first_chars(s: Simple) -> CharSet:
 
 
 def _check_unique(arr: ArrSpec) -> None:
-    """``uniqueItems`` within what unique.py supports: scalar items, and at most one item needed to close (the
-    cheapest set of several *different* items is not costed)."""
+    """``uniqueItems`` within what unique.py supports: at most one item needed to close (the cheapest set of several
+    *different* items is not costed)."""
     if arr.min_items > 1:
         raise UnsupportedSchemaError("uniqueItems", arr.path, "with minItems above 1")
     if arr.contains is not None and arr.min_contains > 1:
@@ -1540,10 +1540,6 @@ def _check_unique(arr: ArrSpec) -> None:
     if arr.contains is not None and arr.prefix:
         # a match still needed may lie past prefix positions: several different items to cost
         raise UnsupportedSchemaError("uniqueItems", arr.path, "with contains and prefixItems together")
-    for alt in (*arr.prefix, arr.items):
-        for s in alt.simples:
-            if (s.arr is not None and ARR in s.kind_cost) or (s.obj is not None and OBJ in s.kind_cost):
-                raise UnsupportedSchemaError("uniqueItems", arr.path, "items that may be arrays or objects")
 
 
 class _Facts(NamedTuple):

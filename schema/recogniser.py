@@ -18,7 +18,12 @@ tag    fields                                        meaning
 ``A``  simple, phase, count                          inside an array
 ``O``  simple, phase, seen names, key, esc           inside an object (``key``: the name being written)
 ``R``                                                the root value is complete (trailing whitespace ok)
+``U``  item node, sub-state, text, alive, taken      an array or object item of a uniqueItems array (below)
 =====  ============================================  ==================================================
+
+An array or object item of a ``uniqueItems`` array runs in one ``U`` frame: a state of a machine of its own (over
+the item node's array and object alternatives), the item's text so far, and the states of the ``const`` machines of
+the earlier array and object items that the text may still equal (see :mod:`.unique`).
 
 When a child value starts, the parent frame below it is *already* in its after-value phase (the array count
 or the set of written names updated), so completing a child is just a pop. Each stack caches ``base``: the
@@ -32,14 +37,26 @@ that set is conservative (plain decimal notation, see :mod:`.numbers`).
 
 from __future__ import annotations
 
+import heapq
+
 from .charset import EMPTY, WS, CharSet, allowed_bytes, utf8_len, utf8_needed, utf8_prefix_interval
-from .compiler import ARR, BOOL, NULL, OBJ, STR, Alt, Simple
+from .compiler import ARR, BOOL, NULL, OBJ, STR, Alt, Compiler, Simple
+from .errors import SchemaError
 from .keys import KeyMachine
 from .lexer import END, lex_allowed, lex_cost, lex_cost_range, lex_step
 from .patternkeys import PatternKeyMachine, PatternObjSpec
-from .unique import ExcludingStrings, item_key, number_value, restricted
+from .unique import (
+    COMPOUND,
+    ExcludingStrings,
+    compound_key,
+    compound_only,
+    item_key,
+    key_value,
+    number_value,
+    restricted,
+)
 
-T_V, T_S, T_N, T_L, T_A, T_O, T_R = range(7)
+T_V, T_S, T_N, T_L, T_A, T_O, T_R, T_U = range(8)
 A_START, A_AFTER, A_COMMA = range(3)
 O_START, O_KEY, O_COLON, O_AFTER, O_COMMA = range(5)
 WS_CODES = frozenset((0x20, 0x09, 0x0A, 0x0D))
@@ -56,6 +73,15 @@ _LEAD_CLASSES = (  # (sequence length, mask of its lead bytes)
     (4, sum(1 << b for b in range(0xF0, 0xF5))),
 )
 _MEMO_LIMIT = 200_000
+# An item's search for a completion that repeats no earlier item (Machine._fresh_cost) expands at most this many
+# states and follows no number longer than this many digits (one that may still equal an earlier item's, 1.0,
+# 1.00, ..., is endless); past either the item counts as having none: never a repeat, at worst a missed completion
+_FRESH_SEARCH_LIMIT = 5_000
+_FRESH_NUMBER_DIGITS = 20
+_CONST_MACHINES = 4_096  # const machines of earlier items kept per machine (then dropped and rebuilt when needed)
+_ROUNDING_DIGITS = 15  # a plain decimal of fewer digits is exactly one float (15 = DBL_DIG)
+_NUMBER_CHARS = CharSet.of(*"0123456789.eE+-")
+_NUMBER_ENDS = CharSet.of(*" \t\n\r,]}")
 _WORD_VALUES = {"true": True, "false": False, "null": None}
 
 
@@ -94,7 +120,7 @@ class Stack:
 
 
 def _frame_repr(f: tuple) -> str:
-    names = "VSNLAOR"  # frame tags T_V .. T_R
+    names = "VSNLAORU"  # frame tags T_V .. T_U
     return names[f[0]] + ("" if len(f) == 1 else "(" + ",".join(str(x)[:20] for x in f[2:]) + ")")
 
 
@@ -118,6 +144,8 @@ class Machine:
     def __init__(self, root: Alt) -> None:
         self.root = root
         self._allowed: dict = {}
+        self._compound: dict = {}  # id(item node) -> (its array / object part, the Machine running it)
+        self._consts: dict = {}  # compound item key -> the Machine of {"const": that value}
         root_stack = Stack(ROOT_FRAME, None, 0)
         stacks = (Stack((T_V, root), root_stack, 0),) if root.min_cost is not None else ()
         self.initial = RecState((stacks, b""))
@@ -194,6 +222,11 @@ class Machine:
             return self._step_array(st, c)
         if tag == T_O:
             return self._step_object(st, c)
+        if tag == T_U:
+            frame, key = self._step_item(f, c)
+            if key is not None:
+                return [self._item_done(st.parent, key)]
+            return [Stack(frame, st.parent, st.base)] if frame is not None else []
         # R: only trailing whitespace
         return [st] if c in WS_CODES else []
 
@@ -263,6 +296,11 @@ class Machine:
             pst = Stack(after, st.parent, st.base)
             for child in self._items(alt, taken):
                 out.extend(self._start_value(child, c, pst, rest + st.base))
+            if taken is not None and (c == 0x7B or c == 0x5B):  # an array or object item: runs in a U frame
+                f0 = self._item_frame(alt, taken)
+                frame = None if f0 is None else self._step_item(f0, c)[0]
+                if frame is not None:
+                    out.append(Stack(frame, pst, rest + st.base))
         return out
 
     # uniqueItems (unique.py): the array frame carries the items written so far -----------------------------
@@ -284,8 +322,256 @@ class Machine:
         if taken is None:
             return True
         return any(
-            self._items(alt, taken) and arr.rest_cost(i + 1, False, c) is not None for alt, c in arr.branches(i, count)
+            (self._items(alt, taken) or self._compound_start_cost(alt, taken) is not None)
+            and arr.rest_cost(i + 1, False, c) is not None
+            for alt, c in arr.branches(i, count)
         )
+
+    # uniqueItems, arrays and objects as items (unique.py): U frames ------------------------------------------
+    # A U frame is (T_U, item node, sub-state, text, alive, taken): the state of the item's own machine, the item's
+    # text so far, ((key, const-machine state), ...) for the earlier array / object items the text may still equal,
+    # and the keys of all earlier array / object items.
+    def _compound_part(self, alt: Alt) -> tuple:
+        """``(alt cut down to arrays and objects, the Machine running such an item)``, or ``(None, None)``."""
+        r = self._compound.get(id(alt))
+        if r is None:
+            part = compound_only(alt, Alt, Simple)
+            r = self._compound[id(alt)] = (part, Machine(part) if part is not None else None)
+        return r
+
+    def _const_machine(self, key: tuple) -> Machine | None:
+        """The recogniser of ``{"const": value of key}`` (None: a value it cannot hold, e.g. 1e400 read as inf; such
+        an item is still never repeated, by its key, but the mask does not steer around it: it cannot write it)."""
+        try:
+            return self._consts[key]
+        except KeyError:
+            pass
+        try:
+            m = Machine(Compiler({"const": key_value(key)}, "annotation").compile())
+        except (ValueError, OverflowError, RecursionError, SchemaError):
+            m = None
+        if len(self._consts) >= _CONST_MACHINES:  # states made by a dropped machine still step on a new one
+            self._consts.clear()
+        self._consts[key] = m
+        return m
+
+    def _item_frame(self, alt: Alt, taken: frozenset) -> tuple | None:
+        """The U frame of an array or object item of ``alt`` before its first character (None: ``alt`` has no
+        such alternative), every array or object in ``taken`` still a possible repeat."""
+        part, m = self._compound_part(alt)
+        if part is None:
+            return None
+        memo = ("item0", id(alt), taken)
+        f = self._allowed.get(memo)
+        if f is None:
+            keys = frozenset(k for k in taken if k[0] == COMPOUND)
+            alive = []
+            for k in sorted(keys):
+                cm = self._const_machine(k)
+                if cm is not None:
+                    alive.append((k, cm.initial))
+            f = self._allowed[memo] = (T_U, alt, m.initial, "", tuple(alive), keys)
+        return f
+
+    def _compound_start_cost(self, alt: Alt, taken: frozenset) -> int | None:
+        """Cheapest array or object item of ``alt`` that repeats none in ``taken`` (None: there is none)."""
+        f0 = self._item_frame(alt, taken)
+        return None if f0 is None else self.frame_cost(f0)
+
+    def _step_item(self, f: tuple, c: int) -> tuple[tuple | None, tuple | None]:
+        """U frame ``f`` after character ``c``: ``(next frame, None)`` while the item goes on, ``(None, key)`` when
+        ``c`` finished it and it repeats no earlier item, ``(None, None)`` when ``c`` is refused."""
+        _, alt, sub, text, alive, taken = f
+        m = self._compound_part(alt)[1]
+        ns = m.step_char(sub[0], c)
+        if ns is None:
+            return None, None
+        still = []
+        for k, cs in alive:
+            cm = self._const_machine(k)
+            n2 = None if cm is None else cm.step_char(cs[0], c)
+            if n2 is not None:  # (no cost test: an exponent, which the mask never writes, has none, yet is exact)
+                still.append((k, n2))
+        text += chr(c)
+        if m.accepting(ns):  # the closing bracket of the item (a U frame starts at "[" or "{")
+            key = compound_key(text)
+            if key in taken or any(self._const_machine(k).accepting(cs) for k, cs in still):
+                return None, None  # equal to an earlier item
+            return None, key
+        return (T_U, alt, ns, text, tuple(still), taken), None
+
+    def _item_cost_after(self, f: tuple, c: int) -> int | None:
+        """Bytes to finish U frame ``f``'s item after character ``c`` (the item then repeats no earlier one)."""
+        frame, key = self._step_item(f, c)
+        if key is not None:
+            return 0
+        return None if frame is None else self.frame_cost(frame)
+
+    def _risky(self, f: tuple) -> CharSet:
+        """Characters after which U frame ``f``'s item may still equal an earlier one; after any other, it differs
+        from all of them. A ``const`` machine's mask is exact but for numbers, which the reader compares as floats
+        when they end: a plain decimal of at most 15 digits is one float and no other such decimal is (so it
+        equals a value exactly when the mask says), but from ``_ROUNDING_DIGITS`` digits on, or with an exponent
+        (which only fed text has), ``0.99999999999999999`` is 1: there every character that may go on with or end
+        the number is risky."""
+        memo = ("risky", f[4])
+        out = self._allowed.get(memo)
+        if out is None:
+            sets = set()
+            for k, cs in f[4]:
+                sets.add(self._const_machine(k).allowed(cs))
+                for st in cs[0]:
+                    g = st.frame
+                    if g[0] == T_N and (g[5] is not None or len(g[3]) + len(g[4] or "") >= _ROUNDING_DIGITS):
+                        sets.add(_NUMBER_CHARS | _NUMBER_ENDS)
+                        break
+            out = self._allowed[memo] = CharSet([r for cs in sets for r in cs.ranges])  # one union of the sets
+        return out
+
+    def _item_allowed(self, f: tuple) -> CharSet:
+        m = self._compound_part(f[1])[1]
+        out = m.allowed(f[2])
+        if not f[4]:
+            return out
+        for a, b in (out & self._risky(f)).ranges:
+            for cp in range(a, b + 1):
+                if not self._fresh_after(m, f, cp):
+                    out = out - CharSet([(cp, cp)])
+        return out
+
+    def _fresh_after(self, m: Machine, f: tuple, c: int) -> bool:
+        """Whether U frame ``f``'s item can still end as a new item after character ``c``: at once when ``c`` ends
+        it, leaves nothing to repeat, or is followed by a character that does (the cost comes when asked)."""
+        frame, key = self._step_item(f, c)
+        if key is not None:
+            return True
+        if frame is None or m.cost(frame[2]) is None:
+            return False
+        if not frame[4] or self._killer_cost(m, frame[2], m.allowed(frame[2]) & self._risky(frame)) is not None:
+            return True
+        return self.frame_cost(frame) is not None
+
+    def _abstract(self, stacks: tuple) -> tuple[tuple, int]:
+        """``stacks`` of an item machine without the texts of the U frames inside them (the text only names a
+        finished item's value: states alike but for it finish alike), and the most digits of a number in them."""
+        out = []
+        digits = 0
+        for st in stacks:
+            frames = []
+            while st is not None:
+                f = st.frame
+                if f[0] == T_U:
+                    inner, d = self._abstract(f[2][0])
+                    digits = max(digits, d)
+                    f = (T_U, f[1], inner, None, f[4], f[5])
+                elif f[0] == T_N:
+                    digits = max(digits, len(f[3]) + len(f[4] or "") + len(f[5] or ""))
+                frames.append((f, st.base))
+                st = st.parent
+            out.append(tuple(frames))
+        return tuple(out), digits
+
+    def _fresh_cost(self, f: tuple) -> int | None:
+        """Cheapest completion of U frame ``f``'s item that equals no earlier item (None: none found).
+
+        A* over U frames; the heuristic is the item machine's own cost, which ignores repeats (admissible and
+        consistent). From each frame it follows every risky character (:meth:`_risky`: a few per state) and costs
+        all the others at once (:meth:`_killer_cost`): after those no earlier item can be repeated, so the item
+        machine's cost is the rest. Frames that differ only in text are one node (whitespace between tokens and
+        escapes lead nowhere new). The costs found are exact over these paths and satisfy ``cost(f) = bytes(c) +
+        cost(f after c)`` along them, so the mask, the budget and the shortest completion can follow them. A path
+        through a number of more than ``_FRESH_NUMBER_DIGITS`` digits is not followed (``1.000...`` may still
+        equal 1, endlessly), and the search stops after ``_FRESH_SEARCH_LIMIT`` frames: either way a fresh
+        completion may be missed (the mask then refuses it), never a repeat allowed."""
+        m = self._compound_part(f[1])[1]
+        h0 = m.cost(f[2])
+        if h0 is None or not f[4]:
+            return h0
+        # most often the item machine's own cheapest completion is already a new item: its cost is then exact
+        rest = m.shortest_completion(f[2])
+        if rest is not None and compound_key(f[3] + rest.decode("utf-8")) not in f[5]:
+            return h0
+        key0 = (self._abstract(f[2][0])[0], f[4])
+        memo = ("fresh", id(f[1]), key0, f[5])
+        try:
+            return self._allowed[memo]
+        except KeyError:
+            pass
+        r = self._fresh_search(m, f, h0, key0)
+        if len(self._allowed) > _MEMO_LIMIT:
+            self._allowed.clear()
+        self._allowed[memo] = r
+        return r
+
+    def _fresh_search(self, m: Machine, f: tuple, h0: int, key0: tuple) -> int | None:
+        heap: list = [(h0, 0, 0, f)]
+        best_g = {key0: 0}
+        tick = 0
+        expanded = 0
+        while heap:
+            total, _, g, fr = heapq.heappop(heap)
+            if fr is None:
+                return total  # a finished, fresh item or a frame that can no longer repeat
+            if best_g.get((self._abstract(fr[2][0])[0], fr[4]), -1) < g:
+                continue
+            expanded += 1
+            if expanded > _FRESH_SEARCH_LIMIT:
+                return None
+            risky = m.allowed(fr[2]) & self._risky(fr)
+            c = self._killer_cost(m, fr[2], risky)
+            if c is not None:
+                if g + c == total:  # as cheap as the heuristic allows here: nothing left in the heap is cheaper
+                    return total
+                tick += 1
+                heapq.heappush(heap, (g + c, tick, g + c, None))
+            for a, b in risky.ranges:
+                for cp in range(a, b + 1):
+                    nf, key = self._step_item(fr, cp)
+                    g2 = g + utf8_len(cp)
+                    tick += 1
+                    if key is not None:
+                        heapq.heappush(heap, (g2, tick, g2, None))
+                        continue
+                    if nf is None:
+                        continue
+                    h = m.cost(nf[2])
+                    if h is None:
+                        continue
+                    if not nf[4]:
+                        heapq.heappush(heap, (g2 + h, tick, g2 + h, None))
+                        continue
+                    abstract, digits = self._abstract(nf[2][0])
+                    k2 = (abstract, nf[4])
+                    if digits > _FRESH_NUMBER_DIGITS or best_g.get(k2, g2 + 1) <= g2:
+                        continue
+                    best_g[k2] = g2
+                    heapq.heappush(heap, (g2 + h, tick, g2, nf))
+        return None
+
+    def _killer_cost(self, m: Machine, sub: RecState, risky: CharSet) -> int | None:
+        """Cheapest finish of an item machine state after a character outside ``risky`` (that character's bytes
+        included): from the machine's own cost table, exactly."""
+        risky_bits = allowed_bytes(risky, b"") & _ASCII_BITS
+        best = None
+        for st in sub[0]:
+            for d, mask in m._delta_table(st):
+                total = 1 + d + st.base
+                if best is not None and total >= best:
+                    continue
+                if mask & _ASCII_BITS & ~risky_bits:
+                    best = total
+                    continue
+                for lead, iv in _LEADS:  # a multi-byte character: exact unless a risky one shares its lead byte
+                    if not (mask >> lead) & 1:
+                        continue
+                    if not risky.intersects(*iv):
+                        best = total
+                        break
+                    for a, b in (CharSet([iv]) - risky).ranges:
+                        c = m._stacks_cost_range((st,), a, b)
+                        if c is not None and (best is None or utf8_needed(lead) + c < best):
+                            best = utf8_needed(lead) + c
+        return best
 
     @staticmethod
     def _item_done(parent: Stack, key: tuple) -> Stack:
@@ -354,6 +640,8 @@ class Machine:
     def in_string(self, state: RecState) -> bool:
         for st in state[0]:
             f = st.frame
+            if f[0] == T_U:
+                return self._compound_part(f[1])[1].in_string(f[2])
             return f[0] == T_S or (f[0] == T_O and f[2] == O_KEY)
         return False
 
@@ -410,6 +698,11 @@ class Machine:
                     else:
                         for x in self._items(alt, taken):
                             out = out | x.first
+                        f0 = self._item_frame(alt, taken)
+                        if f0 is not None:  # "[" / "{" only if an item starting so can still be a new one
+                            for ch in (0x5B, 0x7B):
+                                if self._item_cost_after(f0, ch) is not None:
+                                    out = out | CharSet([(ch, ch)])
             return out
         if tag == T_O:
             _, s, phase, seen, key, esc = f
@@ -426,6 +719,8 @@ class Machine:
             if _closable(obj, seen):
                 chars.append("}")
             return WS | CharSet.of(*chars)
+        if tag == T_U:
+            return self._item_allowed(f)
         return WS
 
     def _number_allowed(self, st: Stack) -> CharSet:
@@ -491,7 +786,11 @@ class Machine:
                     if taken is None:
                         c = alt.min_cost
                     else:
-                        c = min((x.min_cost for x in self._items(alt, taken)), default=None)
+                        costs = [x.min_cost for x in self._items(alt, taken)]
+                        compound = self._compound_start_cost(alt, taken)
+                        if compound is not None:
+                            costs.append(compound)
+                        c = min(costs, default=None)
                     r = arr.rest_cost(i + 1, False, after_count)
                     if c is not None and r is not None and (best is None or c + r < best):
                         best = c + r
@@ -510,6 +809,8 @@ class Machine:
                 c = keymachine(obj, seen).m_cost("")
                 return None if c is None else 1 + c
             return obj.rest_cost(seen, phase == O_START)
+        if tag == T_U:
+            return self._fresh_cost(f)
         return 0
 
     def cost(self, state: RecState) -> int | None:
@@ -518,22 +819,48 @@ class Machine:
         best = None
         if pending:
             lo, hi = utf8_prefix_interval(pending)
-            rest = utf8_needed(pending[0]) - len(pending)
-            for st in stacks:
-                f = st.frame
-                if f[0] == T_S:
-                    c = lex_cost_range(f[1], (f[2], f[3]), f[4], lo, hi)
-                elif f[0] == T_O and f[2] == O_KEY:
-                    c = lex_cost_range(keymachine(f[1].obj, f[3]), f[4], f[5], lo, hi)
-                else:
-                    c = None
-                if c is not None and (best is None or rest + c + st.base < best):
-                    best = rest + c + st.base
-            return best
+            c = self._stacks_cost_range(stacks, lo, hi)
+            return None if c is None else utf8_needed(pending[0]) - len(pending) + c
         for st in stacks:
             c = self.frame_cost(st.frame)
             if c is not None and (best is None or c + st.base < best):
                 best = c + st.base
+        return best
+
+    def _stacks_cost_range(self, stacks: tuple, lo: int, hi: int) -> int | None:
+        """Cheapest completion after some character in ``lo..hi`` (a multi-byte character begun), not counting
+        that character: only strings and names may hold one."""
+        best = None
+        for st in stacks:
+            f = st.frame
+            if f[0] == T_S:
+                c = lex_cost_range(f[1], (f[2], f[3]), f[4], lo, hi)
+            elif f[0] == T_O and f[2] == O_KEY:
+                c = lex_cost_range(keymachine(f[1].obj, f[3]), f[4], f[5], lo, hi)
+            elif f[0] == T_U:
+                c = self._item_cost_range(f, lo, hi)
+            else:
+                c = None
+            if c is not None and (best is None or c + st.base < best):
+                best = c + st.base
+        return best
+
+    def _item_cost_range(self, f: tuple, lo: int, hi: int) -> int | None:
+        """:meth:`_stacks_cost_range` of a U frame: each risky character in ``lo..hi`` exactly, the others by the
+        item machine's own cost (after them no earlier item can be repeated)."""
+        m = self._compound_part(f[1])[1]
+        span = CharSet([(lo, hi)])
+        risky = m.allowed(f[2]) & self._risky(f) & span if f[4] else EMPTY
+        best = None
+        for a, b in risky.ranges:
+            for cp in range(a, b + 1):
+                c = self._item_cost_after(f, cp)
+                if c is not None and (best is None or c < best):
+                    best = c
+        for a, b in (span - risky).ranges:
+            c = m._stacks_cost_range(f[2][0], a, b)
+            if c is not None and (best is None or c < best):
+                best = c
         return best
 
     # budget ------------------------------------------------------------------------------------------
@@ -709,12 +1036,8 @@ def _candidates(cs: CharSet, state: RecState):
     """Characters worth trying when building a shortest completion: all ASCII members, then samples."""
     for a, b in cs.ranges:
         yield from range(a, min(b, 0x7F) + 1)
-    starts = set()
-    for st in state[0]:
-        f = st.frame
-        if f[0] == T_S and f[1].dfa is not None:
-            for lo, _, _ in f[1].dfa.trans[f[2]]:
-                starts.add(lo)
+    starts: set[int] = set()
+    _string_starts(state[0], starts)
     for a, b in cs.ranges:
         if b < 0x80:
             continue
@@ -726,6 +1049,23 @@ def _candidates(cs: CharSet, state: RecState):
         for lo in sorted(starts):
             if a <= lo <= b:
                 yield lo
+
+
+def _string_starts(stacks: tuple, out: set[int]) -> None:
+    """Characters a shortest completion may need beyond the samples of a range: the first character of each
+    transition of the string automata on top of ``stacks``, the next characters of the declared names being
+    written (``"prénom"``), and the same inside U frames."""
+    for st in stacks:
+        f = st.frame
+        if f[0] == T_S and f[1].dfa is not None:
+            for lo, _, _ in f[1].dfa.trans[f[2]]:
+                out.add(lo)
+        elif f[0] == T_O and f[2] == O_KEY and f[5] == 0:
+            km = keymachine(f[1].obj, f[3])
+            if isinstance(km, KeyMachine):
+                out.update(km.special_next(f[4]))
+        elif f[0] == T_U:
+            _string_starts(f[2][0], out)
 
 
 def keymachine(obj, seen: frozenset) -> KeyMachine | PatternKeyMachine:

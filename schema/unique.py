@@ -1,5 +1,4 @@
-"""``uniqueItems``: arrays whose items are scalars (strings, numbers, booleans, null), each item different from the
-ones before it.
+"""``uniqueItems``: arrays whose items are each different from the ones before it.
 
 The array frame of the recogniser carries the set of items written so far (:func:`item_key` values: JSON equality,
 so ``1`` and ``1.0`` are the same item and ``true`` is not ``1``). Each new item runs on :func:`restricted`, its node
@@ -8,17 +7,28 @@ through :class:`ExcludingStrings`, a string machine that refuses to *end* on a u
 around them (an A* search over the string automaton, :func:`cheapest_strings`). So the mask never lets a repeated
 item be finished, and never lets a comma open an item that no longer has a value left.
 
-Arrays and objects as items, and ``minItems`` above 1 (closing would then need several *different* items, whose
-cheapest set this engine does not cost) are refused at compile time.
+Arrays and objects as items (:func:`compound_key`, :func:`compound_only`): the recogniser runs such an item on a
+machine of its own (the item node cut down to its array and object alternatives), keeps the item's text, and runs
+beside it, for every array or object already written, a machine of ``{"const": that value}``: while one of those
+can still accept the text, the item may still turn out a repeat. The item is refused when it ends equal to one of
+them, and a character is masked out when every completion after it would be a repeat (an A* search for the
+cheapest completion that no ``const`` machine accepts: the recogniser's ``_fresh_cost``). The ``const`` machines
+give JSON equality in every spelling (key order, ``1`` / ``1.0``, escapes, whitespace).
+
+``minItems`` above 1 (closing would then need several *different* items, whose cheapest set this engine does not
+cost) is refused at compile time.
 """
 
 from __future__ import annotations
+
+import json
 
 from .automaton import cheapest_strings
 from .charset import UNIVERSE, CharSet
 from .keys import next_chars
 
 NULL_KEY = ("null",)
+COMPOUND = "c"  # the kind of an array or object item's key: (COMPOUND, canonical form)
 
 
 def item_key(kind: str, value) -> tuple:
@@ -30,6 +40,55 @@ def item_key(kind: str, value) -> tuple:
     if kind == "literal":
         return NULL_KEY if value is None else ("b", value)
     raise ValueError(kind)
+
+
+def compound_key(text: str) -> tuple:
+    """The identity of a finished array or object item (its JSON text) under JSON equality, as a flat string (deep
+    items compare and hash without recursion): keys sorted, ``1`` / ``1.0`` / ``1e0`` one number, ``true`` not
+    ``1`` (as the reference validator's ``equal``)."""
+    value = json.loads(text, parse_float=_float)
+    return (COMPOUND, json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+
+
+def _float(text: str):
+    f = float(text)
+    return int(f) if f.is_integer() else f  # an integral float is that integer (1.0 == 1, 1e20 == 10**20)
+
+
+def key_value(key: tuple):
+    """The JSON value of a :func:`compound_key`."""
+    return json.loads(key[1])
+
+
+def compound_only(alt, make_alt, make_simple):
+    """``alt`` cut down to its array and object alternatives (None: it has none): the node an array or object item
+    runs on, apart from its scalar alternatives (those are :func:`restricted`). ``make_alt(key, path)`` and
+    ``make_simple(path)`` build empty nodes."""
+    from .compiler import ARR, OBJ, _first_chars
+
+    simples = []
+    for s in alt.simples:
+        kc = {k: v for k, v in s.kind_cost.items() if k in (ARR, OBJ)}
+        if not kc:
+            continue
+        out = make_simple(s.path)
+        out.id = -1
+        out.arr = s.arr if ARR in kc else None
+        out.obj = s.obj if OBJ in kc else None
+        out.kind_cost = kc
+        out.min_cost = min(kc.values())
+        out.first = _first_chars(out)
+        simples.append(out)
+    if not simples:
+        return None
+    out_alt = make_alt(alt.key, alt.path)
+    out_alt.simples = tuple(simples)
+    out_alt.min_cost = min(x.min_cost for x in simples)
+    first = simples[0].first
+    for x in simples[1:]:
+        first = first | x.first
+    out_alt.first = first
+    return out_alt
 
 
 def number_value(neg: bool, ip: str, fr: str | None, ex: str | None):

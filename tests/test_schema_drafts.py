@@ -107,14 +107,20 @@ def test_draft_detection_and_refusals():
     assert (e.value.keyword, e.value.path) == ("propertyNames", "#/dependencies/c/propertyNames")
     compiled = compile_schema({"$schema": D7, "dependencies": {"c": {"required": ["d"]}}})
     assert compiled.accepts('{"c": 1, "d": 2}') and not compiled.accepts('{"c": 1}') and compiled.accepts('{"d": 0}')
-    nested = {"$schema": D4, "items": [{"type": "integer"}, {"properties": {"a": {"uniqueItems": True}}}]}
+    nested = {
+        "$schema": D4,
+        "items": [{"type": "integer"}, {"properties": {"a": {"uniqueItems": True, "minItems": 2}}}],
+    }
     with pytest.raises(UnsupportedSchemaError) as e:
         compile_schema(nested)
     assert (e.value.keyword, e.value.path) == ("uniqueItems", "#/items/1/properties/a")
     with pytest.raises(UnsupportedSchemaError) as e:
-        compile_schema({"$schema": D7, "items": [{}], "additionalItems": {"uniqueItems": True}})
+        compile_schema({"$schema": D7, "items": [{}], "additionalItems": {"uniqueItems": True, "minItems": 2}})
     assert (e.value.keyword, e.value.path) == ("uniqueItems", "#/additionalItems")
-    nested = {"$schema": D7, "items": [{"items": [{"contains": {"type": "string"}, "uniqueItems": True}]}]}
+    nested = {
+        "$schema": D7,
+        "items": [{"items": [{"contains": {"type": "string"}, "uniqueItems": True, "minItems": 2}]}],
+    }
     with pytest.raises(UnsupportedSchemaError) as e:
         compile_schema(nested)
     assert e.value.path == "#/items/0/items/0"  # nested renames undone all the way up

@@ -134,6 +134,19 @@ def check_valid(schema, data: bytes, formats: str = "assert") -> None:
     jsonschema.Draft202012Validator(schema, format_checker=checker).validate(value)
 
 
+def check_generation(schemas: list, *, seed: int, max_new: int) -> None:
+    """Random-logit generation under each schema is valid with and without a whitespace bias, and at the shortest
+    possible budget it fills that budget exactly."""
+    for ws_bias in (0.0, 6.0):
+        for schema, data in zip(schemas, generate(schemas, seed=seed, max_new=max_new, ws_bias=ws_bias)):
+            check_valid(schema, data)
+    for schema in schemas:
+        budget = compile_schema(schema).min_chars
+        (data,) = generate([schema], seed=seed, max_new=budget)
+        check_valid(schema, data)
+        assert len(data) == budget
+
+
 def _suite_schemas() -> list:
     out = []
     for path in sorted(DRAFT.glob("*.json")):

@@ -54,7 +54,7 @@ def test_fit_then_predict_gives_only_valid_json_and_reports_bad_schemas(scenes, 
         {
             **records[0],
             "id": "unsupported",
-            "schema": {"type": "array", "items": {"type": "object"}, "uniqueItems": True},
+            "schema": {"type": "array", "items": {"type": "object"}, "uniqueItems": True, "minItems": 2},
         }
     )
     records.append({**records[0], "id": "unsatisfiable", "schema": {"type": "integer", "minimum": 3, "maximum": 2}})

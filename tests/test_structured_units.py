@@ -32,7 +32,7 @@ def reference_valid(schema, value) -> bool:
     [
         ({"properties": {"a": {"multipleOf": 0.01, "minimum": 1, "maximum": 2}}}, "multipleOf", "#/properties/a"),
         ({"not": {"multipleOf": 2}}, "multipleOf", "#/not"),
-        ({"items": {"uniqueItems": True}}, "uniqueItems", "#/items"),
+        ({"items": {"uniqueItems": True, "minItems": 2}}, "uniqueItems", "#/items"),
         (
             {"$defs": {"x": {"contains": {"uniqueItems": True}}}, "$ref": "#/$defs/x"},
             "uniqueItems",
