@@ -77,8 +77,11 @@ class MoETimer:
             h.remove()
 
 
-def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = None) -> dict:
-    """Accuracy and routed experts per generated token (overall, per answer type, as a histogram) of one pass."""
+def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = None, task: str = "vqa") -> dict:
+    """Accuracy and routed experts per generated token (overall, per answer type, as a histogram) of one pass.
+
+    ``task="caption"``: greedy captions of up to 64 bytes, and ``accuracy`` is BLEU-4 in points (x100) with
+    ``cider_d`` beside it (no answer types)."""
     from omnifuse.app.predictor import Predictor
     from omnifuse.app.score import score_records
     from omnifuse.data.records import read_manifest
@@ -86,7 +89,8 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
 
     records = [r for r in read_manifest(manifest) if not isinstance(r, Exception)][:limit]
     inputs = [{"id": r.id, "task": r.task, "image": str(r.image), "text": r.text} for r in records]
-    predictor = Predictor(model, generation=GenerationConfig(max_new_tokens=12), batch_size=64, image_size=64)
+    max_new = 12 if task == "vqa" else 64  # the longest caption reference is 74 bytes, the longest target 52
+    predictor = Predictor(model, generation=GenerationConfig(max_new_tokens=max_new), batch_size=64, image_size=64)
     timer = MoETimer(predictor.model) if timed else None
     start = time.perf_counter()
     out = predictor.predict(inputs)
@@ -96,6 +100,13 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
     rows = {row["id"]: row for row in out["predictions"]}
     kinds = {r.id: r.meta.get("answer_type", "other") for r in records}
     result: dict = {"errors": len(out["errors"]), "wall_s": wall, "moe_s": timer.seconds if timer else None}
+    if task == "caption":
+        scores = score_records(
+            "caption", [r for r in records if r.id in rows], {i: rows[i]["prediction"] for i in rows}
+        )
+        result["accuracy"], result["cider_d"] = 100 * scores["bleu4"], scores["cider_d"]
+        kinds = {r.id: "all" for r in records}
+        return _depth(result, rows, kinds)
     result["accuracy"] = (
         100
         * score_records("vqa", [r for r in records if r.id in rows], {i: rows[i]["prediction"] for i in rows})[
@@ -107,6 +118,11 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
         if subset:
             preds = {r.id: rows[r.id]["prediction"] for r in subset}
             result[f"accuracy/{kind}"] = 100 * score_records("vqa", subset, preds)["vqa_accuracy"]
+    return _depth(result, rows, kinds)
+
+
+def _depth(result: dict, rows: dict, kinds: dict) -> dict:
+    """``result`` with the routed experts and MoE layers each generated token used (overall and per kind)."""
     per_kind: dict[str, list[int]] = defaultdict(list)  # routed experts of each (generated token, MoE layer)
     depth: dict[str, list[int]] = defaultdict(list)  # MoE layers each generated token ran (early exit skips some)
     for rid, row in rows.items():
@@ -130,7 +146,9 @@ def choose_on_validation(val: dict, candidates: list, cost: str, max_drop: float
     """The candidate setting with the lowest median ``cost`` (e.g. experts per token) among those whose validation
     accuracy is within ``max_drop`` points of the baseline (key None) on every checkpoint; None if there is none."""
     n = len(val[None])
-    fine = [c for c in candidates if all(val[c][i]["accuracy"] >= val[None][i]["accuracy"] - max_drop for i in range(n))]
+    fine = [
+        c for c in candidates if all(val[c][i]["accuracy"] >= val[None][i]["accuracy"] - max_drop for i in range(n))
+    ]
     return min(fine, key=lambda c: statistics.median(r[cost] for r in val[c])) if fine else None
 
 
@@ -163,7 +181,9 @@ def main(argv: list[str] | None = None) -> None:
             for p, path in ((None, base), (OWN, ckpt)):
                 val[p].append(evaluate(build(Path(path), p), Path(args.val), limit=args.limit))
                 r = val[p][-1]
-                print(f"pair {n} val {label[p]} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f}", flush=True)
+                print(
+                    f"pair {n} val {label[p]} acc {r['accuracy']:.2f} experts/token {r['experts/all']:.3f}", flush=True
+                )
     else:
         for n, ckpt in enumerate(args.ckpts):
             for p in settings:

@@ -6,8 +6,15 @@
     python benchmarks/early_exit.py --ckpts runs/early_exit/seed_{0,1,2}/version_0/checkpoints/best.ckpt \\
         [--thresholds 0.9 0.99 0.999] [--max-drop 0.3]
 
+The caption model (``--task caption``: greedy captions, BLEU-4 in points as the accuracy, CIDEr-D beside it):
+
+    omnifuse fit --config configs/easyvqa_caption.yaml --seed_everything N --trainer.max_epochs 8 \\
+        --trainer.default_root_dir runs/early_exit_caption/seed_N --model.init_args.decoder.n_layers 4 \\
+        --model.init_args.decoder.exit_layers [1,2] --model.init_args.decoder.exit_loss_coef 0.5
+    python benchmarks/early_exit.py --task caption --ckpts runs/early_exit_caption/seed_{0,1,2}/version_0/checkpoints/best.ckpt
+
 Each checkpoint is rebuilt with ``decoder.exit_threshold`` set (what ``--model.init_args.decoder.exit_threshold T`` on
-``omnifuse predict`` does) and run by the batch job (batch 64, greedy, 12 new tokens): on the validation split for
+``omnifuse predict`` does) and run by the batch job (batch 64, greedy, 12 new tokens; captions 64): on the validation split for
 every threshold (accuracy, MoE layers run per generated token), the threshold chosen there (fewest layers within
 ``--max-drop`` points of the full depth on every checkpoint), then on the test split the full depth and the chosen
 threshold timed alternately (records/s of the whole pass and generated tokens/s). Prints one table with the median and
@@ -29,28 +36,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpts", nargs="+", required=True, help="checkpoints trained with decoder.exit_layers")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.99, 0.999])
     parser.add_argument("--max-drop", type=float, default=0.3, help="validation points a threshold may lose")
-    parser.add_argument("--val", default="datasets/easyvqa/vqa_val.jsonl")
-    parser.add_argument("--test", default="datasets/easyvqa/vqa_test.jsonl")
+    parser.add_argument("--task", default="vqa", choices=("vqa", "caption"),
+                        help="caption: greedy captions, BLEU-4 (points) as the accuracy, CIDEr-D beside it")  # fmt: skip
+    parser.add_argument("--val", default=None, help="default: datasets/easyvqa/<task>_val.jsonl")
+    parser.add_argument("--test", default=None, help="default: datasets/easyvqa/<task>_test.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="the first N records of each split (a quick look)")
     args = parser.parse_args(argv)
+    args.val = args.val or f"datasets/easyvqa/{args.task}_val.jsonl"
+    args.test = args.test or f"datasets/easyvqa/{args.task}_test.jsonl"
+    kinds = ANSWER_TYPES if args.task == "vqa" else ()
     settings: list[float | None] = [None, *args.thresholds]
     label = {t: ("full depth" if t is None else f"exit at {t:g}") for t in settings}
 
     val: dict[float | None, list[dict]] = defaultdict(list)
     for n, ckpt in enumerate(args.ckpts):
         for t in settings:
-            r = evaluate(build(Path(ckpt), exit_threshold=t), Path(args.val), limit=args.limit)
+            r = evaluate(build(Path(ckpt), exit_threshold=t), Path(args.val), limit=args.limit, task=args.task)
             val[t].append(r)
-            print(f"checkpoint {n} val {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f}", flush=True)
+            print(
+                f"checkpoint {n} val {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f}",
+                flush=True,
+            )
     chosen = choose_on_validation(val, args.thresholds, "layers/all", args.max_drop)
     print(f"chosen on validation: {label[chosen] if chosen is not None else 'none within the limit'}", flush=True)
 
     test: dict[float | None, list[dict]] = defaultdict(list)
     for n, ckpt in enumerate(args.ckpts):
         models = {t: build(Path(ckpt), exit_threshold=t) for t in dict.fromkeys([None, chosen])}
-        evaluate(models[None], Path(args.val), limit=args.limit)  # warm-up
-        for t in (list(models) if n % 2 == 0 else list(reversed(models))):
-            r = evaluate(models[t], Path(args.test), limit=args.limit)
+        evaluate(models[None], Path(args.val), limit=args.limit, task=args.task)  # warm-up
+        for t in list(models) if n % 2 == 0 else list(reversed(models)):
+            r = evaluate(models[t], Path(args.test), limit=args.limit, task=args.task)
             r["tokens_s"] = r["tokens"] / r["wall_s"]
             test[t].append(r)
             print(f"checkpoint {n} test {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f} "
@@ -61,11 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         return f"{statistics.median(values):7.2f} / {worst(values):6.2f}" if values else "-"
 
     print(f"\nearly exit, {len(args.ckpts)} checkpoints (median / worst); threshold chosen on {args.val}")
-    print(f"{'split':5s} {'setting':14s} {'accuracy %':>16s} {'layers/token':>16s} " + " ".join(f"{'layers ' + k:>13s}" for k in ANSWER_TYPES))
+    metric = "accuracy %" if args.task == "vqa" else "BLEU-4 x100"
+    extra = " ".join(f"{'layers ' + k:>13s}" for k in kinds) if kinds else f"{'CIDEr-D':>16s}"
+    print(f"{'split':5s} {'setting':14s} {metric:>16s} {'layers/token':>16s} " + extra)
     for split, table in (("val", val), ("test", test)):
         for t, rows in table.items():
             print(f"{split:5s} {label[t]:14s} {mw(rows, 'accuracy')} {mw(rows, 'layers/all', max)} "
-                  + " ".join(f"{statistics.median(r.get(f'layers/{k}', 0.0) for r in rows):13.3f}" for k in ANSWER_TYPES))  # fmt: skip
+                  + (" ".join(f"{statistics.median(r.get(f'layers/{k}', 0.0) for r in rows):13.3f}" for k in kinds)
+                     if kinds else mw(rows, "cider_d")))  # fmt: skip
     if chosen is not None:
         speed = [a["tokens_s"] / b["tokens_s"] for a, b in zip(test[chosen], test[None], strict=True)]
         drop = [b["accuracy"] - a["accuracy"] for a, b in zip(test[chosen], test[None], strict=True)]
