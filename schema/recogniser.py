@@ -278,14 +278,14 @@ class Machine:
             return [st]
         if phase == A_AFTER:
             if c == 0x2C:
-                ok = self._can_add(s, i, taken, count)
+                ok = self._can_add(s, i, taken, count, fed=True)
                 return [Stack((T_A, s, A_COMMA, i, taken, count), st.parent, st.base)] if ok else []
             if c == 0x5D:
                 return [st.parent] if arr.closable(i, count) else []
             return []
         if phase == A_START and c == 0x5D:
             return [st.parent] if arr.closable(0, count) else []
-        if not self._can_add(s, i, taken, count):
+        if not self._can_add(s, i, taken, count, fed=True):
             return []
         out = []
         for alt, after_count in arr.branches(i, count):  # contains: a matching and a non-matching run
@@ -315,14 +315,23 @@ class Machine:
             self._allowed[key] = r  # (alt lives as long as the compiled graph: its id stays its own)
         return r
 
-    def _can_add(self, s: Simple, i: int, taken: frozenset | None, count: int) -> bool:
+    def _can_add(self, s: Simple, i: int, taken: frozenset | None, count: int, fed: bool = False) -> bool:
+        """Whether another item may come. For the mask (and costs) an array or object item must be able to end as
+        a new item; text being fed only needs such items to exist (a repeat is refused where it ends)."""
         arr = s.arr
         if not arr.can_add(i, count):
             return False
         if taken is None:
             return True
         return any(
-            (self._items(alt, taken) or self._compound_start_cost(alt, taken) is not None)
+            (
+                self._items(alt, taken)
+                or (
+                    self._compound_part(alt)[0] is not None
+                    if fed
+                    else self._compound_start_cost(alt, taken) is not None
+                )
+            )
             and arr.rest_cost(i + 1, False, c) is not None
             for alt, c in arr.branches(i, count)
         )
@@ -374,9 +383,10 @@ class Machine:
         return f
 
     def _compound_start_cost(self, alt: Alt, taken: frozenset) -> int | None:
-        """Cheapest array or object item of ``alt`` that repeats none in ``taken`` (None: there is none)."""
+        """Cheapest array or object item of ``alt`` that repeats none in ``taken`` (None: there is none, or the mask
+        will not start one: see :func:`_untracked`)."""
         f0 = self._item_frame(alt, taken)
-        return None if f0 is None else self.frame_cost(f0)
+        return None if f0 is None or _untracked(f0) else self.frame_cost(f0)
 
     def _step_item(self, f: tuple, c: int) -> tuple[tuple | None, tuple | None]:
         """U frame ``f`` after character ``c``: ``(next frame, None)`` while the item goes on, ``(None, key)`` when
@@ -699,7 +709,7 @@ class Machine:
                         for x in self._items(alt, taken):
                             out = out | x.first
                         f0 = self._item_frame(alt, taken)
-                        if f0 is not None:  # "[" / "{" only if an item starting so can still be a new one
+                        if f0 is not None and not _untracked(f0):  # "[" / "{": only if it can end as a new item
                             for ch in (0x5B, 0x7B):
                                 if self._item_cost_after(f0, ch) is not None:
                                     out = out | CharSet([(ch, ch)])
@@ -1049,6 +1059,13 @@ def _candidates(cs: CharSet, state: RecState):
         for lo in sorted(starts):
             if a <= lo <= b:
                 yield lo
+
+
+def _untracked(f: tuple) -> bool:
+    """Whether U frame ``f`` (before its item starts) has an earlier item with no ``const`` machine (a number of 309+
+    digits reads as infinity; nesting 300+ deep): the mask could not steer around it, so it starts no array or
+    object item after one (feeding still judges such items exactly, by their keys)."""
+    return len(f[4]) < len(f[5])
 
 
 def _string_starts(stacks: tuple, out: set[int]) -> None:

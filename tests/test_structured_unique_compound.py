@@ -172,7 +172,8 @@ def test_exhausted_items_close_the_array() -> None:
     rec = compiled.recogniser()
     assert rec.feed('[[1, 2], {"a": [1.0]}, {"a" : 1e0}')
     assert rec.shortest_completion() == b"]"
-    assert not rec.copy().feed(",")
+    assert not rec.allowed_bytes() >> ord(",") & 1  # the mask offers no comma (fed, one is refused at the item)
+    assert not compiled.accepts('[[1, 2], {"a": [1.0]}, {"a" : 1e0}, [1,2]]')
     rec = compiled.recogniser()
     assert rec.feed('[[1,2],{"a":[1]},')  # one value left: the mask leads to it, and only to it
     assert rec.shortest_completion() == b'{"a":1}]'
@@ -319,3 +320,17 @@ def test_items_beyond_the_const_machines_are_still_judged() -> None:
     )
     deep = "[" * 500 + "]" * 500
     assert compiled.accepts(f"[{deep}, [{deep}]]") and not compiled.accepts(f"[{deep}, {deep}]")
+
+
+def test_after_an_item_without_a_const_machine_the_mask_starts_no_array_or_object() -> None:
+    """A number of 310 digits reads as infinity (no const machine holds it): fed text is still judged by keys, but
+    the mask, which could not steer around that item, starts no further array item, and closes instead."""
+    schema = {"type": "array", "uniqueItems": True, "items": {"type": "array", "items": {"type": "number"}}}
+    compiled = compile_schema(schema)
+    big = "1" + "0" * 309 + ".0"
+    assert compiled.accepts(f"[[{big}],[1]]") and not compiled.accepts(f"[[{big}],[{big}]]")
+    rec = compiled.recogniser()
+    assert rec.feed(f"[[{big}]")
+    mask = rec.allowed_bytes()
+    assert not mask >> ord(",") & 1 and mask >> ord("]") & 1
+    assert rec.shortest_completion() == b"]"
