@@ -134,6 +134,20 @@ def check_valid(schema, data: bytes, formats: str = "assert") -> None:
     jsonschema.Draft202012Validator(schema, format_checker=checker).validate(value)
 
 
+def check_verdicts(schema, values, spell) -> None:
+    """``compile_schema(schema).accepts`` agrees with the reference validator on each of ``values`` in every text
+    ``spell(value)`` gives, and both verdicts occur among them."""
+    compiled = compile_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    verdicts = set()
+    for value in values:
+        expected = validator.is_valid(value)
+        verdicts.add(expected)
+        for text in spell(value):
+            assert compiled.accepts(text) == expected, text
+    assert verdicts == {True, False}
+
+
 def check_generation(schemas: list, *, seed: int, max_new: int) -> None:
     """Random-logit generation under each schema is valid with and without a whitespace bias, and at the shortest
     possible budget it fills that budget exactly."""
