@@ -514,15 +514,15 @@ class Machine:
         return r
 
     def _fresh_search(self, m: Machine, f: tuple, h0: int, key0: tuple) -> int | None:
-        heap: list = [(h0, 0, 0, f)]
+        heap: list = [(h0, 0, 0, f, key0)]  # (f = g + h, tie-break, g, frame or None for a goal, frame's key)
         best_g = {key0: 0}
         tick = 0
         expanded = 0
         while heap:
-            total, _, g, fr = heapq.heappop(heap)
+            total, _, g, fr, k = heapq.heappop(heap)
             if fr is None:
                 return total  # a finished, fresh item or a frame that can no longer repeat
-            if best_g.get((self._abstract(fr[2][0])[0], fr[4]), -1) < g:
+            if best_g.get(k, -1) < g:
                 continue
             expanded += 1
             if expanded > _FRESH_SEARCH_LIMIT:
@@ -533,14 +533,14 @@ class Machine:
                 if g + c == total:  # as cheap as the heuristic allows here: nothing left in the heap is cheaper
                     return total
                 tick += 1
-                heapq.heappush(heap, (g + c, tick, g + c, None))
+                heapq.heappush(heap, (g + c, tick, g + c, None, None))
             for a, b in risky.ranges:
                 for cp in range(a, b + 1):
                     nf, key = self._step_item(fr, cp)
                     g2 = g + utf8_len(cp)
                     tick += 1
                     if key is not None:
-                        heapq.heappush(heap, (g2, tick, g2, None))
+                        heapq.heappush(heap, (g2, tick, g2, None, None))
                         continue
                     if nf is None:
                         continue
@@ -548,14 +548,14 @@ class Machine:
                     if h is None:
                         continue
                     if not nf[4]:
-                        heapq.heappush(heap, (g2 + h, tick, g2 + h, None))
+                        heapq.heappush(heap, (g2 + h, tick, g2 + h, None, None))
                         continue
                     abstract, digits = self._abstract(nf[2][0])
                     k2 = (abstract, nf[4])
                     if digits > _FRESH_NUMBER_DIGITS or best_g.get(k2, g2 + 1) <= g2:
                         continue
                     best_g[k2] = g2
-                    heapq.heappush(heap, (g2 + h, tick, g2, nf))
+                    heapq.heappush(heap, (g2 + h, tick, g2, nf, k2))
         return None
 
     def _killer_cost(self, m: Machine, sub: RecState, risky: CharSet) -> int | None:
