@@ -513,6 +513,7 @@ class Simple:
         "min_cost",
         "kind_cost",
         "first",
+        "value_key",
     )
 
     def __init__(self, path: str) -> None:
@@ -528,6 +529,9 @@ class Simple:
         self.min_cost: int | None = None
         self.kind_cost: dict[str, int] = {}
         self.first: CharSet = EMPTY
+        # an array / object node of one value (an enum member, a const): that value's unique.compound_key, so that
+        # a uniqueItems array can drop the node once the value is written instead of steering around it
+        self.value_key: tuple | None = None
 
     def __repr__(self) -> str:
         return f"Simple#{self.id}({self.path}, min={self.min_cost})"
@@ -1102,8 +1106,12 @@ class Compiler:
             for v in evals:
                 if (isinstance(v, list) and ARR in kinds) or (isinstance(v, dict) and OBJ in kinds):
                     synth = self.synth_const(v, f"{path}/enum")
+                    value_key = _value_key(v)
                     for flat2 in self._cross([stripped], self.expand(synth), path, "enum"):
-                        out.extend(self.merge(flat2))
+                        merged = self.merge(flat2)
+                        for m in merged:  # a conjunction with the const of v: at most v itself
+                            m.value_key = value_key
+                        out.extend(merged)
         return tuple(dict.fromkeys(out))
 
     def _matching(self, strings: tuple[str, ...], nfas: list, path: str) -> tuple[str, ...]:
@@ -1623,6 +1631,16 @@ def _contradictory(flat: frozenset) -> bool:
 _CONSTRAINING = (
     HANDLED | set(APPLICATORS) | ALWAYS_UNSUPPORTED | set(UNEVALUATED) | {"patternProperties", "propertyNames"}
 )
+
+
+def _value_key(value) -> tuple | None:
+    """The :func:`unique.compound_key` of an array or object from the schema (None: one JSON cannot spell)."""
+    from .unique import compound_key  # (unique imports this module)
+
+    try:
+        return compound_key(json.dumps(value, allow_nan=False))
+    except (ValueError, RecursionError):
+        return None
 
 
 def _enum_union(subs: list, overlap: bool):

@@ -146,6 +146,7 @@ class Machine:
         self._allowed: dict = {}
         self._compound: dict = {}  # id(item node) -> (its array / object part, the Machine running it)
         self._consts: dict = {}  # compound item key -> the Machine of {"const": that value}
+        self._reduced: dict = {}  # (id(item node), values written) -> its part without those enum members
         root_stack = Stack(ROOT_FRAME, None, 0)
         stacks = (Stack((T_V, root), root_stack, 0),) if root.min_cost is not None else ()
         self.initial = RecState((stacks, b""))
@@ -367,20 +368,47 @@ class Machine:
     def _item_frame(self, alt: Alt, taken: frozenset) -> tuple | None:
         """The U frame of an array or object item of ``alt`` before its first character (None: ``alt`` has no
         such alternative), every array or object in ``taken`` still a possible repeat."""
-        part, m = self._compound_part(alt)
+        part = self._compound_part(alt)[0]
         if part is None:
             return None
         memo = ("item0", id(alt), taken)
         f = self._allowed.get(memo)
         if f is None:
             keys = frozenset(k for k in taken if k[0] == COMPOUND)
-            alive = []
-            for k in sorted(keys):
-                cm = self._const_machine(k)
-                if cm is not None:
-                    alive.append((k, cm.initial))
-            f = self._allowed[memo] = (T_U, alt, m.initial, "", tuple(alive), keys)
-        return f
+            drop = frozenset(s.value_key for s in part.simples if s.value_key in keys)
+            node = self._without_values(alt, drop) if drop else alt
+            if node is None:
+                f = False  # every array or object the item may be is written already
+            else:
+                part, m = self._compound_part(node)
+                if all(s.value_key is not None for s in part.simples):
+                    # each node left is one value not written yet: no completion can repeat an item
+                    f = (T_U, node, m.initial, "", (), frozenset())
+                else:
+                    alive = []
+                    for k in sorted(keys):
+                        cm = self._const_machine(k)
+                        if cm is not None:
+                            alive.append((k, cm.initial))
+                    f = (T_U, node, m.initial, "", tuple(alive), keys)
+            self._allowed[memo] = f
+        return f or None
+
+    def _without_values(self, alt: Alt, drop: frozenset) -> Alt | None:
+        """``alt``'s array / object part without its single-value nodes whose values are in ``drop`` (None: nothing
+        left), registered so that :meth:`_compound_part` runs it on a Machine of its own."""
+        key = (id(alt), drop)
+        if key not in self._reduced:
+            if len(self._reduced) >= _CONST_MACHINES:  # a reduced node's id may be in memo keys: forget those too
+                for node in self._reduced.values():
+                    if node is not None:
+                        self._compound.pop(id(node), None)
+                self._reduced.clear()
+                self._allowed.clear()
+            node = self._reduced[key] = compound_only(alt, Alt, Simple, drop)
+            if node is not None:
+                self._compound[id(node)] = (node, Machine(node))
+        return self._reduced[key]
 
     def _compound_start_cost(self, alt: Alt, taken: frozenset) -> int | None:
         """Cheapest array or object item of ``alt`` that repeats none in ``taken`` (None: there is none, or the mask

@@ -60,22 +60,24 @@ def key_value(key: tuple):
     return json.loads(key[1])
 
 
-def compound_only(alt, make_alt, make_simple):
-    """``alt`` cut down to its array and object alternatives (None: it has none): the node an array or object item
-    runs on, apart from its scalar alternatives (those are :func:`restricted`). ``make_alt(key, path)`` and
-    ``make_simple(path)`` build empty nodes."""
+def compound_only(alt, make_alt, make_simple, drop: frozenset = frozenset()):
+    """``alt`` cut down to its array and object alternatives (None: it has none), less the nodes of a single value
+    (``Simple.value_key``: an enum member) whose key is in ``drop``: the node an array or object item runs on, apart
+    from its scalar alternatives (those are :func:`restricted`). ``make_alt(key, path)`` and ``make_simple(path)``
+    build empty nodes."""
     from .compiler import ARR, OBJ, _first_chars
 
     simples = []
     for s in alt.simples:
         kc = {k: v for k, v in s.kind_cost.items() if k in (ARR, OBJ)}
-        if not kc:
+        if not kc or (s.value_key is not None and s.value_key in drop):
             continue
         out = make_simple(s.path)
         out.id = -1
         out.arr = s.arr if ARR in kc else None
         out.obj = s.obj if OBJ in kc else None
         out.kind_cost = kc
+        out.value_key = s.value_key
         out.min_cost = min(kc.values())
         out.first = _first_chars(out)
         simples.append(out)
@@ -197,7 +199,7 @@ def restricted(simple, taken: frozenset, make_simple):
     out.id = -1
     out.null = simple.null and NULL_KEY not in taken
     out.bools = frozenset(b for b in simple.bools if ("b", b) not in taken)
-    out.arr, out.obj = simple.arr, simple.obj
+    out.arr, out.obj, out.value_key = simple.arr, simple.obj, simple.value_key
     numbers = tuple(v for kind, *rest in taken if kind == "n" for v in rest)
     out.num = simple.num.without(numbers) if simple.num is not None and numbers else simple.num
     if simple.str is not None:

@@ -123,11 +123,26 @@ def _compact_documents(values: list) -> list[str]:
     return out
 
 
+# enum members beside an open object branch that also spells one of them ({"p": true}): once written, the member's
+# node is dropped, but the open branch could still repeat it
+ENUM_AND_OPEN = {
+    "type": "array",
+    "uniqueItems": True,
+    "items": {
+        "anyOf": [
+            {"enum": [{"a": True}, [None], {"p": True}]},
+            {"type": "object", "properties": {"p": {"type": "boolean"}}, "additionalProperties": False},
+        ]
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("schema", "values"),
     [
         (SCHEMAS[0], [{}, {"p": True}, {"p": False}]),
         (ENUM_NO_NUMBERS, ENUM_NO_NUMBERS["items"]["enum"]),
+        (ENUM_AND_OPEN, [{"a": True}, [None], {"p": True}, {}, {"p": False}]),
     ],
 )
 def test_mask_is_exactly_the_next_characters_of_a_document_with_no_repeat(schema, values) -> None:
@@ -172,6 +187,29 @@ def test_exhausted_items_close_the_array() -> None:
     mask = rec.allowed_bytes()
     assert mask >> ord("{") & 1 and not mask >> ord("[") & 1  # "[" could only be a repeat (fed, it is refused later)
     assert not compiled.accepts('[[1,2],{"a":[1]},[1,2]]') and compiled.accepts('[[1,2],{"a":[1]},{"a":1}]')
+
+
+def test_a_long_enum_of_objects_is_written_out_and_closed() -> None:
+    """64 enum members, each written once (keys in the other order, spaced): every one is taken, a repeat in any
+    spelling is refused, and after the last the mask offers "]" and no comma."""
+    values = [{"name": f"n{i}", "value": i} for i in range(64)]
+    schema = {"type": "array", "uniqueItems": True, "items": {"enum": values}}
+    validator = jsonschema.Draft202012Validator(schema)
+    compiled = compile_schema(schema)
+    rec = compiled.recogniser()
+    assert rec.feed("[")
+    for i, v in enumerate(reversed(values)):
+        item = json.dumps(dict(reversed(v.items())))
+        assert rec.feed(item if i == 0 else ", " + item), i
+    mask = rec.allowed_bytes()
+    assert mask >> ord("]") & 1 and not mask >> ord(",") & 1
+    assert rec.shortest_completion() == b"]"
+    repeat = json.dumps(values)[:-1] + ', {"value": 1.0, "name": "n1"}]'
+    assert not validator.is_valid(json.loads(repeat)) and not compiled.accepts(repeat)
+    rec = compiled.recogniser()
+    assert rec.feed(json.dumps(values[1:])[:-1] + ", ")  # one value left: the cheapest completion is that one
+    done = rec.shortest_completion()
+    assert done is not None and validator.is_valid(json.loads(json.dumps(values[1:])[:-1] + ", " + done.decode()))
 
 
 def test_a_prefix_that_can_only_repeat_is_masked() -> None:
