@@ -79,13 +79,14 @@ def summarize(rows: list[dict[str, str]], threshold: float) -> dict[str, float |
 
 
 def parse_test_line(text: str) -> dict[str, float]:
-    """Fallback: ``omnifuse test (...): vqa_accuracy=99.12%, vqa_accuracy/yes_no=...`` -> fractions."""
+    """Fallback: ``omnifuse test (...): vqa_accuracy=99.12%, vqa_accuracy/yes_no=...`` -> fractions (a percentage
+    divided by 100; a plain value such as the caption task's ``bleu4=0.9232, cider_d=6.3816`` kept as it is)."""
     found = {}
     for line in text.splitlines():
         if line.startswith("omnifuse test"):
-            for key, value in re.findall(r"([\w/]+)=([\d.]+)%", line):
+            for key, value, percent in re.findall(r"([\w/]+)=([\d.]+)(%?)", line):
                 name = "test" if key == "vqa_accuracy" else key.removeprefix("vqa_accuracy/")
-                found[name] = float(value) / 100
+                found[name] = float(value) / 100 if percent else float(value)
     return found
 
 
