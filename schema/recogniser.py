@@ -38,6 +38,7 @@ that set is conservative (plain decimal notation, see :mod:`.numbers`).
 from __future__ import annotations
 
 import heapq
+from functools import partial
 
 from .charset import EMPTY, WS, CharSet, allowed_bytes, utf8_len, utf8_needed, utf8_prefix_interval
 from .compiler import ARR, BOOL, NULL, OBJ, STR, Alt, Compiler, Simple
@@ -147,6 +148,7 @@ class Machine:
         self._compound: dict = {}  # id(item node) -> (its array / object part, the Machine running it)
         self._consts: dict = {}  # compound item key -> the Machine of {"const": that value}
         self._reduced: dict = {}  # (id(item node), values written) -> its part without those enum members
+        self._const_steps: dict = {}  # (item key, const-machine stacks, character) -> its next state
         root_stack = Stack(ROOT_FRAME, None, 0)
         stacks = (Stack((T_V, root), root_stack, 0),) if root.min_cost is not None else ()
         self.initial = RecState((stacks, b""))
@@ -425,9 +427,16 @@ class Machine:
         if ns is None:
             return None, None
         still = []
+        steps = self._const_steps
         for k, cs in alive:
-            cm = self._const_machine(k)
-            n2 = None if cm is None else cm.step_char(cs[0], c)
+            memo = (k, cs[0], c)  # the searches step the same const states by the same characters again and again
+            n2 = steps.get(memo, _UNKNOWN)
+            if n2 is _UNKNOWN:
+                cm = self._const_machine(k)
+                n2 = None if cm is None else cm.step_char(cs[0], c)
+                if len(steps) >= _MEMO_LIMIT:
+                    steps.clear()
+                steps[memo] = n2
             if n2 is not None:  # (no cost test: an exponent, which the mask never writes, has none, yet is exact)
                 still.append((k, n2))
         text += chr(c)
@@ -530,7 +539,7 @@ class Machine:
         if rest is not None and compound_key(f[3] + rest.decode("utf-8")) not in f[5]:
             return h0
         key0 = (self._abstract(f[2][0])[0], f[4])
-        memo = ("fresh", id(f[1]), key0, f[5])
+        memo = _fresh_memo_key(id(f[1]), key0, taken=f[5])
         try:
             return self._allowed[memo]
         except KeyError:
@@ -542,14 +551,28 @@ class Machine:
         return r
 
     def _fresh_search(self, m: Machine, f: tuple, h0: int, key0: tuple) -> int | None:
+        """A* from U frame ``f`` (see :meth:`_fresh_cost`). The costs it proves are kept: every frame on the path
+        found is memoised with its exact rest (a suffix of a cheapest path is a cheapest path), and a frame already
+        memoised is not searched again but ends as a goal at its known cost. The next character's search, which
+        mostly starts on that path, then ends at once."""
+        memo_of = partial(_fresh_memo_key, id(f[1]), taken=f[5])
         heap: list = [(h0, 0, 0, f, key0)]  # (f = g + h, tie-break, g, frame or None for a goal, frame's key)
         best_g = {key0: 0}
+        parent: dict = {key0: None}  # frame key -> the key of the frame it was reached from
         tick = 0
         expanded = 0
+
+        def found(total: int, last: tuple) -> int:
+            k = last
+            while k is not None:
+                self._allowed[memo_of(k)] = total - best_g[k]
+                k = parent[k]
+            return total
+
         while heap:
             total, _, g, fr, k = heapq.heappop(heap)
             if fr is None:
-                return total  # a finished, fresh item or a frame that can no longer repeat
+                return found(total, k)  # a finished, fresh item or a frame that can no longer repeat (after k)
             if best_g.get(k, -1) < g:
                 continue
             expanded += 1
@@ -559,16 +582,16 @@ class Machine:
             c = self._killer_cost(m, fr[2], risky)
             if c is not None:
                 if g + c == total:  # as cheap as the heuristic allows here: nothing left in the heap is cheaper
-                    return total
+                    return found(total, k)
                 tick += 1
-                heapq.heappush(heap, (g + c, tick, g + c, None, None))
+                heapq.heappush(heap, (g + c, tick, g + c, None, k))
             for a, b in risky.ranges:
                 for cp in range(a, b + 1):
                     nf, key = self._step_item(fr, cp)
                     g2 = g + utf8_len(cp)
                     tick += 1
                     if key is not None:
-                        heapq.heappush(heap, (g2, tick, g2, None, None))
+                        heapq.heappush(heap, (g2, tick, g2, None, k))
                         continue
                     if nf is None:
                         continue
@@ -576,13 +599,20 @@ class Machine:
                     if h is None:
                         continue
                     if not nf[4]:
-                        heapq.heappush(heap, (g2 + h, tick, g2 + h, None, None))
+                        heapq.heappush(heap, (g2 + h, tick, g2 + h, None, k))
                         continue
                     abstract, digits = self._abstract(nf[2][0])
                     k2 = (abstract, nf[4])
                     if digits > _FRESH_NUMBER_DIGITS or best_g.get(k2, g2 + 1) <= g2:
                         continue
                     best_g[k2] = g2
+                    parent[k2] = k
+                    known = self._allowed.get(memo_of(k2), _UNKNOWN)
+                    if known is None:
+                        continue  # no fresh completion from there (as far as an earlier search could tell)
+                    if known is not _UNKNOWN:
+                        heapq.heappush(heap, (g2 + known, tick, g2 + known, None, k2))
+                        continue
                     heapq.heappush(heap, (g2 + h, tick, g2, nf, k2))
         return None
 
@@ -1087,6 +1117,15 @@ def _candidates(cs: CharSet, state: RecState):
         for lo in sorted(starts):
             if a <= lo <= b:
                 yield lo
+
+
+_UNKNOWN = object()
+
+
+def _fresh_memo_key(node: int, key: tuple, taken: frozenset) -> tuple:
+    """The memo key of the cheapest fresh completion from a U frame: its item node, its frame key (the item
+    machine's stacks without nested items' texts, and the ``const`` machines still alive), the earlier items."""
+    return ("fresh", node, key, taken)
 
 
 def _untracked(f: tuple) -> bool:

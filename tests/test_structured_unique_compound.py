@@ -148,7 +148,8 @@ ENUM_AND_OPEN = {
 def test_mask_is_exactly_the_next_characters_of_a_document_with_no_repeat(schema, values) -> None:
     """Brute force on item types with few values: after every prefix of every valid compact document, the mask's
     characters (whitespace and escapes aside) are exactly the next characters of the valid compact documents with
-    that prefix (an object's keys may come in any order: the documents list both orders)."""
+    that prefix (an object's keys may come in any order: the documents list both orders), and the cost to finish is
+    the shortest of those documents' rests."""
     compiled = compile_schema(schema)
     documents = set()
     for text in _compact_documents(values):
@@ -167,6 +168,8 @@ def test_mask_is_exactly_the_next_characters_of_a_document_with_no_repeat(schema
         mask = rec.allowed_bytes()
         allowed = {chr(b) for b in range(128) if mask >> b & 1} - set(" \t\n\r\\")
         expected = {d[len(prefix)] for d in documents if d.startswith(prefix) and len(d) > len(prefix)}
+        cheapest = min(len(d) - len(prefix) for d in documents if d.startswith(prefix))
+        assert rec.min_chars_to_complete == cheapest, (prefix, rec.min_chars_to_complete, cheapest)
         if not rec.in_string:
             assert allowed == expected, (prefix, sorted(allowed), sorted(expected))
         else:  # inside a string the mask may also offer escapes; the documents' next characters must be there
