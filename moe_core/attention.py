@@ -76,9 +76,12 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
-    def append(self, layer: int, k: Tensor, v: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def append(
+        self, layer: int, k: Tensor, v: Tensor, rows: Tensor | None = None, fetch: bool = True
+    ) -> tuple[Tensor, Tensor] | None:
         """Write ``k, v: (B, H, T, hs)`` after the filled slots; return all keys/values ``(B, H, length+T, hs)``.
-        ``rows`` (early exit): ``k, v`` hold only those rows of the batch, and only theirs are written and returned."""
+        ``rows`` (early exit): ``k, v`` hold only those rows of the batch, and only theirs are written and returned
+        (``fetch=False``: written only, for a layer those rows skip; gathering their keys would be a wasted copy)."""
         t = k.size(2)
         end = self.length + t
         if end > self.max_len:
@@ -89,7 +92,7 @@ class KVCache:
         if rows is not None:
             self.k[layer][rows, :, self.length : end] = k
             self.v[layer][rows, :, self.length : end] = v
-            return self.k[layer][rows, :, :end], self.v[layer][rows, :, :end]
+            return (self.k[layer][rows, :, :end], self.v[layer][rows, :, :end]) if fetch else None
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -139,7 +142,7 @@ class SelfAttention(nn.Module):
         cache slots of ``rows``, without attending (those tokens skip the layer)."""
         r, t, d = x.shape
         _, k, v = self.qkv(x).view(r, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (R, H, T, hs)
-        cache.append(self.layer_idx, apply_rope(k, *rope), v, rows)
+        cache.append(self.layer_idx, apply_rope(k, *rope), v, rows, fetch=False)
 
 
 class CrossAttention(nn.Module):
