@@ -1,8 +1,7 @@
 """Attention: RoPE, causal self-attention with a KV cache, cross-attention to the encoder memory.
 
-Both attentions go through ``F.scaled_dot_product_attention`` (:func:`attend`), except a decoding step on the CPU:
-one query per row, where two batched matmuls and a softmax are ~3x faster than SDPA's CPU kernel at these sizes.
-Boolean masks follow SDPA: ``True`` = this query may attend to this key.
+Both attentions go through ``F.scaled_dot_product_attention``. Boolean masks follow SDPA: ``True`` = this
+query may attend to this key.
 """
 
 from __future__ import annotations
@@ -10,19 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float = 0.0) -> Tensor:
-    """``softmax(q k^T / sqrt(hs) + mask) v`` for ``q: (B, H, T, hs)``, ``k, v: (B, H, S, hs)``, ``mask: (B, 1, T, S)``
-    bool (None: causal over ``T == S``). Every query must see at least one key (the callers' masks make sure).
-
-    SDPA everywhere but a decoding step on the CPU (``T == 1``, no dropout): there SDPA's CPU kernel, built for
-    blocks of queries, took 0.9 ms against 0.3 ms for the two matmuls (batch 64, 4 heads, 40 cached keys)."""
-    if q.size(-2) == 1 and q.device.type == "cpu" and dropout_p == 0.0 and mask is not None:
-        scores = (q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5  # (B, H, 1, S)
-        scores = scores.float().masked_fill(~mask, float("-inf"))
-        return scores.softmax(-1).to(v.dtype) @ v
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
 
 
 class SequenceTooLongError(ValueError):
@@ -134,8 +120,10 @@ class SelfAttention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.append(self.layer_idx, k, v, rows)  # (B, H, S, hs), S = cached + T
-        y = attend(q, k, v, mask, self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
+
 
     def fill_cache(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, rows: Tensor) -> None:
         """Early exit: write the keys/values of ``x: (R, T, d)`` (the exited tokens' states, normed) into this layer's
@@ -157,17 +145,17 @@ class CrossAttention(nn.Module):
         self.dropout = dropout
 
     def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """``memory: (B, N, d_memory)`` -> ``k, v: (B, H, N, hs)``; computed once per generation, and made contiguous
-        then: every decoding step reads them, and SDPA's CPU kernel on the permuted view took ~4x as long."""
+        """``memory: (B, N, d_memory)`` -> ``k, v: (B, H, N, hs)``; computed once per generation."""
         b, n, _ = memory.shape
         k, v = self.kv(memory).view(b, n, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return k.contiguous(), v.contiguous()
+        return k, v
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor, has_memory: Tensor) -> Tensor:
         """``x: (B, T, d)``; ``mask: (B, 1, 1, N)`` bool; ``has_memory: (B, 1, 1)`` zeroes rows without memory."""
         b, t, d = x.shape
         q = self.q(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hs)
-        y = attend(q, kv[0], kv[1], mask, self.dropout if self.training else 0.0)  # (B, H, T, hs)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=p)  # (B, H, T, hs)
         return self.proj(y.transpose(1, 2).reshape(b, t, d)) * has_memory.to(x.dtype)  # (B, T, d)
 
 
