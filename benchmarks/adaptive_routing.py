@@ -78,7 +78,8 @@ class MoETimer:
 
 
 def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = None, task: str = "vqa") -> dict:
-    """Accuracy and routed experts per generated token (overall, per answer type, as a histogram) of one pass.
+    """Accuracy and routed experts per generated token (overall, per answer type, as a histogram) of one pass, its
+    wall time and the time spent in the decoder's decoding steps (``decode_s``).
 
     ``task="caption"``: greedy captions of up to 64 bytes, and ``accuracy`` is BLEU-4 in points (x100) with
     ``cider_d`` beside it (no answer types)."""
@@ -92,14 +93,28 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
     max_new = 12 if task == "vqa" else 64  # the longest caption reference is 74 bytes, the longest target 52
     predictor = Predictor(model, generation=GenerationConfig(max_new_tokens=max_new), batch_size=64, image_size=64)
     timer = MoETimer(predictor.model) if timed else None
+    decoder = predictor.model.decoder
+    decode = {"s": 0.0}
+
+    def timed_step(*args, _step=decoder.step, **kwargs):  # the decoding steps alone (encoders and loop left out)
+        t = time.perf_counter()
+        out = _step(*args, **kwargs)
+        decode["s"] += time.perf_counter() - t
+        return out
+
+    decoder.step = timed_step
     start = time.perf_counter()
-    out = predictor.predict(inputs)
+    try:
+        out = predictor.predict(inputs)
+    finally:
+        del decoder.step  # the class's method again
     wall = time.perf_counter() - start
     if timer is not None:
         timer.remove()
     rows = {row["id"]: row for row in out["predictions"]}
     kinds = {r.id: r.meta.get("answer_type", "other") for r in records}
     result: dict = {"errors": len(out["errors"]), "wall_s": wall, "moe_s": timer.seconds if timer else None}
+    result["decode_s"] = decode["s"]
     if task == "caption":
         scores = score_records(
             "caption", [r for r in records if r.id in rows], {i: rows[i]["prediction"] for i in rows}

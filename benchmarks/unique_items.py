@@ -1,10 +1,11 @@
 """Cost of ``uniqueItems`` over objects: the mask and the shortest-completion cost asked at every character of an
 array of N distinct records, with ``uniqueItems`` and without, side by side.
 
-    python benchmarks/unique_items.py [--items 20 80 200] [--enum 64] [--seed 0]
+    python benchmarks/unique_items.py [--items 20 80 200] [--one-name 60] [--enum 64] [--seed 0]
 
 The records are ``{"name": <one of 28 names>, "value": <0..12>}`` drawn with a fixed seed, repeats dropped; with
-``--enum N`` the items are also an enum of N records ``{"name": "n<i>", "value": i}``, every member written. For each
+``--one-name N``, N records ``{"name": "x", "value": i}``; with ``--enum N`` the items are an enum of N records
+``{"name": "n<i>", "value": i}``, every member written. For each
 character the recogniser's ``allowed_bytes()`` and ``min_chars_to_complete`` are read (what the logits processor
 asks), then the character is fed. Prints milliseconds per character (mean and the worst character) and the ratio
 against the same document under the schema without ``uniqueItems``. A measured table, never pass/fail.
@@ -59,6 +60,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="+", default=[20, 80, 200])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--one-name", type=int, nargs="*", default=[60],
+        help="also: this many records that all have the same name (values 0, 1, ...): every earlier item stays a "
+        "possible repeat up to the value, the search's worst case (none: skip)",
+    )  # fmt: skip
+    parser.add_argument(
         "--enum", type=int, nargs="*", default=[64],
         help="also: items from an enum of this many records, every one written (none: skip)",
     )  # fmt: skip
@@ -68,6 +74,8 @@ def main() -> None:
         f" {'ratio':>6}"
     )
     cases = [("open record", RECORD, document(n, args.seed)) for n in args.items]
+    for n in args.one_name:
+        cases.append(("one name", RECORD, json.dumps([{"name": "x", "value": i} for i in range(n)])))
     for n in args.enum:  # an enum of records: each member a node the array drops once written
         values = [{"name": f"n{i}", "value": i} for i in range(n)]
         cases.append((f"enum of {n}", {"enum": values}, json.dumps(values)))
