@@ -77,7 +77,9 @@ class MoETimer:
             h.remove()
 
 
-def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = None, task: str = "vqa") -> dict:
+def evaluate(
+    model, manifest: Path, timed: bool = False, limit: int | None = None, task: str = "vqa", batch_size: int = 64
+) -> dict:
     """Accuracy and routed experts per generated token (overall, per answer type, as a histogram) of one pass, its
     wall time and the time spent in the decoder's decoding steps (``decode_s``).
 
@@ -91,7 +93,9 @@ def evaluate(model, manifest: Path, timed: bool = False, limit: int | None = Non
     records = [r for r in read_manifest(manifest) if not isinstance(r, Exception)][:limit]
     inputs = [{"id": r.id, "task": r.task, "image": str(r.image), "text": r.text} for r in records]
     max_new = 12 if task == "vqa" else 64  # the longest caption reference is 74 bytes, the longest target 52
-    predictor = Predictor(model, generation=GenerationConfig(max_new_tokens=max_new), batch_size=64, image_size=64)
+    predictor = Predictor(
+        model, generation=GenerationConfig(max_new_tokens=max_new), batch_size=batch_size, image_size=64
+    )
     timer = MoETimer(predictor.model) if timed else None
     decoder = predictor.model.decoder
     decode = {"s": 0.0}

@@ -13,9 +13,12 @@ The caption model (``--task caption``: greedy captions, BLEU-4 in points as the 
         --model.init_args.decoder.exit_layers [1,2] --model.init_args.decoder.exit_loss_coef 0.5
     python benchmarks/early_exit.py --task caption --ckpts runs/early_exit_caption/seed_{0,1,2}/version_0/checkpoints/best.ckpt
 
+One record at a time (``--batch-size 1``, e.g. with ``--limit 200 --thresholds 0.9``): a token that exits then skips
+its later blocks outright; in a batch those blocks still run, for the rows that stay in.
+
 Each checkpoint is rebuilt with ``decoder.exit_threshold`` set (what ``--model.init_args.decoder.exit_threshold T`` on
-``omnifuse predict`` does) and run by the batch job (batch 64, greedy, 12 new tokens; captions 64): on the validation split for
-every threshold (accuracy, MoE layers run per generated token), the threshold chosen there (fewest layers within
+``omnifuse predict`` does) and run by the batch job (batch 64 unless ``--batch-size``, greedy, 12 new tokens;
+captions 64): on the validation split for every threshold (accuracy, MoE layers run per generated token), the threshold chosen there (fewest layers within
 ``--max-drop`` points of the full depth on every checkpoint), then on the test split the full depth and the chosen
 threshold timed alternately (generated tokens per second of the whole pass, encoders and the generation loop included,
 and per second spent in the decoder's decoding steps, which is what an exit can shorten). Prints one table with the median and
@@ -42,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val", default=None, help="default: datasets/easyvqa/<task>_val.jsonl")
     parser.add_argument("--test", default=None, help="default: datasets/easyvqa/<task>_test.jsonl")
     parser.add_argument("--limit", type=int, default=None, help="the first N records of each split (a quick look)")
+    parser.add_argument(
+        "--batch-size", type=int, default=64,
+        help="records decoded together; at 1 a token that exits skips its later blocks outright, where at 64 they "
+        "still run for the rows of the batch that stay in",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.val = args.val or f"datasets/easyvqa/{args.task}_val.jsonl"
     args.test = args.test or f"datasets/easyvqa/{args.task}_test.jsonl"
@@ -52,7 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     val: dict[float | None, list[dict]] = defaultdict(list)
     for n, ckpt in enumerate(args.ckpts):
         for t in settings:
-            r = evaluate(build(Path(ckpt), exit_threshold=t), Path(args.val), limit=args.limit, task=args.task)
+            r = evaluate(
+                build(Path(ckpt), exit_threshold=t),
+                Path(args.val),
+                limit=args.limit,
+                task=args.task,
+                batch_size=args.batch_size,
+            )
             val[t].append(r)
             print(
                 f"checkpoint {n} val {label[t]:14s} acc {r['accuracy']:.2f} layers/token {r['layers/all']:.3f}",
@@ -64,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     test: dict[float | None, list[dict]] = defaultdict(list)
     for n, ckpt in enumerate(args.ckpts):
         models = {t: build(Path(ckpt), exit_threshold=t) for t in dict.fromkeys([None, chosen])}
-        evaluate(models[None], Path(args.val), limit=args.limit, task=args.task)  # warm-up
+        evaluate(models[None], Path(args.val), limit=args.limit, task=args.task, batch_size=args.batch_size)  # warm-up
         for t in list(models) if n % 2 == 0 else list(reversed(models)):
-            r = evaluate(models[t], Path(args.test), limit=args.limit, task=args.task)
+            r = evaluate(models[t], Path(args.test), limit=args.limit, task=args.task, batch_size=args.batch_size)
             r["tokens_s"] = r["tokens"] / r["wall_s"]
             r["decode_tokens_s"] = r["tokens"] / r["decode_s"]
             test[t].append(r)
