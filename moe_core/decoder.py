@@ -221,18 +221,23 @@ class MoEDecoder(nn.Module):
         head's top probability there reaches ``config.exit_threshold``; the blocks after that run only for the rows
         still in. A row that left keeps its exited state; each later block writes that state's keys/values into its
         KV cache slot (so the next tokens attend to something at every layer) without computing anything else.
-        Routing telemetry reads -1 for the MoE layers a token skipped."""
+        Rows whose token is not valid (a finished sequence's padding: no later token attends to its slot, and the
+        generation loop reads nothing of it) run no block at all; their logits are zeros. Routing telemetry reads
+        -1 for the MoE layers a token skipped."""
         cfg = self.config
         b = input_ids.size(0)
         x = self.drop(self.embed(input_ids))  # (B, 1, d)
         cos, sin = self.rope(positions)
         logits = torch.zeros(b, cfg.vocab_size, device=x.device, dtype=torch.float32)
         routes: list[Tensor] = []
-        inside = torch.ones(b, dtype=torch.bool, device=x.device)  # rows still running the blocks
+        # rows still running the blocks: in a batch, finished rows would otherwise keep the later blocks busy (their
+        # padding is rarely confident enough to exit), which cost early exit most of its speed at batch 64
+        inside = valid[:, -1].clone()
+        left = torch.zeros(b, dtype=torch.bool, device=x.device)  # rows whose token exited at an earlier layer
         exits = set(cfg.exit_layers or ())
         for i, (blk, kv) in enumerate(zip(self.blocks, memory.kv)):
             rows = inside.nonzero().squeeze(1)
-            gone = (~inside).nonzero().squeeze(1)
+            gone = left.nonzero().squeeze(1)
             if gone.numel():  # the exited tokens' states as this layer's keys/values
                 blk.self_attn.fill_cache(blk.norm1(x[gone]), (cos[gone], sin[gone]), cache, gone)
             route = torch.full((b, cfg.top_k), -1, dtype=torch.long, device=x.device) if blk.is_moe else None
@@ -254,6 +259,7 @@ class MoEDecoder(nn.Module):
                     leave = lg.softmax(-1).amax(-1) >= cfg.exit_threshold
                     logits[rows[leave]] = lg[leave]
                     inside[rows[leave]] = False
+                    left[rows[leave]] = True
             if route is not None:
                 routes.append(route)
         rows = inside.nonzero().squeeze(1)

@@ -63,6 +63,20 @@ def test_no_token_leaves_when_the_threshold_cannot_be_reached():
     assert a.token_experts.tolist() == b.token_experts.tolist()
 
 
+def test_beam_search_with_unreachable_threshold_is_the_full_depth():
+    """Beam search feeds dead and finished beams as invalid rows (which an exiting step does not run): the beams, their
+    scores and routes are still those of the full depth."""
+    memory, mask, prompt = _inputs()
+    plain = _decoder(exit_layers=None)
+    never = _decoder(exit_threshold=1.0)
+    never.load_state_dict(plain.state_dict())
+    kw = dict(max_new_tokens=8, eos_id=EOS, strategy="beam", num_beams=3)
+    a, b = plain.generate(memory, mask, prompt, **kw), never.generate(memory, mask, prompt, **kw)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    torch.testing.assert_close(a.scores, b.scores)
+    assert a.token_experts.tolist() == b.token_experts.tolist()
+
+
 def test_every_token_leaving_at_the_first_exit_is_the_cut_decoder():
     """Threshold tiny: every generated token leaves after block 1 (the prompt's own step runs all four blocks). The
     reference is that written out step by step: blocks 0-1 and the shared head for each new token, and the exited
@@ -115,6 +129,7 @@ def test_batched_exits_equal_each_row_decoded_alone():
     model = _decoder(exit_threshold=0.5)  # with these weights tokens leave after block 1, block 2 or not at all
     kw = dict(max_new_tokens=8, eos_id=EOS)
     batched = model.generate(memory, mask, prompt, **kw)
+    assert len(set(batched.lengths.tolist())) > 1  # rows finish at different steps: finished rows skip every block
     depths = set()
     for r in range(4):
         alone = model.generate(memory[r : r + 1], mask[r : r + 1], prompt[r : r + 1], **kw)
