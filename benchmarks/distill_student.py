@@ -78,7 +78,7 @@ def teacher_test(command: str, config: Path, teacher: Path, log: Path) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teachers", nargs="+", required=True, help="one teacher checkpoint per seed")
+    parser.add_argument("--teachers", nargs="+", default=[], help="one teacher checkpoint per seed (not with --report)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 .. len(teachers) - 1")
     parser.add_argument("--config", default="configs/easyvqa.yaml", help="the recipe (teacher's and student's)")
     parser.add_argument("--student", default=None, help="omnifuse fit arguments that make the student")
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else list(range(len(args.teachers)))
-    if len(seeds) != len(args.teachers):
+    if args.report and not seeds:
+        parser.error("--report needs --seeds (the rows to read)")
+    if not args.report and (not seeds or len(seeds) != len(args.teachers)):
         parser.error("give one teacher per seed")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args.student = args.student if args.student is not None else (CAPTION_STUDENT if caption else STUDENT)
     student = shlex.split(args.student)
     rows = [json.loads((out / f"row_{seed}.json").read_text()) for seed in seeds] if args.report else []
-    for seed, teacher in zip([] if args.report else seeds, args.teachers, strict=False):
+    for seed, teacher in zip(seeds, args.teachers, strict=True) if not args.report else ():
         teacher = Path(teacher).resolve()
         row = {"seed": seed, "teacher": teacher_test(command, config, teacher, out / f"teacher_{seed}.log")}
         row["scratch"] = run_seed(command, config, seed, out / "scratch", student)
