@@ -34,7 +34,8 @@ class FilmResBlock(nn.Module):
 class ConvImageEncoder(Encoder):
     """Images (B, 3, H, W) in [0, 1] -> one token per cell of an (H / 4 / token_pool)-sized grid.
 
-    Stem: ``n_stem`` 3x3 convs (the first two with stride 2: H/4), each with BatchNorm and ReLU; then ``n_blocks``
+    Stem: ``n_stem`` 3x3 convs (the first two with stride 2: H/4), each with BatchNorm and ReLU (``stem="patch"``: one
+    4x4 conv of stride 4 takes the place of the two stride-2 convs, the patch embedding of a ViT); then ``n_blocks``
     ``FilmResBlock`` of ``channels`` channels, each accepting a per-sample FiLM (``film_channels``); then, with
     ``out_channels``, a 1x1 conv + BatchNorm + ReLU head to that width (the FiLM paper's classifier has one before
     its global max pool); then a ``token_pool`` x ``token_pool`` max pool (1 = none) that sets how many tokens the
@@ -43,7 +44,11 @@ class ConvImageEncoder(Encoder):
     Args:
         channels: width of the stem and of every block.
         n_blocks: residual blocks; each is one FiLM stage.
-        n_stem: stem convolutions (at least 2).
+        n_stem: stem convolutions (at least 2; with ``stem="patch"`` the patch conv counts as two).
+        stem: ``"conv"``, two 3x3 convs of stride 2 (the FiLM paper's), or ``"patch"``, one 4x4 conv of stride 4 over
+            non-overlapping patches: the same H/4 grid without the full-width H/2 stage (BatchNorm, ReLU and their
+            backward over a map four times the final one), which took about 40 % of the tower's time on easy-VQA's
+            64x64 images (benchmarks/step_profile.py).
         film_stem: the stem's output is a FiLM stage too (the first of ``film_channels``): the question can then
             select low-level features such as colour before any block mixes them.
         out_channels: width of the 1x1 head (``out_dim``); None: no head, ``out_dim = channels``.
@@ -64,21 +69,28 @@ class ConvImageEncoder(Encoder):
         film_stem: bool = False,
         img_size: int | tuple[int, int] | None = None,
         channels_last: bool = False,
+        stem: str = "conv",
     ) -> None:
         super().__init__()
+        if stem not in ("conv", "patch"):
+            raise ValueError(f"stem must be 'conv' or 'patch', got {stem!r}")
         if n_stem < 2:
             raise ValueError(f"n_stem must be >= 2 (two stride-2 convolutions), got {n_stem}")
         if token_pool < 1:
             raise ValueError(f"token_pool must be >= 1, got {token_pool}")
         size = as_2tuple(img_size) if img_size is not None else None
         self.normalize = ImageNormalizer((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), size)  # [0, 1] -> [-1, 1]
-        layers: list[nn.Module] = []
-        for i in range(n_stem):
-            layers += [
-                nn.Conv2d(3 if i == 0 else channels, channels, 3, stride=2 if i < 2 else 1, padding=1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU(inplace=True),
+        self.stem_kind = stem
+        if stem == "patch":  # one conv for the first two: 4x4 patches, stride 4
+            convs = [nn.Conv2d(3, channels, 4, stride=4, bias=False)]
+        else:
+            convs = [
+                nn.Conv2d(3 if i == 0 else channels, channels, 3, stride=2, padding=1, bias=False) for i in range(2)
             ]
+        convs += [nn.Conv2d(channels, channels, 3, padding=1, bias=False) for _ in range(n_stem - 2)]
+        layers: list[nn.Module] = []
+        for conv in convs:
+            layers += [conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.stem = nn.Sequential(*layers)
         self.blocks = nn.ModuleList([FilmResBlock(channels) for _ in range(n_blocks)])
         self.head = (
@@ -95,10 +107,13 @@ class ConvImageEncoder(Encoder):
         self.film_channels = (channels,) * (n_blocks + int(film_stem))
 
     def num_tokens(self, image_size: int | tuple[int, int] = 64) -> int:
-        """Tokens per image for inputs of ``image_size``: the grid after two stride-2 convs and the token pool."""
+        """Tokens per image for inputs of ``image_size``: the grid after the stem's downsampling and the token pool."""
         h, w = self.normalize.output_size(as_2tuple(image_size))
-        for _ in range(2):  # 3x3, stride 2, padding 1
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        if self.stem_kind == "patch":  # 4x4, stride 4, no padding
+            h, w = h // 4, w // 4
+        else:
+            for _ in range(2):  # 3x3, stride 2, padding 1
+                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
         return (h // self.token_pool) * (w // self.token_pool)
 
     def forward(self, images: torch.Tensor, film: FilmParams | None = None) -> TokenSequence:

@@ -14,6 +14,7 @@ from torch.testing import assert_close
 
 from omnifuse.data.tokenizer import ByteTokenizer
 from omnifuse.encoders import (
+    ConvImageEncoder,
     LogMelFrontend,
     OpenClipImageEncoder,
     OpenClipTextEncoder,
@@ -195,6 +196,43 @@ def test_timm_feature_level_and_resize():
     vit = TimmImageEncoder("test_vit", img_size=32)  # fixed-size model: inputs are resized to 32x32
     assert vit.normalize.size == (32, 32)
     assert vit(torch.rand(2, 3, 64, 64)).tokens.shape == (2, vit.num_tokens(64), vit.out_dim)
+
+
+@pytest.mark.parametrize("size", [64, 30, 17])
+@pytest.mark.parametrize("stem", ["conv", "patch"])
+def test_conv_tower_token_count_for_any_image_size(stem, size):
+    enc = ConvImageEncoder(channels=8, n_blocks=1, token_pool=2, stem=stem)
+    assert enc(torch.rand(2, 3, size, size)).tokens.shape == (2, enc.num_tokens(size), 8)
+
+
+def test_patch_stem_is_a_linear_map_of_each_4x4_patch():
+    """The patch stem's conv, against a plain reference: cut the image into non-overlapping 4x4 patches (a loop), flatten
+    each (channel, row, column) and multiply by the conv weight as a matrix; then BatchNorm and ReLU as in training."""
+    torch.manual_seed(0)
+    enc = ConvImageEncoder(channels=8, n_blocks=1, stem="patch", channels_last=True).train()
+    x = torch.rand(2, 3, 18, 17)  # 4x4 patches; the last rows and columns (2 and 1) are dropped, as by a stride-4 conv
+    pixels = enc.normalize(x)
+    weight = enc.stem[0].weight.detach().reshape(8, 48)
+    grid = torch.empty(2, 8, 4, 4)
+    for i in range(4):
+        for j in range(4):
+            patch = pixels[:, :, 4 * i : 4 * i + 4, 4 * j : 4 * j + 4].reshape(2, 48)
+            grid[:, :, i, j] = patch @ weight.T
+    mean, var = grid.mean((0, 2, 3), keepdim=True), grid.var((0, 2, 3), unbiased=False, keepdim=True)
+    expected = torch.relu((grid - mean) / torch.sqrt(var + enc.stem[1].eps))
+    assert_close(enc.stem(pixels.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-5)
+    assert len(enc.stem) == 3 and enc.num_tokens((18, 17)) == 4  # token_pool 2 over the 4x4 grid: 2x2
+
+
+def test_conv_stem_keeps_its_parameter_names():
+    """``stem="conv"`` (the default) builds the same modules as before the option: old checkpoints still load."""
+    names = [
+        n for n, _ in ConvImageEncoder(channels=8, n_blocks=1, n_stem=3).named_parameters() if n.startswith("stem")
+    ]
+    assert names == ["stem.0.weight", "stem.1.weight", "stem.1.bias", "stem.3.weight", "stem.4.weight", "stem.4.bias",
+                     "stem.6.weight", "stem.7.weight", "stem.7.bias"]  # fmt: skip
+    with pytest.raises(ValueError, match="stem must be 'conv' or 'patch'"):
+        ConvImageEncoder(stem="pixels")
 
 
 def test_pretrained_must_be_a_local_file(tmp_path):
