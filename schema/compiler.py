@@ -6,7 +6,8 @@ Pipeline:
 2. Each set of schemas that must *all* hold (a conjunction) is expanded to disjunctive normal form: ``$ref``
    and ``allOf`` add conjuncts, ``anyOf`` multiplies alternatives; ``not`` and ``if``/``then``/``else`` use
    complements (:mod:`.negation`); ``oneOf`` is ``anyOf`` when its branches are provably disjoint
-   (:mod:`.disjoint`), else "branch i and not the others". A cycle of references that consumes no input is
+   (:mod:`.disjoint`), alone or each conjoined with the schema parts beside the ``oneOf`` (its ``allOf``
+   siblings), else "branch i and not the others". A cycle of references that consumes no input is
    rejected, and so is a schema whose normal form exceeds ``MAX_ALTERNATIVES``.
 3. Every alternative (a *flat* conjunction, no applicators left) is merged by intersection into a
    :class:`Simple` node: allowed JSON types, a :class:`~.numbers.NumSpec`, a
@@ -42,7 +43,16 @@ from .automaton import (
 from .charset import EMPTY, CharSet, json_char_cost
 from .errors import SchemaError, UnsupportedSchemaError
 from .formats import format_pattern
-from .negation import INTERNAL, K_EXTRA_NAME, K_KINDS, K_NOT_FORMAT, K_NOT_PATTERN, K_NOT_VALUES, negate_keywords
+from .negation import (
+    INTERNAL,
+    K_EXTRA_NAME,
+    K_KINDS,
+    K_NOT_FORMAT,
+    K_NOT_PATTERN,
+    K_NOT_VALUES,
+    K_REPEAT,
+    negate_keywords,
+)
 from .numbers import NumSpec
 from .refs import Document, Raw, pointer_escape
 from .regex import build_nfa, literal_set_nfa, pattern_readings
@@ -684,12 +694,18 @@ class Compiler:
                 res = self._cross(res, self.expand(union), path, kw)
                 continue
             raws = [self.doc.raw_for(sub, raw.base, f"{path}/{kw}/{i}") for i, sub in enumerate(subs)]
-            branches = [self.expand(r, exact) for r in raws]
             if kw == "allOf":
-                for br in branches:
-                    res = self._cross(res, br, path, "allOf")
+                res = self._all_of(res, raws, path, exact)
                 continue
-            if kw == "oneOf" and len(branches) > 1 and not self._disjoint(branches):
+            branches = [self.expand(r, exact) for r in raws]
+            # oneOf is anyOf where its branches are disjoint, alone or within the parts of this schema conjoined so
+            # far (a "type" required here that each branch fixes); else each branch and not the others
+            if (
+                kw == "oneOf"
+                and len(branches) > 1
+                and not self._disjoint(branches)
+                and (exact or not self._disjoint_within(res, branches, path))
+            ):
                 branches = self._exactly_one(raws, branches, f"{path}/oneOf")
             if kw == "anyOf" and exact:
                 branches = branches + self._evaluating_combinations(branches, f"{path}/anyOf")
@@ -809,6 +825,53 @@ class Compiler:
             out.append(flat)
         return list(dict.fromkeys(out))
 
+    def _all_of(self, res: list[frozenset], raws: list[Raw], path: str, exact: bool) -> list[frozenset]:
+        """``res`` and every ``allOf`` branch. A branch that is only a ``oneOf`` whose alternatives overlap on their
+        own is taken last, within the others: its alternatives may be disjoint among the instances of its siblings
+        (Drone: ``allOf: [{$ref: kind_pipeline}, {oneOf: [pipeline_docker, pipeline_exec, ...]}]``, where each
+        alternative fixes ``type`` to a different value and only the sibling requires it). Exactness holds either way:
+        a ``oneOf`` is ``anyOf`` wherever no instance of the conjunction can meet two of its alternatives."""
+        deferred = []
+        for r in raws:
+            split = None if exact else self._lone_one_of(r)
+            if split is None:
+                res = self._cross(res, self.expand(r, exact), path, "allOf")
+            else:
+                deferred.append((r, split))
+        for r, (rest, branches) in deferred:
+            within = self._cross(res, rest, path, "allOf")
+            if self._disjoint_within(within, branches, r.path):
+                res = self._cross(within, list(dict.fromkeys(x for br in branches for x in br)), r.path, "oneOf")
+            else:
+                res = self._cross(res, self.expand(r), path, "allOf")  # branch i and not the others, as usual
+        return res
+
+    def _lone_one_of(self, raw: Raw) -> tuple[list[frozenset], list[list[frozenset]]] | None:
+        """``(the DNF of raw without its oneOf, the DNF of each oneOf branch)`` when ``raw``'s only applicator is a
+        ``oneOf`` whose branches are not provably disjoint by themselves; else None."""
+        s = raw.schema
+        if not isinstance(s, dict) or not isinstance(s.get("oneOf"), list) or len(s["oneOf"]) < 2:
+            return None
+        if any(k in s for k in (*APPLICATORS, *UNEVALUATED) if k != "oneOf"):
+            return None
+        if _enum_union(s["oneOf"], overlap=False) is not None:
+            return None
+        raws = [self.doc.raw_for(sub, raw.base, f"{raw.path}/oneOf/{i}") for i, sub in enumerate(s["oneOf"])]
+        branches = [self.expand(r) for r in raws]
+        if self._disjoint(branches):
+            return None
+        return self.expand(self._derive(raw, "applicators", APPLICATORS + UNEVALUATED)), branches
+
+    def _disjoint_within(self, context: list[frozenset], branches: list[list[frozenset]], path: str) -> bool:
+        """Whether no instance of ``context`` (a DNF conjoined with the ``oneOf``) meets two of its ``branches``:
+        the branches, each narrowed to the context, are provably pairwise disjoint."""
+        if context == [frozenset()]:
+            return False  # nothing conjoined: the plain test already failed
+        try:
+            return self._disjoint([self._cross(context, br, path, "oneOf") for br in branches])
+        except UnsupportedSchemaError:
+            return False
+
     def _exactly_one(self, raws: list[Raw], branches: list[list[frozenset]], path: str) -> list[list[frozenset]]:
         """``oneOf`` with overlapping branches: branch ``i`` and the complement of every other branch."""
         try:
@@ -835,6 +898,12 @@ class Compiler:
             raise UnsupportedSchemaError("not", raw.path, "self-referential negation")
         self._negating.add(key)
         try:
+            s = raw.schema
+            if isinstance(s, dict) and "not" in s and not any(k in s for k in _CONSTRAINING if k != "not"):
+                # not (not S) is S: negating the complement's own normal form would negate complements again (the
+                # items of an array "with an item that fails S", under a oneOf's other branch: Travis's webhooks)
+                self._negate_memo[key] = (raw, res := self.expand(self._synthetic(s["not"], raw)))
+                return res
             res = [frozenset()]
             for flat in self.expand(raw):
                 alts: list[frozenset] = []
@@ -932,6 +1001,7 @@ class Compiler:
         min_props, max_props = 0, None
         multiples: list = []  # (divisor, path)
         unique = None  # path of a uniqueItems: true
+        repeat = None  # path of a uniqueItems: true negated (negation.K_REPEAT): some item equal to another
         contains = []  # (raw, minContains, maxContains)
         required: set[str] = set()
         deps: dict[str, set[str]] = {}
@@ -973,6 +1043,8 @@ class Compiler:
                 nfas_up.append(_complement_nfa(lower, f"{p}/format"))
             if s.get("uniqueItems") is True:
                 unique = unique or p
+            if K_REPEAT in s:
+                repeat = repeat or s[K_REPEAT]
             if "contains" in s:
                 lo_c = _nonneg_int(s.get("minContains", 1), "minContains", p)
                 hi_c = _nonneg_int(s["maxContains"], "maxContains", p) if "maxContains" in s else None
@@ -1087,6 +1159,10 @@ class Compiler:
                 auto = self._strings(nfas, None if strs is None else tuple(strs), not_strs, min_len, max_len, path)
                 if auto is not None and auto.sat:
                     node.str = auto
+        if ARR in kinds and repeat is not None:
+            if unique is None:  # "two equal items" is satisfiable here, and no machine runs it: fail closed
+                raise UnsupportedSchemaError("uniqueItems", repeat, "cannot be negated (an array with a repeated item)")
+            kinds = kinds - {ARR}  # unique and not unique: no array
         if ARR in kinds and evals is None:
             node.arr = self._arr_spec(members, min_items, max_items, path)
             if unique is not None:
@@ -1606,6 +1682,10 @@ def _contradictory(flat: frozenset) -> bool:
     extra_names: list = []  # complements of additionalProperties: some name outside these must exist
     holds: set = set()
     fails: set = set()
+    if any(K_REPEAT in r.schema for r in flat if isinstance(r.schema, dict)) and any(
+        r.schema.get("uniqueItems") is True for r in flat if isinstance(r.schema, dict)
+    ):
+        return True  # an array with two equal items, and unique items (negation.K_REPEAT)
     facts = [_facts(raw) for raw in flat]
     for f in facts:
         if f.kinds is not None:

@@ -14,8 +14,11 @@ contain): :data:`K_KINDS` (a set of JSON types where numbers are split into inte
 regular language), :data:`K_EXTRA_NAME` (``additionalProperties``: some other name has a value outside its
 schema, expanded where an object's names are finitely many). Existential complements over items are ``contains``
 (``items: S`` -> "contains ``not S``"; ``contains`` -> fewer than ``minContains`` or more than ``maxContains``
-matches); other keywords whose complement is existential (``patternProperties``, ``uniqueItems``, ...) raise
-:class:`~.errors.UnsupportedSchemaError`: failing closed.
+matches). ``uniqueItems`` -> :data:`K_REPEAT` ("an array with two equal items"), which no recogniser machine
+runs: the compiler admits it only where a ``uniqueItems: true`` in the same conjunction leaves it empty (the overlap
+of two unique-list branches of a ``oneOf``, which cancels out) and refuses it anywhere else. Other keywords whose
+complement is existential (``patternProperties``, ...) raise :class:`~.errors.UnsupportedSchemaError`: failing
+closed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ K_NOT_FORMAT = ("omnifuse", "not-format")
 # additionalProperties, (names, patterns, schema). Existential over names: the compiler expands it only where the
 # object's names are finitely many (see Compiler._merge_extra_name), and refuses it elsewhere.
 K_EXTRA_NAME = ("omnifuse", "extra-name")
-INTERNAL = (K_KINDS, K_NOT_VALUES, K_NOT_PATTERN, K_NOT_FORMAT, K_EXTRA_NAME)
+# "an array with two equal items": the complement of uniqueItems (its value, the path of that uniqueItems). Only ever
+# satisfiable where no uniqueItems holds beside it, and there the compiler refuses it (Compiler._merge).
+K_REPEAT = ("omnifuse", "repeat")
+INTERNAL = (K_KINDS, K_NOT_VALUES, K_NOT_PATTERN, K_NOT_FORMAT, K_EXTRA_NAME, K_REPEAT)
 
 KINDS = ("null", "boolean", "int", "frac", "string", "array", "object")
 
@@ -156,8 +162,10 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
                 continue
             raise UnsupportedSchemaError(kw, path, "cannot be negated")
         elif kw == "uniqueItems":
-            if v:
-                raise UnsupportedSchemaError(kw, path, "cannot be negated")
+            if v is True:
+                out.append({"type": "array", K_REPEAT: path})
+        elif kw == K_REPEAT:
+            out.append({"type": "array", "uniqueItems": True})
         elif kw == "multipleOf":
             raise UnsupportedSchemaError(kw, path)
         # annotations, no-op keywords and unknown keywords assert nothing: no disjunct

@@ -12,7 +12,7 @@ import random
 import jsonschema
 import pytest
 
-from omnifuse.schema import compile_schema
+from omnifuse.schema import UnsupportedSchemaError, compile_schema
 
 from .test_structured_generate import _single_thread, check_generation, check_valid, check_verdicts, generate  # noqa: F401  (autouse fixture)
 
@@ -367,3 +367,50 @@ def test_after_an_item_without_a_const_machine_the_mask_starts_no_array_or_objec
     mask = rec.allowed_bytes()
     assert not mask >> ord(",") & 1 and mask >> ord("]") & 1
     assert rec.shortest_completion() == b"]"
+
+
+# the complement of uniqueItems (negation.K_REPEAT): admitted where a uniqueItems beside it cancels it ----------------
+def _unique_list(item_type: str) -> dict:
+    return {"type": "array", "uniqueItems": True, "items": {"type": item_type}}
+
+
+OVERLAPPING_UNIQUE = [
+    # two unique lists that overlap on [] (and nothing else): "exactly one" needs each one's complement, whose
+    # "some item repeated" part meets the other's uniqueItems and is empty
+    {"oneOf": [_unique_list("integer"), _unique_list("string")]},
+    # Dependabot's update: "directories" (a unique list) or "directory", exactly one; the object's own properties
+    # hold "directories" to the unique list too, so "directories repeats an item" leaves nothing
+    {
+        "type": "object",
+        "properties": {"d": _unique_list("string"), "e": {"type": "string"}},
+        "oneOf": [{"properties": {"d": {"$ref": "#/properties/d"}}, "required": ["d"]}, {"required": ["e"]}],
+    },
+]
+UNIQUE_VALUES = [[], [1], [1, 1], [1, 2], ["a"], ["a", "a"], ["a", "b"], [1, "a"], 3, {}, {"d": ["a"]},
+                 {"d": ["a", "a"]}, {"e": "x"}, {"d": ["a"], "e": "x"}, {"d": ["a", "a"], "e": "x"}, {"d": [], "e": "x"},
+                 {"d": 5, "e": "x"}, {"e": 1}]  # fmt: skip
+
+
+@pytest.mark.parametrize("schema", OVERLAPPING_UNIQUE)
+def test_complement_of_unique_items_where_a_unique_list_cancels_it(schema) -> None:
+    rng = random.Random(0)
+    check_verdicts(schema, UNIQUE_VALUES, lambda v: (json.dumps(v), spellings(v, rng), spellings(v, rng)))
+
+
+def test_generation_under_overlapping_unique_lists() -> None:
+    check_generation(OVERLAPPING_UNIQUE, seed=0, max_new=64)
+
+
+@pytest.mark.parametrize(
+    ("schema", "path"),
+    [
+        ({"not": {"uniqueItems": True}}, "#/not"),
+        ({"oneOf": [{"type": "array", "uniqueItems": True}, {"minItems": 2}]}, "#/oneOf/0"),  # [1, 1] meets only B
+        ({"type": "object", "properties": {"d": {"not": {"uniqueItems": True}}}}, "#/properties/d/not"),
+    ],
+)
+def test_complement_of_unique_items_is_refused_where_it_holds_values(schema, path) -> None:
+    """Where arrays with a repeated item are instances, the compiler has no machine for them: fail closed."""
+    with pytest.raises(UnsupportedSchemaError, match="uniqueItems") as e:
+        compile_schema(schema)
+    assert e.value.path == path
