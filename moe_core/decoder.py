@@ -121,6 +121,10 @@ class MTPModule(nn.Module):
 class MoEDecoder(nn.Module):
     """DeepSeek-V3-style MoE decoder over an encoder memory. See :class:`MoEDecoderConfig`."""
 
+    # Decoding steps run the blocks only for the rows still generating once some have finished (see ``step``).
+    # False runs every row through every block, as before: the reference that benchmarks/finished_rows.py times.
+    skip_finished_rows: bool = True
+
     def __init__(self, config: MoEDecoderConfig) -> None:
         super().__init__()
         self.config = cfg = config
@@ -206,19 +210,24 @@ class MoEDecoder(nn.Module):
         end = cache.length + t
         cache.key_valid[:, cache.length : end] = valid
         mask = self_attention_mask(cache.key_valid[:, :end], t)  # (B, 1, T, end)
-        if t == 1 and self.config.exit_threshold is not None:
-            out = self._step_with_exits(input_ids, valid, positions, mask, memory, cache)
+        # one token per row and some rows finished (or an exit threshold): the blocks run only for the rows that need
+        # them. In batch inference answers end at different steps (easy-VQA: "no" after 3 tokens, "rectangle" after
+        # 10), and a finished row's padding would otherwise run every block to the last step.
+        some_finished = self.skip_finished_rows and not bool(valid[:, -1].all())
+        if t == 1 and (self.config.exit_threshold is not None or some_finished):
+            out = self._step_rows(input_ids, valid, positions, mask, memory, cache)
             cache.advance(t)
             return out
         h, auxes, _ = self.run_blocks(input_ids, positions, valid, mask, memory, cache)
         cache.advance(t)
         return self.head(h[:, -1]).float(), [a.topk_idx[:, -1] for a in auxes]
 
-    def _step_with_exits(
+    def _step_rows(
         self, input_ids: Tensor, valid: Tensor, positions: Tensor, mask: Tensor, memory: MemoryState, cache: KVCache
     ) -> tuple[Tensor, list[Tensor]]:
-        """One decoding step where a token may leave after an exit layer (``config.exit_layers``) once the shared
-        head's top probability there reaches ``config.exit_threshold``; the blocks after that run only for the rows
+        """One decoding step in which each block runs only for the rows that need it: rows whose token is valid, and
+        with ``config.exit_threshold`` set, only until the token leaves at an exit layer (``config.exit_layers``) once
+        the shared head's top probability there reaches the threshold; the blocks after that run only for the rows
         still in. A row that left keeps its exited state; each later block writes that state's keys/values into its
         KV cache slot (so the next tokens attend to something at every layer) without computing anything else.
         Rows whose token is not valid (a finished sequence's padding: no later token attends to its slot, and the
@@ -234,7 +243,7 @@ class MoEDecoder(nn.Module):
         # padding is rarely confident enough to exit), which cost early exit most of its speed at batch 64
         inside = valid[:, -1].clone()
         left = torch.zeros(b, dtype=torch.bool, device=x.device)  # rows whose token exited at an earlier layer
-        exits = set(cfg.exit_layers or ())
+        exits = set(cfg.exit_layers or ()) if cfg.exit_threshold is not None else set()
         for i, (blk, kv) in enumerate(zip(self.blocks, memory.kv)):
             rows = inside.nonzero().squeeze(1)
             gone = left.nonzero().squeeze(1)
@@ -243,6 +252,7 @@ class MoEDecoder(nn.Module):
             route = torch.full((b, cfg.top_k), -1, dtype=torch.long, device=x.device) if blk.is_moe else None
             if rows.numel():
                 every = rows.numel() == b
+
                 def pick(t: Tensor, rows: Tensor = rows, every: bool = every) -> Tensor:  # the rows still in
                     return t if every else t[rows]
 

@@ -228,3 +228,20 @@ def test_token_experts_are_the_routing_of_a_teacher_forced_pass(strategy):
         for layer in range(model.n_moe_layers):
             counts[layer].scatter_add_(0, reference[:, layer].flatten(), torch.ones(n * model.config.top_k, dtype=torch.long))
         assert out.expert_counts[i].tolist() == counts.tolist()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_skipping_finished_rows_changes_nothing(strategy, monkeypatch):
+    """Once rows have finished, a step runs the blocks for the other rows only; with every row running every block
+    (the reference) the tokens, scores and routes are the same."""
+    model = tiny_model()
+    memory, mmask = batch()
+    prompt = torch.tensor([[5], [6], [7], [8]])
+    kw = dict(max_new_tokens=12, eos_id=EOS, strategy=strategy, num_beams=3, logits_processor=stop_after([1, 7, 3, 0]))
+    skipped = model.generate(memory, mmask, prompt, **kw)
+    monkeypatch.setattr(MoEDecoder, "skip_finished_rows", False)
+    reference = model.generate(memory, mmask, prompt, **kw)
+    assert skipped.tokens.tolist() == reference.tokens.tolist()
+    assert skipped.lengths.tolist() == reference.lengths.tolist()
+    assert skipped.token_experts.tolist() == reference.token_experts.tolist()
+    torch.testing.assert_close(skipped.scores, reference.scores)
