@@ -564,6 +564,9 @@ class Compiler:
         self._expand_memo: dict[tuple[int, bool], list[frozenset]] = {}
         self._expanding: set[tuple[int, bool]] = set()
         self._unannotated: set[int] = set()  # ids of synthetic Raws (no annotations)
+        # whether any unevaluatedProperties / unevaluatedItems may read annotations (a key anywhere in the documents;
+        # a property of that name counts too: erring towards True only turns shortcuts off)
+        self._annotations_read = any(_mentions(d, UNEVALUATED) for d in (schema, *(resources or {}).values()))
         self._uneval_raws: dict = {}
         self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
         self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
@@ -899,10 +902,20 @@ class Compiler:
         self._negating.add(key)
         try:
             s = raw.schema
-            if isinstance(s, dict) and "not" in s and not any(k in s for k in _CONSTRAINING if k != "not"):
+            if (
+                not self._annotations_read
+                and isinstance(s, dict)
+                and "not" in s
+                and not any(k in s for k in _CONSTRAINING if k != "not")
+            ):
                 # not (not S) is S: negating the complement's own normal form would negate complements again (the
-                # items of an array "with an item that fails S", under a oneOf's other branch: Travis's webhooks)
-                self._negate_memo[key] = (raw, res := self.expand(self._synthetic(s["not"], raw)))
+                # items of an array "with an item that fails S", under a oneOf's other branch: Travis's webhooks).
+                # S's own raws are returned, annotations and all: a complement evaluates nothing, so this holds only
+                # where no unevaluated* reads annotations.
+                self._negate_memo[key] = (
+                    raw,
+                    res := self.expand(self.doc.raw_for(s["not"], raw.base, f"{raw.path}/not")),
+                )
                 return res
             res = [frozenset()]
             for flat in self.expand(raw):
@@ -1670,6 +1683,20 @@ def _facts(raw) -> _Facts:
         _raw_kinds(raw), required, frozenset(forbidden), frozenset(holds), frozenset(fails), closed, extra
     )
     return f
+
+
+def _mentions(value, keys) -> bool:
+    """Whether any object inside the JSON ``value`` has one of ``keys``."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if any(k in v for k in keys):
+                return True
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def _contradictory(flat: frozenset) -> bool:

@@ -164,6 +164,8 @@ def negate_keywords(schema: dict, path: str, formats: str, trivially_true, type_
         elif kw == "uniqueItems":
             if v is True:
                 out.append({"type": "array", K_REPEAT: path})
+            elif v:  # not a boolean: the validator reads it as true; the compiler does not (see Compiler._merge)
+                raise UnsupportedSchemaError(kw, path, "cannot be negated")
         elif kw == K_REPEAT:
             out.append({"type": "array", "uniqueItems": True})
         elif kw == "multipleOf":

@@ -189,3 +189,30 @@ def test_no_valid_instance_means_unsatisfiable() -> None:
     """``const`` evaluates nothing, so ``a`` is unevaluated whether the ``if`` passes or not."""
     schema = {"type": "object", "if": {"const": {"a": 1}}, "unevaluatedProperties": False, "required": ["a"]}
     assert not compile_schema(schema).satisfiable
+
+
+# A complement evaluates nothing: `not (not S)` must not bring S's annotations back (found in review: read as S itself,
+# a failed `if` or a oneOf's "not the others" evaluated S's names and items, and the valid rejected in the other order)
+A_INT = {"properties": {"a": {"type": "integer"}}}
+DOUBLE_NEGATIONS = [
+    {"$defs": {"A": A_INT}, "if": {"not": {"$ref": "#/$defs/A"}}, "then": {"required": ["c"]},
+     "properties": {"c": True}, "unevaluatedProperties": False},
+    {"if": {"not": {"allOf": [A_INT]}}, "then": {"required": ["c"]}, "properties": {"c": True},
+     "unevaluatedProperties": False},
+    {"$defs": {"A": A_INT}, "oneOf": [{"not": {"$ref": "#/$defs/A"}}, {"required": ["a"]}],
+     "unevaluatedProperties": False},
+    {"$defs": {"A": A_INT}, "allOf": [{"not": {"not": {"$ref": "#/$defs/A"}}}, {"$ref": "#/$defs/A"}],
+     "unevaluatedProperties": False},
+    {"$defs": {"P": {"prefixItems": [{"type": "integer"}]}}, "if": {"not": {"$ref": "#/$defs/P"}},
+     "then": {"maxItems": 0}, "unevaluatedItems": False},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("schema", DOUBLE_NEGATIONS, ids=[f"schema{i}" for i in range(len(DOUBLE_NEGATIONS))])
+def test_a_double_complement_evaluates_nothing(schema) -> None:
+    compiled = compile_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    values = [{}, {"a": 1}, {"a": "x"}, {"b": 1}, {"a": 1, "b": 2}, {"c": 1}, {"a": 1, "c": 1}, [], [1], ["x"], [1, 2]]
+    for value in values:
+        for text in (json.dumps(value), json.dumps(value, indent=1)):
+            assert compiled.accepts(text) == validator.is_valid(value), text

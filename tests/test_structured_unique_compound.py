@@ -405,6 +405,7 @@ def test_generation_under_overlapping_unique_lists() -> None:
     ("schema", "path"),
     [
         ({"not": {"uniqueItems": True}}, "#/not"),
+        ({"not": {"uniqueItems": 1}}, "#/not"),  # not a boolean (the validator reads it as true): refused as before
         ({"oneOf": [{"type": "array", "uniqueItems": True}, {"minItems": 2}]}, "#/oneOf/0"),  # [1, 1] meets only B
         ({"type": "object", "properties": {"d": {"not": {"uniqueItems": True}}}}, "#/properties/d/not"),
     ],
