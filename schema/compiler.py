@@ -28,7 +28,7 @@ import json
 import math
 import re
 from fractions import Fraction
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import NamedTuple
 
 from .automaton import (
@@ -565,9 +565,7 @@ class Compiler:
         self._expanding: set[tuple[int, bool]] = set()
         self._unannotated: set[int] = set()  # ids of synthetic Raws (no annotations)
         self._disjoint_memo: dict[tuple, bool] = {}  # oneOf branches (their DNFs) -> proved pairwise disjoint
-        # whether any unevaluatedProperties / unevaluatedItems may read annotations (a key anywhere in the documents;
-        # a property of that name counts too: erring towards True only turns shortcuts off)
-        self._annotations_read = any(_mentions(d, UNEVALUATED) for d in (schema, *(resources or {}).values()))
+        self._documents = (schema, *(resources or {}).values())
         self._uneval_raws: dict = {}
         self._automata: dict[tuple, tuple[list, StringAutomaton | None]] = {}
         self._alone: dict[int, tuple] = {}  # id(NFA) -> (NFA, its DFA; None: empty; False: too large alone)
@@ -934,10 +932,10 @@ class Compiler:
         try:
             s = raw.schema
             if (
-                not self._annotations_read
-                and isinstance(s, dict)
+                isinstance(s, dict)
                 and "not" in s
                 and not any(k in s for k in _CONSTRAINING if k != "not")
+                and not self._annotations_read
             ):
                 # not (not S) is S: negating the complement's own normal form would negate complements again (the
                 # items of an array "with an item that fails S", under a oneOf's other branch: Travis's webhooks).
@@ -969,6 +967,13 @@ class Compiler:
         r = self.doc.raw_for(schema, origin.base, origin.path)
         self._unannotated.add(id(r))
         return r
+
+    @cached_property
+    def _annotations_read(self) -> bool:
+        """Whether an ``unevaluatedProperties`` / ``unevaluatedItems`` may read annotations: the key anywhere in the
+        documents (a property of that name counts too: erring towards True only turns shortcuts off). Walked once,
+        the first time a shortcut asks."""
+        return any(_mentions(d, UNEVALUATED) for d in self._documents)
 
     def _disjoint(self, branches: list[list[frozenset]]) -> bool:
         """Whether the ``oneOf`` branches are provably pairwise disjoint (then ``oneOf`` is ``anyOf``)."""
@@ -1688,6 +1693,8 @@ class _Facts(NamedTuple):
     fails: frozenset  # the same from "properties: {name: {not: schema}}" with the name required
     closed: frozenset | None  # names allowed under additionalProperties: false (and no patterns)
     extra: frozenset | None  # complement of additionalProperties: some name outside these must exist
+    unique: bool = False  # uniqueItems: true
+    repeat: bool = False  # its complement, negation.K_REPEAT: some item equal to another
 
 
 _NO_FACTS = _Facts(None, frozenset(), frozenset(), frozenset(), frozenset(), None, None)
@@ -1718,7 +1725,15 @@ def _facts(raw) -> _Facts:
         closed = frozenset(n for n, v in (props or {}).items() if v is not False)
     extra = frozenset(s[K_EXTRA_NAME][0]) if K_EXTRA_NAME in s and not s[K_EXTRA_NAME][1] else None
     f = raw.facts = _Facts(
-        _raw_kinds(raw), required, frozenset(forbidden), frozenset(holds), frozenset(fails), closed, extra
+        _raw_kinds(raw),
+        required,
+        frozenset(forbidden),
+        frozenset(holds),
+        frozenset(fails),
+        closed,
+        extra,
+        s.get("uniqueItems") is True,
+        K_REPEAT in s,
     )
     return f
 
@@ -1747,11 +1762,9 @@ def _contradictory(flat: frozenset) -> bool:
     extra_names: list = []  # complements of additionalProperties: some name outside these must exist
     holds: set = set()
     fails: set = set()
-    if any(K_REPEAT in r.schema for r in flat if isinstance(r.schema, dict)) and any(
-        r.schema.get("uniqueItems") is True for r in flat if isinstance(r.schema, dict)
-    ):
-        return True  # an array with two equal items, and unique items (negation.K_REPEAT)
     facts = [_facts(raw) for raw in flat]
+    if any(f.repeat for f in facts) and any(f.unique for f in facts):
+        return True  # an array with two equal items, and unique items (negation.K_REPEAT)
     for f in facts:
         if f.kinds is not None:
             kinds = kinds & f.kinds
