@@ -213,8 +213,9 @@ class MoEDecoder(nn.Module):
         # one token per row and some rows finished (or an exit threshold): the blocks run only for the rows that need
         # them. In batch inference answers end at different steps (easy-VQA: "no" after 3 tokens, "rectangle" after
         # 10), and a finished row's padding would otherwise run every block to the last step.
-        some_finished = self.skip_finished_rows and not bool(valid[:, -1].all())
-        if t == 1 and (self.config.exit_threshold is not None or some_finished):
+        if t == 1 and (
+            self.config.exit_threshold is not None or (self.skip_finished_rows and not bool(valid[:, -1].all()))
+        ):
             out = self._step_rows(input_ids, valid, positions, mask, memory, cache)
             cache.advance(t)
             return out
