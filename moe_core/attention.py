@@ -124,7 +124,6 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
 
-
     def fill_cache(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, rows: Tensor) -> None:
         """Early exit: write the keys/values of ``x: (R, T, d)`` (the exited tokens' states, normed) into this layer's
         cache slots of ``rows``, without attending (those tokens skip the layer)."""
