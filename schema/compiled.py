@@ -125,6 +125,8 @@ class CompiledSchema:
                         stack.append(s.arr.items)
                     if s.obj is not None:
                         values = [*s.obj.props.values(), s.obj.additional]
+                        if s.obj.hit is not None:  # a fresh name's value as it fails / passes (ExistsObjSpec)
+                            values += [s.obj.yes, s.obj.no]
                         fresh = getattr(s.obj, "keys", None)  # names classified by patterns (patternkeys.py)
                         if fresh is not None:
                             values.extend(a for a in fresh.final if a is not None)

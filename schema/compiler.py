@@ -383,8 +383,19 @@ class ObjSpec:
         self._keym: dict = {}
         self._missing: dict = {}
 
+    # an object that must still write some undeclared name whose value fails a schema (ExistsObjSpec): that node
+    hit = None
+
     def value_alt(self, name: str) -> Alt:
         return self.props.get(name, self.additional)
+
+    def value_tail(self, seen: frozenset, name: str) -> int | None:
+        """``name``'s cheapest value and the cheapest close of the object after it (no colon)."""
+        v = self.value_alt(name).min_cost
+        if v is None:
+            return None
+        r = self.rest_cost(seen | {name}, False)
+        return None if r is None else v + r
 
     def entry_cost(self, name: str) -> int | None:
         """``"name":value`` at its cheapest (no comma)."""
@@ -474,6 +485,52 @@ class ObjSpec:
         if entries:
             total += entries - (1 if first else 0)
         return total
+
+
+class ExistsObjSpec(ObjSpec):
+    """An object that must hold some undeclared name whose value fails a schema ``S``: the complement of an
+    ``additionalProperties: S`` where the object's names are open (:data:`~.negation.K_EXTRA_NAME`, expanded by
+    ``Compiler._merge_extra_name``).
+
+    Existential over names, so it is state, like ``contains`` on an array: a *fresh* name's value runs two ways at
+    once, ``yes`` (the other names' schema and ``not S``: the object has its name, and goes on as the plain node
+    ``hit``) and ``no`` (the other names' schema and ``S``: still waiting). A value meets exactly one of the two, so
+    the recogniser's runs stay exact. The complement's own declared names are special here (their value is the other
+    names' schema, as before), so they never count as fresh.
+    """
+
+    __slots__ = ("hit", "yes", "no")
+
+    def __init__(self, plain: ObjSpec, hit: Simple, yes: Alt, no: Alt) -> None:
+        super().__init__(plain.props, plain.required, plain.additional, plain.min_props, plain.max_props, plain.deps)
+        self.hit, self.yes, self.no = hit, yes, no
+
+    def closable(self, seen: frozenset) -> bool:
+        return False
+
+    def admissible(self, seen: frozenset, name: str) -> bool:
+        return name not in seen and self.value_tail(seen, name) is not None
+
+    def value_tail(self, seen: frozenset, name: str) -> int | None:
+        if not self.is_fresh(name, seen):
+            return super().value_tail(seen, name)
+        best = None
+        for alt, spec in ((self.yes, self.hit.obj), (self.no, self)):
+            v = alt.min_cost
+            r = None if v is None else spec.rest_cost(seen | {name}, False)
+            if r is not None and (best is None or v + r < best):
+                best = v + r
+        return best
+
+    def _rest_cost(self, seen: frozenset, first: bool, memo: bool = True) -> int | None:
+        # the failing entry is due: write it now under the cheapest fresh name (the order of entries does not change
+        # the total), then close as the plain object would
+        v = self.yes.min_cost
+        if v is None:
+            return None
+        (name,) = fresh_names(self._special_set | seen, 1)
+        r = self.hit.obj.rest_cost(seen | {name}, False, memo)
+        return None if r is None else (0 if first else 1) + key_cost(name) + 1 + v + r
 
 
 _FRESH_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
@@ -634,7 +691,7 @@ class Compiler:
         """
         res = [f for f in dict.fromkeys(x | y for x in a for y in b) if not _contradictory(f)]
         if len(res) > MAX_ALTERNATIVES:
-            raise UnsupportedSchemaError(keyword, path, f"expands to more than {MAX_ALTERNATIVES} alternatives")
+            raise _TooManyAlternatives(keyword, path, f"expands to more than {MAX_ALTERNATIVES} alternatives")
         return res
 
     def expand(self, raw: Raw, exact: bool = False) -> list[frozenset]:
@@ -925,40 +982,134 @@ class Compiler:
         """Disjunctive normal form of ``not raw`` (De Morgan over its DNF, keyword negation: negation.py)."""
         key = id(raw)
         if key in self._negate_memo:
-            return self._negate_memo[key][1]
+            hit = self._negate_memo[key][1]
+            if isinstance(hit, UnsupportedSchemaError):
+                raise hit  # (a failure is remembered: the structural retry must not redo it at every level)
+            return hit
         if key in self._negating:
             raise UnsupportedSchemaError("not", raw.path, "self-referential negation")
         self._negating.add(key)
         try:
-            s = raw.schema
-            if (
-                isinstance(s, dict)
-                and "not" in s
-                and not any(k in s for k in _CONSTRAINING if k != "not")
-                and not self._annotations_read
-            ):
-                # not (not S) is S: negating the complement's own normal form would negate complements again (the
-                # items of an array "with an item that fails S", under a oneOf's other branch: Travis's webhooks).
-                # S's own raws are returned, annotations and all: a complement evaluates nothing, so this holds only
-                # where no unevaluated* reads annotations.
-                self._negate_memo[key] = (
-                    raw,
-                    res := self.expand(self.doc.raw_for(s["not"], raw.base, f"{raw.path}/not")),
-                )
-                return res
-            res = [frozenset()]
-            for flat in self.expand(raw):
-                alts: list[frozenset] = []
-                for r in flat:
-                    for kw in r.schema:
-                        self._check_keyword(kw, r.schema, r)
-                    for d in negate_keywords(r.schema, r.path, self.formats, is_trivially_true, self._type_kinds):
-                        alts.extend(self.expand(self._synthetic(d, r)))
-                res = self._cross(res, list(dict.fromkeys(alts)), raw.path, "not")
+            res = self._negate(raw)
+        except _TooManyAlternatives as e:
+            # De Morgan over the whole normal form multiplies out; the schema's structure may not (a oneOf is
+            # "none or two", not the complement of each of its "one and not the others")
+            try:
+                res = self._negate_structurally(raw)
+            except UnsupportedSchemaError as again:
+                self._negate_memo[key] = (raw, again)
+                raise
+            if res is None:
+                self._negate_memo[key] = (raw, e)
+                raise
         finally:
             self._negating.discard(key)
         self._negate_memo[key] = (raw, res)
         return res
+
+    def _negate(self, raw: Raw) -> list[frozenset]:
+        """De Morgan over ``raw``'s normal form: every alternative fails, each by some keyword (negation.py)."""
+        s = raw.schema
+        if (
+            isinstance(s, dict)
+            and "not" in s
+            and not any(k in s for k in _CONSTRAINING if k != "not")
+            and not self._annotations_read
+        ):
+            # not (not S) is S: negating the complement's own normal form would negate complements again (the
+            # items of an array "with an item that fails S", under a oneOf's other branch: Travis's webhooks).
+            # S's own raws are returned, annotations and all: a complement evaluates nothing, so this holds only
+            # where no unevaluated* reads annotations.
+            return self.expand(self.doc.raw_for(s["not"], raw.base, f"{raw.path}/not"))
+        flats = self.expand(raw)
+        # The parts every alternative shares (the schema object's own keywords, beside a oneOf of small branches)
+        # are negated once: not (C and (R1 or R2 ...)) = not C or (not R1 and not R2 ...). Negating each
+        # alternative whole multiplies C's complement out once per alternative (Bitbucket's storage_aws_auth:
+        # 10 keywords x 3 alternatives passed 512).
+        common = frozenset.intersection(*flats) if len(flats) > 1 else frozenset()
+        res = [frozenset()]
+        for flat in flats:
+            res = self._cross(res, self._negated_raws(flat - common), raw.path, "not")
+        if common:
+            res = self._capped(self._negated_raws(common) + res, raw.path)
+        return res
+
+    def _capped(self, alts: list[frozenset], path: str) -> list[frozenset]:
+        res = list(dict.fromkeys(alts))
+        if len(res) > MAX_ALTERNATIVES:
+            raise _TooManyAlternatives("not", path, f"expands to more than {MAX_ALTERNATIVES} alternatives")
+        return res
+
+    def _negate_structurally(self, raw: Raw) -> list[frozenset] | None:
+        """``not raw`` keyword by keyword, applicators included: the union of the complements of its applicator-free
+        keywords and of each applicator (``allOf``: some part fails; ``anyOf``: every branch fails; ``oneOf``: every
+        branch fails, or two hold; ``if``: the condition holds and ``then`` fails, or fails and ``else`` fails; ...).
+        Returns ``oneOf`` branches' and ``if`` conditions' own raws, annotations and all, so only where no
+        ``unevaluated*`` reads annotations (None: not applicable here)."""
+        s = raw.schema
+        if not isinstance(s, dict) or self._annotations_read:
+            return None
+        for kw in s:
+            self._check_keyword(kw, s, raw)
+        path = raw.path
+        own = {k: v for k, v in s.items() if k not in APPLICATORS}  # the applicator-free keywords, negated as usual
+        parts = [f for d in negate_keywords(own, path, self.formats, is_trivially_true, self._type_kinds)
+                 for f in self.expand(self._synthetic(d, raw))]  # fmt: skip
+
+        def sub(kw: str, v, at: str | None = None) -> Raw:
+            return self.doc.raw_for(v, raw.base, at or f"{path}/{kw}")
+
+        if "$ref" in s:
+            if not isinstance(s["$ref"], str):
+                raise SchemaError("$ref must be a string", path)
+            parts += self.negate(self.doc.resolve(s["$ref"], raw))
+        for kw in ("allOf", "anyOf", "oneOf"):
+            subs = s.get(kw)
+            if subs is None:
+                continue
+            if not isinstance(subs, list) or not subs:
+                raise SchemaError(f"{kw} must be a non-empty array", path)
+            raws = [sub(kw, v, f"{path}/{kw}/{i}") for i, v in enumerate(subs)]
+            if kw == "allOf":
+                for r in raws:
+                    parts += self.negate(r)
+                continue
+            none = [frozenset()]
+            for r in raws:
+                none = self._cross(none, self.negate(r), path, kw)
+            parts += none
+            if kw == "oneOf":
+                dnfs = [self.expand(r) for r in raws]
+                for i in range(len(dnfs)):
+                    for j in range(i + 1, len(dnfs)):
+                        parts += self._cross(dnfs[i], dnfs[j], path, kw)
+        if "not" in s:
+            parts += self.expand(sub("not", s["not"]))
+        if "dependentSchemas" in s:
+            ds = s["dependentSchemas"]
+            if not isinstance(ds, dict):
+                raise SchemaError("dependentSchemas must be an object", path)
+            for name, v in ds.items():
+                if not is_trivially_true(v):
+                    has = self.expand(self._synthetic({"type": "object", "required": [name]}, raw))
+                    at = f"{path}/dependentSchemas/{pointer_escape(name)}"
+                    parts += self._cross(has, self.negate(sub("dependentSchemas", v, at)), at, "dependentSchemas")
+        if "if" in s:
+            cond = sub("if", s["if"])
+            then, other = sub("then", s.get("then", True)), sub("else", s.get("else", True))
+            parts += self._cross(self.expand(cond), self.negate(then), path, "if")
+            parts += self._cross(self.negate(cond), self.negate(other), path, "if")
+        return self._capped(parts, path)
+
+    def _negated_raws(self, raws: frozenset) -> list[frozenset]:
+        """Disjunctive normal form of "some raw of ``raws`` fails" (each applicator-free: its keywords' complements)."""
+        alts: list[frozenset] = []
+        for r in raws:
+            for kw in r.schema:
+                self._check_keyword(kw, r.schema, r)
+            for d in negate_keywords(r.schema, r.path, self.formats, is_trivially_true, self._type_kinds):
+                alts.extend(self.expand(self._synthetic(d, r)))
+        return list(dict.fromkeys(alts))
 
     def _synthetic(self, schema: dict, origin: Raw) -> Raw:
         """A Raw for a schema the compiler made up (a complement, a branch of ``dependentSchemas``): it evaluates
@@ -1041,9 +1192,9 @@ class Compiler:
         return r
 
     def _merge(self, flat: frozenset) -> tuple[Simple, ...]:
-        for raw in flat:
-            if K_EXTRA_NAME in raw.schema:
-                return self._merge_extra_name(flat, raw)
+        markers = [raw for raw in flat if K_EXTRA_NAME in raw.schema]
+        if markers:  # (the first by path: an error then names the same keyword on every run)
+            return self._merge_extra_name(flat, min(markers, key=lambda r: r.path))
         members = sorted(flat, key=lambda r: r.path)
         path = members[0].path if members else "#"
         kinds = set(ALL_KINDS)
@@ -1339,18 +1490,25 @@ class Compiler:
         rest = frozenset(r for r in flat if r is not marker) | {self._synthetic({"type": "object"}, marker)}
         at = marker.path
         candidates: set[str] = set()
+        out: list[Simple] = []
         for node in self.merge(rest):
             if node.obj is None:
                 continue
             keys = getattr(node.obj, "keys", None)
             others = [f for f in keys.final if f is not None] if keys is not None else [node.obj.additional]
             if any(self.resolved(alt).simples for alt in others):
-                # (the complement of an unevaluatedProperties, which Compiler._unevaluated wrote as one: name it)
-                kw = at.rsplit("/", 1)[-1] if at.endswith("/unevaluatedProperties") else "additionalProperties"
-                raise UnsupportedSchemaError(kw, at, "cannot be negated where undeclared names are allowed")
+                # undeclared names are allowed: "one of them fails the schema" is a state of the object frame
+                # (ExistsObjSpec), where the names outside the complement's are all alike (no patterns on either side)
+                if keys is not None or patterns or node.obj.hit is not None:
+                    # (the complement of an unevaluatedProperties, which Compiler._unevaluated wrote as one: name it)
+                    kw = at.rsplit("/", 1)[-1] if at.endswith("/unevaluatedProperties") else "additionalProperties"
+                    why = "two complements on one object" if node.obj.hit is not None else "beside patternProperties"
+                    raise UnsupportedSchemaError(
+                        kw, at, f"cannot be negated where undeclared names are allowed ({why})"
+                    )
+                out.append(self._exists_node(node.obj, names, schema, marker))
             candidates.update(node.obj.special)
         dfas = [(p, build_dfa([_pattern_nfa(p, f"{at}/patternProperties", "patternProperties")], at)) for p in patterns]
-        out: list[Simple] = []
         for name in sorted(candidates):
             if name in names:
                 continue
@@ -1369,6 +1527,27 @@ class Compiler:
             )
             out.extend(self.merge(rest | {present}))
         return tuple(dict.fromkeys(out))
+
+    def _exists_node(self, plain: ObjSpec, names: tuple, schema, marker: Raw) -> Simple:
+        """The node of "some fresh name's value fails ``schema``" over the object ``plain`` (ExistsObjSpec), and the
+        plain node it becomes once such a name is written. The complement's declared ``names`` join the special
+        names with the value they already had (the other names' schema): they never count as fresh."""
+        props = dict(plain.props)
+        for name in names:
+            props.setdefault(name, plain.additional)
+        sub = self.doc.raw_for(schema, marker.base, marker.path)
+        yes = self.alt(plain.additional.key | {self._synthetic({"not": schema}, marker)}, marker.path)
+        no = self.alt(plain.additional.key | {sub}, marker.path)
+        hit = self._register(Simple(marker.path))
+        hit.obj = ObjSpec(props, plain.required, plain.additional, plain.min_props, plain.max_props, plain.deps)
+        node = self._register(Simple(marker.path))
+        node.obj = ExistsObjSpec(hit.obj, hit, yes, no)
+        return node
+
+    def _register(self, node: Simple) -> Simple:
+        node.id = len(self.simples)
+        self.simples.append(node)
+        return node
 
     def _add_contains(self, arr: ArrSpec, contains: list, path: str) -> None:
         """Split every position into "matches ``contains``" and "does not" (the complement: negation.py)."""
@@ -1784,6 +1963,10 @@ def _contradictory(flat: frozenset) -> bool:
     if required & forbidden or any(required - allowed for allowed in closed) or holds & fails:
         return True
     return any(allowed <= names for allowed in closed for names in extra_names)
+
+
+class _TooManyAlternatives(UnsupportedSchemaError):
+    """A normal form passed MAX_ALTERNATIVES (Compiler.negate then tries the schema's structure)."""
 
 
 _CONSTRAINING = (

@@ -36,11 +36,8 @@ def next_chars(names: tuple[str, ...], p: str) -> set[int]:
 
 def entry_tail(spec, seen: frozenset, name: str) -> int | None:
     """Closing quote + colon + value + rest of the object, once ``name`` is fully written after ``seen``."""
-    v = spec.value_alt(name).min_cost
-    if v is None:
-        return None
-    rest = spec.rest_cost(seen | {name}, False)
-    return None if rest is None else 2 + v + rest
+    t = spec.value_tail(seen, name)
+    return None if t is None else 2 + t
 
 
 class KeyMachine:

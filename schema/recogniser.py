@@ -670,6 +670,16 @@ class Machine:
         if phase == O_COLON:
             if c != 0x3A:
                 return []
+            if obj.hit is not None and obj.is_fresh(key, seen):
+                # a name that may fail additionalProperties' schema (ExistsObjSpec): a run where its value does (the
+                # object goes on as the plain node) and one where it does not (still waiting); exactly one survives
+                out = []
+                for alt, node in ((obj.yes, obj.hit), (obj.no, s)):
+                    after = (T_O, node, O_AFTER, seen | {key}, None, 0)
+                    rest = self.frame_cost(after)
+                    if alt.min_cost is not None and rest is not None:
+                        out.append(Stack((T_V, alt), Stack(after, st.parent, st.base), rest + st.base))
+                return out
             after = (T_O, s, O_AFTER, seen | {key}, None, 0)
             pst = Stack(after, st.parent, st.base)
             return [Stack((T_V, obj.value_alt(key)), pst, self.frame_cost(after) + st.base)]
@@ -870,9 +880,8 @@ class Machine:
             if phase == O_KEY:
                 return lex_cost(keymachine(obj, seen), key, esc)
             if phase == O_COLON:
-                c = obj.value_alt(key).min_cost
-                r = obj.rest_cost(seen | {key}, False)
-                return None if c is None or r is None else 1 + c + r
+                t = obj.value_tail(seen, key)
+                return None if t is None else 1 + t
             if phase == O_COMMA:
                 c = keymachine(obj, seen).m_cost("")
                 return None if c is None else 1 + c

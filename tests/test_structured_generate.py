@@ -55,6 +55,14 @@ NESTED["properties"].update(
     extra={"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2, "maxProperties": 3},
 )
 NESTED["required"].append("extra")
+EXISTS = {
+    "type": "object",
+    "properties": {"a": {"type": "integer"}},
+    "required": ["a"],
+    "minProperties": 3,
+    "maxProperties": 4,
+    "not": {"properties": {"b": True}, "additionalProperties": {"type": ["integer", "string"]}},
+}
 OWN_SCHEMAS = [
     SCENE,
     NESTED,
@@ -81,6 +89,9 @@ OWN_SCHEMAS = [
         "additionalProperties": {"not": {"type": ["object", "array", "string"]}},
     },
     True,
+    # some undeclared name must have a value that fails additionalProperties' schema (an object-frame state)
+    EXISTS,
+    {"oneOf": [{"type": "string", "maxLength": 2}, {"additionalProperties": False, "properties": {"secure": True}}]},
 ]
 
 
@@ -287,7 +298,7 @@ def test_eos_only_when_accepting_and_only_eos_after_eos() -> None:
 def test_byte_mask_is_exact() -> None:
     """Along random generations, a byte is allowed iff feeding it keeps a completion that validates."""
     g = torch.Generator().manual_seed(3)
-    for schema in [SCENE, NESTED, {"type": "string", "pattern": "^(ab|é)+$", "maxLength": 5}]:
+    for schema in [SCENE, NESTED, {"type": "string", "pattern": "^(ab|é)+$", "maxLength": 5}, EXISTS]:
         compiled = compile_schema(schema)
         validator = jsonschema.Draft202012Validator(
             schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from omnifuse.schema import compile_schema
+from omnifuse.schema import UnsupportedSchemaError, compile_schema
 
 from .test_structured_generate import _single_thread, generate  # noqa: F401  (autouse fixture)
 
@@ -66,3 +66,83 @@ def test_generation_at_the_shortest_budget() -> None:
     (data,) = generate([WORKFLOWS], seed=5, max_new=budget, formats="annotation")
     assert len(data) == budget
     VALIDATOR.validate(json.loads(data.decode("utf-8")))
+
+
+# Two more from the same package, each held by a complement the compiler builds from the schema's structure or as
+# object state: Travis CI (a "possibly secret string" is a string or an object with "secure" alone, inside oneOfs whose
+# branches overlap, so its complement "an object with some other name" is needed) and Bitbucket Pipelines (pipe
+# variables: the complement of additionalProperties over open names; AWS credentials: "exactly one" of two overlapping
+# branches, negated as "none or both").
+REAL = {
+    name: json.loads((Path(__file__).parent / "schemas" / "real" / f"{name}.json").read_text())
+    for name in ("travis", "bitbucket-pipelines")
+}
+
+
+def _bitbucket(script: str, image: str = "") -> str:
+    """A Bitbucket Pipelines document with one step running ``script`` (and an ``image`` object, if given)."""
+    head = f'"image": {image}, ' if image else ""
+    return '{%s"pipelines": {"default": [{"step": {"script": [%s]}}]}}' % (head, script)  # noqa: UP031
+
+
+REAL_TEXTS = {
+    "travis": [
+        '{"language": "python", "notifications": {"webhooks": "https://example.com/hook"}}',
+        '{"notifications": {"webhooks": {"secure": "c2VjcmV0"}}}',
+        '{"notifications": {"webhooks": {"secure": "c2VjcmV0", "other": 1}}}',
+        '{"notifications": {"webhooks": [{"secure": "a"}, "b"]}}',
+        '{"notifications": {"webhooks": ["a", "a"]}}',
+        '{"notifications": {"irc": {"channels": ["x"], "password": {"secure": "p"}}}}',
+        '{"notifications": {"irc": {"channels": ["x"], "password": {"secure": 1}}}}',
+        '{"notifications": {"flowdock": {"secure": "t", "x": "y"}}}',
+        '{"addons": {"browserstack": {"access_key": {"secure": "k"}}}}',
+    ],
+    "bitbucket-pipelines": [
+        _bitbucket('"make"'),
+        _bitbucket('{"pipe": "atlassian/x:1.0", "variables": {"A": "b", "C": ["d"]}}'),
+        _bitbucket('{"pipe": "atlassian/x:1.0", "variables": {"A": "b", "C": 1}}'),
+        _bitbucket('{"pipe": "atlassian/x:1.0", "variables": {"C": [1]}}'),
+        _bitbucket('"a"', '{"name": "x", "aws": {"access-key": "a", "secret-key": "b"}}'),
+        _bitbucket('"a"', '{"name": "x", "aws": {"oidc-role": "r"}}'),
+        _bitbucket('"a"', '{"name": "x", "aws": {"access-key": "a", "secret-key": "b", "oidc-role": "r"}}'),
+        _bitbucket('"a"', '{"name": "x", "aws": {"access-key": "a"}}'),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_more_real_schemas_compile_and_judge_as_their_validator(name: str) -> None:
+    schema = REAL[name]
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    if (
+        name == "travis"
+    ):  # its URLs are format "uri", which asserting mode refuses: it compiles with format as annotation
+        with pytest.raises(UnsupportedSchemaError, match="'format'"):
+            compile_schema(schema, formats="assert")
+    else:
+        assert compile_schema(schema, formats="assert").satisfiable
+    compiled = compile_schema(schema, formats="annotation")
+    verdicts = set()
+    for text in REAL_TEXTS[name]:
+        expected = validator.is_valid(json.loads(text))
+        verdicts.add(expected)
+        for spelled in (
+            text,
+            json.dumps(json.loads(text), indent=2),
+            json.dumps(json.loads(text), separators=(",", ":")),
+        ):
+            assert compiled.accepts(spelled) == expected, spelled
+    assert verdicts == {True, False}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_more_real_schemas_generate_valid_documents(name: str) -> None:
+    schema = REAL[name]
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    budget = compile_schema(schema, formats="annotation").min_chars
+    for max_new, ws_bias, rows in ((300, 0.0, 4), (300, 8.0, 2), (budget, 0.0, 1)):
+        for data in generate(
+            [schema] * rows, seed=max_new + rows, max_new=max_new, ws_bias=ws_bias, formats="annotation"
+        ):
+            assert len(data) <= max_new
+            validator.validate(json.loads(data.decode("utf-8")))
