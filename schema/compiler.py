@@ -383,7 +383,7 @@ class ObjSpec:
         self._keym: dict = {}
         self._missing: dict = {}
 
-    # an object that must still write some undeclared name whose value fails a schema (ExistsObjSpec): that node
+    # ExistsObjSpec only: the plain node an object goes on as once some undeclared name's value has failed the schema
     hit = None
 
     def value_alt(self, name: str) -> Alt:
@@ -1056,8 +1056,8 @@ class Compiler:
         parts = [f for d in negate_keywords(own, path, self.formats, is_trivially_true, self._type_kinds)
                  for f in self.expand(self._synthetic(d, raw))]  # fmt: skip
 
-        def sub(kw: str, v, at: str | None = None) -> Raw:
-            return self.doc.raw_for(v, raw.base, at or f"{path}/{kw}")
+        def sub(v, at: str) -> Raw:
+            return self.doc.raw_for(v, raw.base, at)
 
         if "$ref" in s:
             if not isinstance(s["$ref"], str):
@@ -1069,7 +1069,7 @@ class Compiler:
                 continue
             if not isinstance(subs, list) or not subs:
                 raise SchemaError(f"{kw} must be a non-empty array", path)
-            raws = [sub(kw, v, f"{path}/{kw}/{i}") for i, v in enumerate(subs)]
+            raws = [sub(v, f"{path}/{kw}/{i}") for i, v in enumerate(subs)]
             if kw == "allOf":
                 for r in raws:
                     parts += self.negate(r)
@@ -1084,7 +1084,7 @@ class Compiler:
                     for j in range(i + 1, len(dnfs)):
                         parts += self._cross(dnfs[i], dnfs[j], path, kw)
         if "not" in s:
-            parts += self.expand(sub("not", s["not"]))
+            parts += self.expand(sub(s["not"], f"{path}/not"))
         if "dependentSchemas" in s:
             ds = s["dependentSchemas"]
             if not isinstance(ds, dict):
@@ -1093,10 +1093,10 @@ class Compiler:
                 if not is_trivially_true(v):
                     has = self.expand(self._synthetic({"type": "object", "required": [name]}, raw))
                     at = f"{path}/dependentSchemas/{pointer_escape(name)}"
-                    parts += self._cross(has, self.negate(sub("dependentSchemas", v, at)), at, "dependentSchemas")
+                    parts += self._cross(has, self.negate(sub(v, at)), at, "dependentSchemas")
         if "if" in s:
-            cond = sub("if", s["if"])
-            then, other = sub("then", s.get("then", True)), sub("else", s.get("else", True))
+            cond = sub(s["if"], f"{path}/if")
+            then, other = sub(s.get("then", True), f"{path}/then"), sub(s.get("else", True), f"{path}/else")
             parts += self._cross(self.expand(cond), self.negate(then), path, "if")
             parts += self._cross(self.negate(cond), self.negate(other), path, "if")
         return self._capped(parts, path)
