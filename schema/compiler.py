@@ -1052,9 +1052,8 @@ class Compiler:
         for kw in s:
             self._check_keyword(kw, s, raw)
         path = raw.path
-        own = {k: v for k, v in s.items() if k not in APPLICATORS}  # the applicator-free keywords, negated as usual
-        parts = [f for d in negate_keywords(own, path, self.formats, is_trivially_true, self._type_kinds)
-                 for f in self.expand(self._synthetic(d, raw))]  # fmt: skip
+        # the applicator-free keywords, negated as usual
+        parts = self._keyword_complements({k: v for k, v in s.items() if k not in APPLICATORS}, raw)
 
         def sub(v, at: str) -> Raw:
             return self.doc.raw_for(v, raw.base, at)
@@ -1107,9 +1106,15 @@ class Compiler:
         for r in raws:
             for kw in r.schema:
                 self._check_keyword(kw, r.schema, r)
-            for d in negate_keywords(r.schema, r.path, self.formats, is_trivially_true, self._type_kinds):
-                alts.extend(self.expand(self._synthetic(d, r)))
+            alts += self._keyword_complements(r.schema, r)
         return list(dict.fromkeys(alts))
+
+    def _keyword_complements(self, schema: dict, origin: Raw) -> list[frozenset]:
+        """Normal form of "some keyword of the applicator-free ``schema`` fails" (negation.negate_keywords)."""
+        out: list[frozenset] = []
+        for d in negate_keywords(schema, origin.path, self.formats, is_trivially_true, self._type_kinds):
+            out += self.expand(self._synthetic(d, origin))
+        return out
 
     def _synthetic(self, schema: dict, origin: Raw) -> Raw:
         """A Raw for a schema the compiler made up (a complement, a branch of ``dependentSchemas``): it evaluates
