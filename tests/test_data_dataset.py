@@ -157,3 +157,26 @@ def test_dataset_reuses_decoded_images(folder: Path):
     assert all(torch.equal(images[0], x) for x in images)
     images[0].fill_(0)  # callers get their own float copy; the cached pixels are untouched
     assert dataset[1].image.any()
+
+
+def test_checked_images_are_not_decoded_again(folder: Path, monkeypatch: pytest.MonkeyPatch):
+    """check_files keeps what it decoded: the first epoch reads the cache, and gives the pixels a fresh decode gives."""
+    from omnifuse.data import dataset as dataset_module
+    from omnifuse.data.loaders import decode_image
+
+    lines = [json.dumps({"id": f"r{i}", "task": "vqa", "image": "good.png", "target": "a"}) for i in range(3)]
+    path = folder / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    dataset = ManifestDataset(path, image_size=8)
+    dataset.check_files()
+    calls = []
+    monkeypatch.setattr(dataset_module, "decode_image", lambda *a, **k: calls.append(a) or decode_image(*a, **k))
+    images = [dataset[i].image for i in range(3)]
+    assert calls == []
+    expected = decode_image(folder / "good.png", 8).float() / 255.0  # an independent decode of the same file
+    assert all(torch.equal(x, expected) for x in images)
+    # With the cache off, every sample decodes its file.
+    uncached = ManifestDataset(path, image_size=8, image_cache_mb=0)
+    uncached.check_files()
+    calls.clear()
+    assert [torch.equal(uncached[i].image, expected) for i in range(3)] == [True] * 3 and len(calls) == 3
