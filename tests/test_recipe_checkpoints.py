@@ -65,7 +65,7 @@ def _callbacks(config: Path, dirpath: Path) -> list[ModelCheckpoint]:
         module, _, name = spec["class_path"].rpartition(".")
         args = dict(spec.get("init_args") or {}, dirpath=str(dirpath))
         if "every_n_train_steps" in args:
-            args["every_n_train_steps"] = EVERY  # the recipe's 100 steps, scaled to this run
+            args["every_n_train_steps"] = EVERY  # the recipe's interval, scaled to this run
         out.append(getattr(importlib.import_module(module), name)(**args))
     return out
 
