@@ -149,7 +149,9 @@ class ManifestDataset(Dataset):
         if len(errors) == 1:
             return first
         where = f" in {str(self.manifest)!r}" if self.manifest is not None else ""
-        return RecordError(first.record_id, first.field, f"{first.reason} (and {len(errors) - 1} more {what} record(s){where})")
+        return RecordError(
+            first.record_id, first.field, f"{first.reason} (and {len(errors) - 1} more {what} record(s){where})"
+        )
 
     def check_files(self, workers: int | None = None) -> list[RecordError]:
         """Decode every image and audio file of the records once, so that a file that cannot be used is found before
@@ -173,7 +175,8 @@ class ManifestDataset(Dataset):
             field_name, path = key
             try:
                 if field_name == "image":
-                    return None, decode_image(path, self.image_size, self.max_image_pixels)
+                    pixels = decode_image(path, self.image_size, self.max_image_pixels)
+                    return None, pixels if self.cache.max_bytes > 0 else None
                 load_audio(path, self.sample_rate, self.max_audio_seconds)
             except (LoadError, OSError) as e:
                 return str(e), None
