@@ -155,7 +155,8 @@ class ManifestDataset(Dataset):
 
     def check_files(self, workers: int | None = None) -> list[RecordError]:
         """Decode every image and audio file of the records once, so that a file that cannot be used is found before
-        training starts instead of when its batch comes up (fit mode: a data module calls this in ``setup``).
+        training starts instead of when its batch comes up (fit mode: a data module calls this in ``setup``). The decoded
+        images stay in the image cache (as far as its bound allows), so loading them later does not decode them again.
 
         Each distinct file is decoded once (``workers`` threads: decoding releases the GIL); every record using a
         bad file gets its own ``RecordError``. Raises the first of them (with how many more) unless ``skip_bad``, in
