@@ -444,3 +444,49 @@ def test_word_unit_text_encoder_keeps_the_masking_invariants():
     assert long_ids.shape[1] > enc.max_len and long.mask.sum() == 40 and long.tokens.isfinite().all()
     with pytest.raises(ValueError, match="units"):
         TextEncoder(units="letters")
+
+
+@pytest.mark.parametrize("units", ["byte", "word"])
+def test_repeated_texts_are_encoded_once_and_match_encoding_each_row_alone(units):
+    """A batch that repeats texts runs the transformer over its distinct texts only; each row's tokens and the
+    parameters' gradients equal those of a plain loop that encodes every row on its own and sums the rows' losses."""
+    torch.manual_seed(0)
+    enc = TextEncoder(d_model=32, n_layers=2, n_heads=2, max_len=64, word_buckets=64, units=units).train()
+    tok = ByteTokenizer()
+    texts = ["is there a red shape?", "what color is it", "is there a red shape?", "no", "what color is it", "no"]
+    rows = [tok.encode(t) for t in texts]
+    ids, mask = _padded(rows, tok.pad_id)
+    ids = torch.where(mask, ids, 7)  # junk under the mask: rows of one text must still be found equal
+    seen = []
+    hook = enc.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    out = enc(ids, mask)
+    hook.remove()
+    assert seen == [3]  # three distinct texts, not six rows
+    weights = torch.randn(out.tokens.shape, generator=torch.Generator().manual_seed(1))  # each copy its own gradient
+    (out.tokens * weights).sum().backward()
+    got_grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    enc.zero_grad()
+    for i, row in enumerate(rows):
+        one = enc(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.bool))
+        n = one.tokens.shape[1]
+        assert_close(out.tokens[i, :n], one.tokens[0], rtol=1e-5, atol=1e-5)
+        assert not out.tokens[i, n:].any()
+        assert out.mask[i].tolist() == [k < n for k in range(out.mask.shape[1])]
+        (one.tokens[0] * weights[i, :n]).sum().backward()
+    assert got_grads.keys() == {n for n, p in enc.named_parameters() if p.grad is not None}
+    for name, grad in got_grads.items():
+        assert_close(grad, dict(enc.named_parameters())[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_texts_are_not_shared_between_copies_when_dropout_is_on_in_training():
+    """With dropout in training, two copies of a text draw different masks: each row is encoded on its own."""
+    enc = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=64, dropout=0.5).train()
+    tok = ByteTokenizer()
+    ids, mask = _padded([tok.encode("red"), tok.encode("red")], tok.pad_id)
+    seen = []
+    enc.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    out = enc(ids, mask)
+    assert seen == [2] and not torch.equal(out.tokens[0], out.tokens[1])
+    with torch.no_grad():
+        evaluated = enc.eval()(ids, mask)
+    assert seen == [2, 1] and torch.equal(evaluated.tokens[0], evaluated.tokens[1])

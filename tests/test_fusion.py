@@ -248,3 +248,34 @@ def test_a_modality_no_sample_has_is_left_out_of_the_memory():
     assert_close(with_audio.modality_weights, without.modality_weights, rtol=0, atol=0)
     too_long = dict(seqs, audio=TokenSequence(torch.randn(B, 5000, IN_DIMS["audio"]), torch.ones(B, 5000, dtype=torch.bool)))
     assert_close(fusion(too_long, present).tokens, without.tokens, rtol=0, atol=0)  # beyond max_positions: not embedded
+
+
+@pytest.mark.parametrize("film", [False, True])
+def test_in_training_a_modality_no_sample_has_is_left_out_and_its_parameters_get_zero_gradients(film):
+    """Training: the memory built with audio flagged absent for the whole batch has no audio positions and equals,
+    gradients included, the one built without audio at all; audio's own parameters (its input embedding, its FiLM)
+    get zero gradients, not None (AdamW steps its moments and weight decay on them as on any unused-but-present
+    parameter, and plain DDP sees them used)."""
+    fusion = make_fusion(film=film).train()
+    seqs = make_sequences()
+    present = PRESENT.clone()
+    present[:, 1] = False
+    weights = torch.randn(B, 1 + sum(WIDTHS.values()), 32, generator=torch.Generator().manual_seed(5))
+
+    def grads(sequences):
+        fusion.zero_grad(set_to_none=True)
+        out = fusion(sequences, present)
+        (out.tokens * weights[:, : out.tokens.shape[1]]).sum().backward()
+        return out, {n: None if p.grad is None else p.grad.clone() for n, p in fusion.named_parameters()}
+
+    with_audio, got = grads(seqs)
+    without, want = grads({k: v for k, v in seqs.items() if k != "audio"})
+    assert with_audio.tokens.shape[1] == without.tokens.shape[1]  # no audio positions
+    assert_close(with_audio.tokens, without.tokens, rtol=0, atol=0)
+    audio_params = {n for n in got if n.startswith(("embed.audio.", "film.audio."))}
+    assert audio_params and all(got[n] is not None and not got[n].any() for n in audio_params)
+    assert all(want[n] is None for n in audio_params)
+    for name in set(got) - audio_params:
+        assert (got[name] is None) == (want[name] is None), name
+        if got[name] is not None:
+            assert_close(got[name], want[name], rtol=0, atol=0, msg=name)

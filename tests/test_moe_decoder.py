@@ -159,3 +159,45 @@ def test_lm_loss_matches_cross_entropy():
     labels = ids.roll(-1, 1)
     ref = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)), labels.reshape(-1))
     torch.testing.assert_close(model.loss(out, labels)["lm_loss"], ref)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_runs_on_real_tokens_only_and_matches_each_row_alone(side):
+    """Teacher-forced pass over rows of different lengths: the blocks' projections see the real tokens only (the
+    padding is packed away), and logits, exit logits and every parameter's gradient equal a plain loop that runs each
+    row alone without padding and sums the rows' losses. Logits at padding are 0."""
+    torch.manual_seed(0)
+    cfg = tiny(exit_layers=[1], mtp_depth=1)
+    model = MoEDecoder(cfg).double().train()
+    lengths = [6, 3, 1, 5]
+    b, t = len(lengths), max(lengths)
+    ids = torch.randint(0, cfg.vocab_size - 1, (b, t))
+    memory, mmask = torch.randn(b, 5, cfg.memory_dim, dtype=torch.float64), torch.ones(b, 5, dtype=torch.bool)
+    mmask[1, 2:] = False
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    if side == "left":
+        mask = mask.flip(1)
+    ids = ids.masked_fill(~mask, cfg.pad_id)
+    weights = torch.randn(b, t, cfg.vocab_size, dtype=torch.float64)
+    seen = []
+    hook = model.blocks[0].self_attn.qkv.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[:-1]))
+    out = model(ids, memory, mmask, attention_mask=mask)
+    hook.remove()
+    assert seen == [torch.Size([sum(lengths)])]  # packed: the projections ran for the real tokens only
+    assert not out.logits[~mask].any()
+    loss = (out.logits * weights).sum() + (out.exit_logits[0] * weights).sum()
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for i, n in enumerate(lengths):
+        cols = mask[i].nonzero().squeeze(1)
+        one = model(ids[i : i + 1, cols], memory[i : i + 1], mmask[i : i + 1])
+        torch.testing.assert_close(out.logits[i, cols], one.logits[0])
+        torch.testing.assert_close(out.exit_logits[0][i, cols], one.exit_logits[0][0])
+        ((one.logits[0] + one.exit_logits[0][0]) * weights[i, cols]).sum().backward()
+    for name, grad in got.items():
+        if not name.startswith("mtp."):  # the loss above reads no MTP logits
+            # RoPE and the router compute in fp32 even in a float64 model: fp32 rounding, not float64's
+            torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, rtol=1e-5, atol=1e-6, msg=name)
