@@ -139,18 +139,9 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, D); ``key_mask`` (B, N) bool with at least one True per row (see ``utils.safe_key_mask``).
-
-        The FFN runs for the real tokens only: a padded position is never a key, so its FFN output reaches no real
-        token (it gets the residual alone; the encoders zero padded outputs). Easy-VQA's questions are ~30 % padding."""
+        """``x`` (B, N, D); ``key_mask`` (B, N) bool with at least one True per row (see ``utils.safe_key_mask``)."""
         x = x + self.drop(self.attn(self.norm1(x), key_mask))
-        h = self.norm2(x)
-        if bool(key_mask.all()):
-            return x + self.drop(self.ffn(h))
-        rows = key_mask.reshape(-1).nonzero().squeeze(1)  # (Nv,) flat positions of the real tokens
-        flat = h.reshape(-1, h.shape[-1])
-        y = flat.new_zeros(flat.shape).index_copy(0, rows, self.ffn(flat.index_select(0, rows)))
-        return x + self.drop(y.view_as(x))
+        return x + self.drop(self.ffn(self.norm2(x)))
 
 
 def sinusoidal_positions(n: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
