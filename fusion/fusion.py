@@ -251,4 +251,5 @@ class ModalityFusion(nn.Module):
         then treats them as before (AdamW's moments and weight decay step on a zero gradient, a None one is skipped), and
         plain DDP sees every parameter used."""
         modules = [self.embed[name] for name in names] + ([self.film[name] for name in names] if self.film else [])
-        return sum(p.sum() for module in modules for p in module.parameters()) * 0.0
+        # An empty slice's sum: exactly 0 with a zero gradient, even where a parameter holds inf or NaN (0 * inf would not)
+        return sum(p.reshape(-1)[:0].sum() for module in modules for p in module.parameters())

@@ -142,7 +142,7 @@ class MoELayer(nn.Module):
                 y = y + self.shared(xf)
             else:  # padding takes no expert at all (its output is never read): the shared expert runs for real tokens
                 rows = vf.nonzero().squeeze(1)
-                y = y.index_add(0, rows, self.shared(xf.index_select(0, rows)))
+                y = y.index_add(0, rows, self.shared(xf.index_select(0, rows)).to(y.dtype))
 
         if self.training:
             self.router.accumulate(disp.routed)

@@ -490,3 +490,10 @@ def test_texts_are_not_shared_between_copies_when_dropout_is_on_in_training():
     with torch.no_grad():
         evaluated = enc.eval()(ids, mask)
     assert seen == [2, 1] and torch.equal(evaluated.tokens[0], evaluated.tokens[1])
+    # A dropout added after construction (as a LoRA adapter's) counts too.
+    later = TextEncoder(d_model=32, n_layers=1, n_heads=2, max_len=64, dropout=0.0).train()
+    later.blocks[0].ffn[2].p = 0.3
+    rows = []
+    later.blocks[0].register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    later(ids, mask)
+    assert rows == [2]

@@ -279,3 +279,9 @@ def test_in_training_a_modality_no_sample_has_is_left_out_and_its_parameters_get
         assert (got[name] is None) == (want[name] is None), name
         if got[name] is not None:
             assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
+    with torch.no_grad():  # a left-out modality's broken weights cannot reach the memory (no 0 * inf)
+        fusion.embed["audio"].proj.weight[0, 0] = float("inf")
+        fusion.embed["audio"].pos_embedding[0, 0] = float("nan")
+    broken, grads_broken = grads(seqs)
+    assert_close(broken.tokens, without.tokens, rtol=0, atol=0)
+    assert all(not grads_broken[n].any() for n in audio_params)
