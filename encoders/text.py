@@ -187,7 +187,9 @@ class TextEncoder(Encoder):
             return self._encode(ids, mask)
         unique_ids, unique_mask, inverse = distinct
         out = self._encode(unique_ids, unique_mask)  # each distinct text once; N is the same (the longest row stays)
-        return TokenSequence(out.tokens[inverse], out.mask[inverse])  # backward sums the copies' gradients
+        # index_select, not tokens[inverse]: its backward (index_add) sums the copies' gradients in a fixed order on the
+        # CPU; advanced indexing's (index_put with accumulate) did not, and the same fit gave different results.
+        return TokenSequence(out.tokens.index_select(0, inverse), out.mask.index_select(0, inverse))
 
     def _distinct_rows(
         self, ids: torch.Tensor, mask: torch.Tensor
