@@ -190,13 +190,12 @@ class ModalityFusion(nn.Module):
         if self.vision_film is not None and not self.question_memory and "image" in self.modalities:
             has_image = present[:, self.modalities.index("image"), None]  # (B, 1)
             present = present & ~(has_image & self._question_cols.to(present.device))  # the question reaches the decoder through the image
-        # A modality no sample of the batch has (after the rules above) adds only masked tokens: leave it out of the
-        # memory altogether (the result is the same; e.g. a 10-minute spoken question that only conditions the image
-        # tower is neither embedded nor attended over, and in the main recipe, where the question reaches the decoder
-        # through the image, the decoder attends over 2 memory tokens instead of 2 + the question's).
-        left_out = [name for name, col in zip(names, cols) if not bool(present[:, col].any())]
-        if left_out:
-            kept = [(name, col) for name, col in zip(names, cols) if name not in left_out]
+        # A modality no sample of the batch has (after the rules above) adds only masked tokens: at inference leave it
+        # out of the memory altogether (the result is the same; e.g. a 10-minute spoken question that only conditions
+        # the image tower is neither embedded nor attended over).
+        # In training they stay (zero gradients rather than none, so optimizer states evolve as before).
+        if not self.training:
+            kept = [(name, col) for name, col in zip(names, cols) if bool(present[:, col].any())]
             names, cols = [n for n, _ in kept], [c for _, c in kept]
 
         # Embed each modality; padding / absent positions are zeroed first so their content cannot matter.
@@ -241,15 +240,4 @@ class ModalityFusion(nn.Module):
         scale_per_modality = torch.cat([torch.ones(B, 1, device=device), weights * n_present], dim=1)  # (B, 1 + M)
         scale = scale_per_modality[:, segment + 1]  # (B, N): column 0 = null, column 1 + m = modality m
         tokens = _zero_where_not(x * scale[..., None].to(x.dtype), valid)
-        if self.training and left_out:
-            tokens = tokens + self._zero_gradients(left_out)
         return FusedMemory(tokens, valid, weights)
-
-    def _zero_gradients(self, names: list[str]) -> torch.Tensor:
-        """A zero that depends on the left-out modalities' own parameters (their input embedding, their FiLM): in
-        training these get zero gradients, as when their masked tokens were embedded, rather than none. The optimizer
-        then treats them as before (AdamW's moments and weight decay step on a zero gradient, a None one is skipped), and
-        plain DDP sees every parameter used."""
-        modules = [self.embed[name] for name in names] + ([self.film[name] for name in names] if self.film else [])
-        # An empty slice's sum: exactly 0 with a zero gradient, even where a parameter holds inf or NaN (0 * inf would not)
-        return sum(p.reshape(-1)[:0].sum() for module in modules for p in module.parameters())

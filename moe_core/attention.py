@@ -11,29 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class PackedRows:
-    """The real tokens of a padded ``(B, T)`` batch, flattened: the teacher-forced pass runs its position-wise work (norms,
-    projections, the FFN's shared expert, the output head) on these ``Nv`` rows only, and lays them out as ``(B, T)``
-    (zeros at the padding) for attention. A padded slot's result is never read by a real token (causality hides
-    right padding, the key mask left padding), so the real tokens' results are those of the padded pass; only the
-    work on padding goes (easy-VQA's answers are 46 % padding at batch 64).
-
-    ``index``: ``(Nv,)`` flat positions ``b * T + t`` of the real tokens, in row-major order."""
-
-    def __init__(self, valid: Tensor) -> None:
-        self.batch, self.length = valid.shape
-        self.index = valid.reshape(-1).nonzero().squeeze(1)  # (Nv,)
-
-    def pack(self, x: Tensor) -> Tensor:
-        """``(B, T, ...)`` -> ``(Nv, ...)``: the real tokens' rows."""
-        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
-
-    def unpack(self, x: Tensor) -> Tensor:
-        """``(Nv, ...)`` -> ``(B, T, ...)``, zeros at the padding (differentiable in ``x``)."""
-        out = x.new_zeros(self.batch * self.length, *x.shape[1:])
-        return out.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
-
-
 class SequenceTooLongError(ValueError):
     """A sequence longer than the decoder holds (positions past ``max_seq_len``, a full KV cache): a size limit of the
     model, which the batch job reports for the record instead of stopping."""
@@ -135,23 +112,17 @@ class SelfAttention(nn.Module):
         mask: Tensor | None,
         cache: KVCache | None = None,
         rows: Tensor | None = None,
-        packed: PackedRows | None = None,
     ) -> Tensor:
         """``x: (B, T, d)``; ``mask: (B, 1, T, S)`` bool or ``None`` for plain causal attention over ``T``; ``rows``:
-        the cache rows ``x`` holds (early exit), None for all. ``packed``: ``x`` is ``(Nv, d)``, the real tokens of a
-        ``(B, T)`` batch (teacher-forced pass, no cache); the result is ``(Nv, d)`` too."""
-        qkv = self.qkv(x)  # (B, T, 3d) or (Nv, 3d)
-        if packed is not None:
-            qkv = packed.unpack(qkv)
-        b, t, d = qkv.shape[0], qkv.shape[1], x.shape[-1]
-        q, k, v = qkv.view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hs) each
+        the cache rows ``x`` holds (early exit), None for all."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hs) each
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.append(self.layer_idx, k, v, rows)  # (B, H, S, hs), S = cached + T
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None)
-        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, d)
-        return self.proj(y if packed is None else packed.pack(y))
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))  # (B, T, d)
 
     def fill_cache(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, rows: Tensor) -> None:
         """Early exit: write the keys/values of ``x: (R, T, d)`` (the exited tokens' states, normed) into this layer's
@@ -178,21 +149,13 @@ class CrossAttention(nn.Module):
         k, v = self.kv(memory).view(b, n, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(
-        self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor, has_memory: Tensor, packed: PackedRows | None = None
-    ) -> Tensor:
-        """``x: (B, T, d)``; ``mask: (B, 1, 1, N)`` bool; ``has_memory: (B, 1, 1)`` zeroes rows without memory.
-        ``packed``: ``x`` is ``(Nv, d)``, the real tokens of a ``(B, T)`` batch; the result is ``(Nv, d)`` too."""
-        q = self.q(x)  # (B, T, d) or (Nv, d)
-        if packed is not None:
-            q = packed.unpack(q)
-        b, t, d = q.shape
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hs)
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor, has_memory: Tensor) -> Tensor:
+        """``x: (B, T, d)``; ``mask: (B, 1, 1, N)`` bool; ``has_memory: (B, 1, 1)`` zeroes rows without memory."""
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hs)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, dropout_p=p)  # (B, H, T, hs)
-        # has_memory is 0 or 1 and proj has no bias: zeroing before the projection is zeroing after it
-        y = y.transpose(1, 2).reshape(b, t, d) * has_memory.to(y.dtype)  # (B, T, d)
-        return self.proj(y if packed is None else packed.pack(y))
+        return self.proj(y.transpose(1, 2).reshape(b, t, d)) * has_memory.to(x.dtype)  # (B, T, d)
 
 
 def memory_masks(memory_mask: Tensor) -> tuple[Tensor, Tensor]:

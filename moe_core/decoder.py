@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from omnifuse.moe_core.attention import (
     CrossAttention,
     KVCache,
-    PackedRows,
     RotaryEmbedding,
     SelfAttention,
     memory_masks,
@@ -88,19 +87,12 @@ class DecoderBlock(nn.Module):
         valid: Tensor | None,
         cache: KVCache | None = None,
         rows: Tensor | None = None,
-        packed: PackedRows | None = None,
     ) -> tuple[Tensor, MoEAux | None]:
-        """``rows``: the cache rows ``x`` holds when only some of the batch runs this block (early exit). ``packed``:
-        ``x`` is ``(Nv, d)``, the real tokens of the ``(B, T)`` batch ``valid`` marks (teacher-forced pass)."""
-        x = x + self.drop(self.self_attn(self.norm1(x), rope, self_mask, cache, rows, packed))  # (B, T, d) / (Nv, d)
-        x = x + self.drop(self.cross_attn(self.norm2(x), cross_kv, memory.mask, memory.has_memory, packed))
+        """``rows``: the cache rows ``x`` holds when only some of the batch runs this block (early exit)."""
+        x = x + self.drop(self.self_attn(self.norm1(x), rope, self_mask, cache, rows))  # (B, T, d)
+        x = x + self.drop(self.cross_attn(self.norm2(x), cross_kv, memory.mask, memory.has_memory))
         h = self.norm3(x)
-        if self.is_moe and packed is not None:
-            # The MoE layer sees the (B, T) batch: its per-sequence balance loss and routing telemetry keep their
-            # shape; it routes and runs its experts for the real tokens only.
-            y, aux = self.ffn(packed.unpack(h), valid)
-            y = packed.pack(y)
-        elif self.is_moe:
+        if self.is_moe:
             y, aux = self.ffn(h, valid)
         else:
             y, aux = self.ffn(h), None
@@ -193,17 +185,16 @@ class MoEDecoder(nn.Module):
         memory: MemoryState,
         cache: KVCache | None = None,
         exit_states: list[Tensor] | None = None,
-        packed: PackedRows | None = None,
     ) -> tuple[Tensor, list[MoEAux], tuple[Tensor, Tensor]]:
         """Embed and run every block: returns the last hidden state ``(B, T, d)`` (before the final norm),
         the MoE side outputs, and the RoPE tables used. ``exit_states``: a list that receives the hidden state after
-        each of ``config.exit_layers``. ``packed``: run on the real tokens only; the states are then ``(Nv, d)``."""
-        x = self.drop(self.embed(input_ids if packed is None else packed.pack(input_ids)))  # (B, T, d) / (Nv, d)
+        each of ``config.exit_layers``."""
+        x = self.drop(self.embed(input_ids))  # (B, T, d)
         rope = self.rope(positions)
         auxes = []
         exits = set(self.config.exit_layers or ()) if exit_states is not None else set()
         for i, (blk, kv) in enumerate(zip(self.blocks, memory.kv)):
-            x, aux = blk(x, rope, self_mask, kv, memory, valid, cache, packed=packed)
+            x, aux = blk(x, rope, self_mask, kv, memory, valid, cache)
             if aux is not None:
                 auxes.append(aux)
             if i in exits:
@@ -300,15 +291,9 @@ class MoEDecoder(nn.Module):
         b, t = input_ids.shape
         mem = self.prepare_memory(memory, memory_mask)
         valid, positions, self_mask = self._masks(input_ids, attention_mask)
-        # Padding present: the blocks and the head run on the real tokens only (PackedRows); the logits at padding are 0.
-        packed = PackedRows(valid) if valid is not None and not bool(valid.all()) else None
         exit_states: list[Tensor] | None = [] if self.config.exit_layers else None
-        h, auxes, rope = self.run_blocks(input_ids, positions, valid, self_mask, mem, exit_states=exit_states, packed=packed)
-        logits = self.head(h)  # (B, T, V) / (Nv, V)
-        exit_logits = [self.head(e) for e in exit_states] if exit_states else None  # the shared head at each exit
-        if packed is not None:
-            logits, h = packed.unpack(logits), packed.unpack(h)
-            exit_logits = [packed.unpack(e) for e in exit_logits] if exit_logits else None
+        h, auxes, rope = self.run_blocks(input_ids, positions, valid, self_mask, mem, exit_states=exit_states)
+        logits = self.head(h)  # (B, T, V)
         mtp_logits = None
         if self.mtp is not None:
             nxt = F.pad(input_ids[:, 1:], (0, 1), value=self.config.pad_id)  # (B, T) token t+1 at position t
@@ -321,7 +306,7 @@ class MoEDecoder(nn.Module):
             router_stats=[a.stats for a in auxes],
             mtp_logits=mtp_logits,
             expert_idx=[a.topk_idx for a in auxes],
-            exit_logits=exit_logits,
+            exit_logits=[self.head(e) for e in exit_states] if exit_states else None,  # the shared head at each exit
         )
 
     def _masks(self, input_ids: Tensor, attention_mask: Tensor | None):

@@ -3,8 +3,8 @@
 Dropless by default. With ``capacity_factor`` set (training only), each expert keeps at most
 ``ceil(capacity_factor * routed_copies / E)`` token copies, earliest tokens first (token order, then slot);
 dropped copies contribute nothing (the residual stream carries the token) and are counted in the stats.
-Padding tokens (``valid == False``) are not routed at all: they take no capacity, no expert compute (the shared
-experts included: their output is 0), and do not enter the statistics, the losses or the bias-balancing counts.
+Padding tokens (``valid == False``) are not routed at all: they take no capacity, no expert compute, and
+do not enter the statistics, the losses or the bias-balancing counts.
 """
 
 from __future__ import annotations
@@ -138,11 +138,7 @@ class MoELayer(nn.Module):
         ws = r.topk_weight.reshape(-1).index_select(0, disp.order)  # (M,) combine weight of each sorted copy
         y = self._routed(xf, disp, ws)  # (N, d) weighted sum of each token's expert outputs
         if self.shared is not None:
-            if vf is None or bool(vf.all()):
-                y = y + self.shared(xf)
-            else:  # padding takes no expert at all (its output is never read): the shared expert runs for real tokens
-                rows = vf.nonzero().squeeze(1)
-                y = y.index_add(0, rows, self.shared(xf.index_select(0, rows)).to(y.dtype))
+            y = y + self.shared(xf)
 
         if self.training:
             self.router.accumulate(disp.routed)

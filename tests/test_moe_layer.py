@@ -64,7 +64,7 @@ def ref_moe(layer: MoELayer, x: torch.Tensor, valid: torch.Tensor | None = None,
                 dropped += 1
                 continue
             y = y + w.to(x.dtype) * ref_expert(layer, e, x[i])
-        if layer.shared is not None and valid[i]:  # padding runs no expert, the shared ones included: its output is 0
+        if layer.shared is not None:
             sh = layer.shared
             y = y + sh.w2.weight @ (F.silu(sh.w1.weight @ x[i]) * (sh.w3.weight @ x[i]))
         outs.append(y)
